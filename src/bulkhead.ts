@@ -1,0 +1,150 @@
+import { Authorizer } from './access/authorizer.js';
+import { OperatorTokenVerifier, generateOperatorToken, hashOperatorToken, looksLikeOperatorToken } from './access/operator-tokens.js';
+import type { Action, Principal, Resource, Decision, TenantRole } from './access/principal.js';
+import { TokenVerifier, generateJwtSecret, mintTenantToken } from './access/tokens.js';
+import { resolveJwtSecret, type Config } from './config.js';
+import { AccessDeniedError, AuthenticationError, BulkheadError } from './errors.js';
+import type { Engine } from './store/engine.js';
+import { PgliteEngine } from './store/pglite/pglite-engine.js';
+import { PostgresEngine } from './store/postgres/postgres-engine.js';
+import { Store } from './store/store.js';
+import { Collections } from './tenancy/collections.js';
+import { Records } from './tenancy/records.js';
+import { Tenants } from './tenancy/tenants.js';
+
+/** What `Bulkhead.open` may be given besides the configuration (tests inject an engine). */
+export interface OpenOptions {
+  /** Use this engine instead of the one the configuration names. */
+  readonly engine?: Engine;
+  /** Called once with an operator token generated on first start (nothing configured, none stored). */
+  readonly onOperatorTokenGenerated?: (token: string) => void;
+}
+
+/**
+ * One Bulkhead instance: the store, the registry, the low-code data model and the two
+ * access checks (authentication, then one central authorization decision per operation).
+ */
+export class Bulkhead {
+  readonly config: Config;
+  readonly store: Store;
+  readonly tenants: Tenants;
+  readonly collections: Collections;
+  readonly records: Records;
+  readonly authorizer: Authorizer;
+  readonly #tokens: TokenVerifier;
+  readonly #jwtSecret: Uint8Array | undefined;
+  #operators: OperatorTokenVerifier;
+  #operatorsLoadedAt = 0;
+
+  private constructor(config: Config, store: Store, authorizer: Authorizer, tokens: TokenVerifier, jwtSecret: Uint8Array | undefined, operators: OperatorTokenVerifier) {
+    this.config = config;
+    this.store = store;
+    this.authorizer = authorizer;
+    this.#tokens = tokens;
+    this.#jwtSecret = jwtSecret;
+    this.#operators = operators;
+    this.#operatorsLoadedAt = Date.now();
+    this.tenants = new Tenants(store, { regions: config.regions });
+    this.collections = new Collections(store);
+    this.records = new Records(store, this.collections);
+  }
+
+  /** Opens the store the configuration names, applies migrations and loads the access policies. */
+  static async open(config: Config, options: OpenOptions = {}): Promise<Bulkhead> {
+    const engine =
+      options.engine ??
+      (config.databaseUrl
+        ? new PostgresEngine({ connectionString: config.databaseUrl, maxConnections: config.poolSize })
+        : await PgliteEngine.open({ dataDir: `${config.dataDir}/store` }));
+    const store = new Store(engine, { ownerRole: config.ownerRole, appRole: config.appRole, partitions: config.partitions });
+    try {
+      await store.migrate();
+      const authorizer = await Authorizer.create();
+      // With a JWKS URL the identity provider signs tenant tokens; a secret is still kept for minting in development.
+      const jwtSecret = config.jwksUrl && !config.jwtSecret ? undefined : resolveJwtSecret(config, generateJwtSecret);
+      const tokens = new TokenVerifier({
+        ...(config.jwksUrl ? { jwksUrl: config.jwksUrl } : { secret: jwtSecret! }),
+        issuer: config.jwtIssuer,
+        audience: config.jwtAudience,
+      });
+      const hashes = await loadOperatorHashes(store);
+      if (config.operatorToken === undefined && hashes.length === 0) {
+        const token = generateOperatorToken();
+        const hash = hashOperatorToken(token);
+        await store.platform().batch([
+          { text: 'INSERT INTO bulkhead.operator_tokens (hash, label) VALUES ($1, $2)', values: [hash, 'generated on first start'] },
+        ]);
+        hashes.push(hash);
+        options.onOperatorTokenGenerated?.(token);
+      }
+      if (config.operatorToken !== undefined) hashes.push(hashOperatorToken(config.operatorToken));
+      return new Bulkhead(config, store, authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes));
+    } catch (error) {
+      await store.close().catch(() => {});
+      throw error;
+    }
+  }
+
+  /**
+   * Authenticates a bearer token: an operator token, or a tenant JWT whose tenant exists and is
+   * active. Every failure is a 401-class `AuthenticationError`.
+   */
+  async authenticate(authorization: string | undefined): Promise<Principal> {
+    if (!authorization) throw new AuthenticationError('AUTH_REQUIRED', 'send Authorization: Bearer <token>');
+    const match = /^Bearer ([^\s]+)$/i.exec(authorization);
+    if (!match) throw new AuthenticationError('AUTH_REQUIRED', 'send Authorization: Bearer <token>');
+    const token = match[1]!;
+    if (looksLikeOperatorToken(token)) return this.#verifyOperator(token);
+    const principal = await this.#tokens.verify(token);
+    const status = await this.tenants.status(principal.tenantId);
+    if (status !== 'active') throw new AuthenticationError('AUTH_TENANT_INACTIVE', 'the token names no active tenant');
+    return principal;
+  }
+
+  /** The central decision point: returns the decision when allowed, throws ACCESS_DENIED otherwise. */
+  authorize(principal: Principal, action: Action, resource: Resource): Decision {
+    const decision = this.authorizer.authorize(principal, action, resource);
+    if (!decision.allowed) throw new AccessDeniedError();
+    return decision;
+  }
+
+  /** Mints a tenant token with the HS256 secret (development and tests; production tokens come from the IdP). */
+  async mintToken(tenantId: string, input: { sub: unknown; roles: unknown; ttlSeconds?: unknown }): Promise<{ token: string; expiresAt: string }> {
+    if (!this.#jwtSecret) {
+      throw new BulkheadError('CONFIG_INVALID', 'minting needs BULKHEAD_JWT_SECRET; tenant tokens come from the identity provider here');
+    }
+    return mintTenantToken({
+      secret: this.#jwtSecret,
+      issuer: this.config.jwtIssuer,
+      audience: this.config.jwtAudience,
+      tenantId,
+      subject: input.sub as string,
+      roles: input.roles as TenantRole[],
+      ttlSeconds: (input.ttlSeconds ?? 3600) as number,
+    });
+  }
+
+  /** Closes the store. */
+  async close(): Promise<void> {
+    await this.store.close();
+  }
+
+  async #verifyOperator(token: string): Promise<Principal> {
+    try {
+      return this.#operators.verify(token);
+    } catch (error) {
+      // Another process may have stored a new operator token: reload at most once a second.
+      if (Date.now() - this.#operatorsLoadedAt < 1000) throw error;
+      const hashes = await loadOperatorHashes(this.store);
+      if (this.config.operatorToken !== undefined) hashes.push(hashOperatorToken(this.config.operatorToken));
+      this.#operators = new OperatorTokenVerifier(hashes);
+      this.#operatorsLoadedAt = Date.now();
+      return this.#operators.verify(token);
+    }
+  }
+}
+
+async function loadOperatorHashes(store: Store): Promise<string[]> {
+  const [r] = await store.platform().batch([{ text: 'SELECT hash FROM bulkhead.operator_tokens ORDER BY created_at' }]);
+  return r!.rows.map((row) => row.hash as string);
+}

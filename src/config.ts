@@ -1,0 +1,165 @@
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { BulkheadError } from './errors.js';
+
+/** Bulkhead's configuration, resolved and frozen. A flag wins over the environment, the environment over the file. */
+export interface Config {
+  readonly port: number;
+  readonly host: string;
+  /** Data directory: the embedded store (when no `databaseUrl`) and the generated JWT secret. */
+  readonly dataDir: string;
+  /** PostgreSQL 15+ URL; unset means the embedded store in `dataDir`. */
+  readonly databaseUrl: string | undefined;
+  /** `BULKHEAD_OPERATOR_TOKEN`: an operator token accepted in addition to those stored (hashed). */
+  readonly operatorToken: string | undefined;
+  /** HS256 secret for tenant tokens (`BULKHEAD_JWT_SECRET`, or generated and kept in the data directory). */
+  readonly jwtSecret: string | undefined;
+  /** JWKS URL of the platform's identity provider; when set, tenant tokens are verified against it. */
+  readonly jwksUrl: string | undefined;
+  readonly jwtIssuer: string;
+  readonly jwtAudience: string;
+  /** Modulus of the hash partitioning of tenant tables; fixed when the schema is created. */
+  readonly partitions: number;
+  /** Regions this deployment serves; the first is the default for new tenants. */
+  readonly regions: readonly string[];
+  readonly ownerRole: string;
+  readonly appRole: string;
+  /** Largest request body, in bytes. */
+  readonly bodyLimit: number;
+  /** Connections in the PostgreSQL pool. */
+  readonly poolSize: number;
+  readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+}
+
+/** Flags from the command line (`bulkhead serve --port ...`). */
+export interface ConfigFlags {
+  readonly port?: string | number;
+  readonly host?: string;
+  readonly dataDir?: string;
+  readonly config?: string;
+}
+
+const DEFAULTS = {
+  port: 8080,
+  host: '127.0.0.1',
+  dataDir: './.bulkhead',
+  jwtIssuer: 'bulkhead',
+  jwtAudience: 'bulkhead',
+  partitions: 16,
+  regions: ['local'],
+  ownerRole: 'bulkhead_owner',
+  appRole: 'bulkhead_app',
+  bodyLimit: 1024 * 1024,
+  poolSize: 10,
+  logLevel: 'info',
+} as const;
+
+/** Keys a config file may hold (camelCase, as in `Config`). */
+const FILE_KEYS = new Set([
+  'port', 'host', 'dataDir', 'databaseUrl', 'jwksUrl', 'jwtIssuer', 'jwtAudience', 'partitions', 'regions',
+  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel',
+]);
+
+function invalid(message: string): never {
+  throw new BulkheadError('CONFIG_INVALID', message);
+}
+
+function int(value: unknown, name: string, min: number, max: number): number {
+  const n = typeof value === 'string' && /^[0-9]+$/.test(value) ? Number(value) : value;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) invalid(`${name} must be an integer from ${min} to ${max}`);
+  return n;
+}
+
+function str(value: unknown, name: string): string {
+  if (typeof value !== 'string' || value.length === 0) invalid(`${name} must be a non-empty string`);
+  return value;
+}
+
+function readFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    invalid(`the config file ${path} cannot be read; check BULKHEAD_CONFIG or --config`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = parseYaml(text);
+  } catch {
+    invalid(`the config file ${path} is not valid YAML or JSON`);
+  }
+  if (parsed === null || parsed === undefined) return {};
+  if (typeof parsed !== 'object' || Array.isArray(parsed)) invalid(`the config file ${path} must hold a mapping`);
+  for (const key of Object.keys(parsed)) {
+    if (!FILE_KEYS.has(key)) invalid(`the config file ${path} has an unknown key "${key.slice(0, 40)}"`);
+  }
+  return parsed as Record<string, unknown>;
+}
+
+/**
+ * Resolves the configuration from flags, the environment and an optional YAML/JSON file.
+ * Secrets (operator token, JWT secret) come only from the environment or the data directory,
+ * never from a file that may be committed.
+ */
+export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = process.env): Config {
+  const filePath = flags.config ?? env.BULKHEAD_CONFIG;
+  const file = filePath ? readFile(filePath) : {};
+  const pick = <T>(flag: T | undefined, envValue: string | undefined, fileValue: unknown, fallback: unknown): unknown =>
+    flag ?? (envValue !== undefined && envValue !== '' ? envValue : undefined) ?? fileValue ?? fallback;
+
+  const regionsRaw = pick(undefined, env.BULKHEAD_REGIONS, file.regions, DEFAULTS.regions);
+  const regions = typeof regionsRaw === 'string' ? regionsRaw.split(',').map((r) => r.trim()) : regionsRaw;
+  if (!Array.isArray(regions) || regions.length === 0 || !regions.every((r) => typeof r === 'string' && /^[a-z0-9][a-z0-9-]{0,31}$/.test(r))) {
+    invalid('regions must be a list of lower-case region names, e.g. BULKHEAD_REGIONS=eu,us');
+  }
+  const databaseUrl = pick(undefined, env.DATABASE_URL, file.databaseUrl, undefined);
+  if (databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(String(databaseUrl))) {
+    invalid('DATABASE_URL must be a postgres:// URL of a PostgreSQL 15+ server; leave it unset for the embedded store');
+  }
+  const jwtSecret = env.BULKHEAD_JWT_SECRET || undefined;
+  if (jwtSecret !== undefined && Buffer.byteLength(jwtSecret) < 32) invalid('BULKHEAD_JWT_SECRET must be at least 32 bytes long');
+  const logLevel = String(pick(undefined, env.BULKHEAD_LOG_LEVEL, file.logLevel, DEFAULTS.logLevel));
+  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) invalid('the log level must be one of fatal, error, warn, info, debug, trace, silent');
+  const config: Config = {
+    port: int(pick(flags.port, env.PORT, file.port, DEFAULTS.port), 'the port', 0, 65535),
+    host: str(pick(flags.host, env.HOST, file.host, DEFAULTS.host), 'the host'),
+    dataDir: resolve(str(pick(flags.dataDir, env.BULKHEAD_DATA_DIR, file.dataDir, DEFAULTS.dataDir), 'the data directory')),
+    databaseUrl: databaseUrl === undefined ? undefined : String(databaseUrl),
+    operatorToken: env.BULKHEAD_OPERATOR_TOKEN || undefined,
+    jwtSecret,
+    jwksUrl: (pick(undefined, env.BULKHEAD_JWKS_URL, file.jwksUrl, undefined) as string | undefined) || undefined,
+    jwtIssuer: str(pick(undefined, env.BULKHEAD_JWT_ISSUER, file.jwtIssuer, DEFAULTS.jwtIssuer), 'the JWT issuer'),
+    jwtAudience: str(pick(undefined, env.BULKHEAD_JWT_AUDIENCE, file.jwtAudience, DEFAULTS.jwtAudience), 'the JWT audience'),
+    partitions: int(pick(undefined, env.BULKHEAD_PARTITIONS, file.partitions, DEFAULTS.partitions), 'the partition count', 1, 1024),
+    regions: Object.freeze([...(regions as string[])]),
+    ownerRole: str(pick(undefined, env.BULKHEAD_OWNER_ROLE, file.ownerRole, DEFAULTS.ownerRole), 'the owner role'),
+    appRole: str(pick(undefined, env.BULKHEAD_APP_ROLE, file.appRole, DEFAULTS.appRole), 'the application role'),
+    bodyLimit: int(pick(undefined, env.BULKHEAD_BODY_LIMIT, file.bodyLimit, DEFAULTS.bodyLimit), 'the body limit', 1024, 64 * 1024 * 1024),
+    poolSize: int(pick(undefined, env.BULKHEAD_POOL_SIZE, file.poolSize, DEFAULTS.poolSize), 'the pool size', 1, 1000),
+    logLevel: logLevel as Config['logLevel'],
+  };
+  return Object.freeze(config);
+}
+
+/**
+ * The HS256 secret for tenant tokens: `BULKHEAD_JWT_SECRET`, or a random one generated on first
+ * start and kept in `<dataDir>/jwt-secret` with mode 0600. A key file others can read is refused.
+ */
+export function resolveJwtSecret(config: Config, generate: () => Uint8Array): Uint8Array {
+  if (config.jwtSecret) return new TextEncoder().encode(config.jwtSecret);
+  const file = join(config.dataDir, 'jwt-secret');
+  if (existsSync(file)) {
+    const mode = statSync(file).mode & 0o777;
+    if (mode & 0o077) invalid(`${file} is readable by others (mode ${mode.toString(8)}); run chmod 600 on it`);
+    const text = readFileSync(file, 'utf8').trim();
+    const bytes = Buffer.from(text, 'base64url');
+    if (bytes.length < 32) invalid(`${file} does not hold a secret of at least 32 bytes; delete it to generate a new one`);
+    return new Uint8Array(bytes);
+  }
+  mkdirSync(config.dataDir, { recursive: true });
+  const secret = generate();
+  writeFileSync(file, `${Buffer.from(secret).toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
+  chmodSync(file, 0o600);
+  return secret;
+}

@@ -1,0 +1,135 @@
+/**
+ * Every failure Bulkhead reports has a stable, namespaced `code`. The HTTP layer decides
+ * the status (see `src/http/problem.ts`); `docs/errors.md` documents every code, and
+ * `test/errors.test.ts` checks that the three agree both ways.
+ *
+ * Messages say what to do and never carry tenant data, field values or SQL parameters.
+ */
+
+/** The registry of error codes: code → a short title shown in problem+json. */
+export const ERROR_CODES = {
+  REQUEST_INVALID: 'The request is invalid',
+  REQUEST_INVALID_JSON: 'The request body is not valid JSON',
+  REQUEST_BODY_TOO_LARGE: 'The request body is too large',
+  REQUEST_UNSUPPORTED_MEDIA_TYPE: 'The request body must be application/json',
+  ROUTE_NOT_FOUND: 'No such route',
+  AUTH_REQUIRED: 'Authentication is required',
+  AUTH_TOKEN_INVALID: 'The token is not valid',
+  AUTH_TENANT_INACTIVE: 'The token names no active tenant',
+  ACCESS_DENIED: 'The operation is not allowed',
+  TENANT_NOT_FOUND: 'No such tenant',
+  TENANT_INVALID: 'The tenant definition is invalid',
+  TENANT_SLUG_TAKEN: 'The tenant slug is already taken',
+  COLLECTION_NOT_FOUND: 'No such collection',
+  COLLECTION_INVALID: 'The collection definition is invalid',
+  COLLECTION_CHANGED: 'The collection definition changed during the request',
+  RECORD_NOT_FOUND: 'No such record',
+  RECORD_INVALID: 'The record does not match its collection',
+  RECORD_UNIQUE_VIOLATION: 'A unique field already has this value in the tenant',
+  RECORD_REFERENCE_NOT_FOUND: 'A reference field names no record of the tenant',
+  QUERY_INVALID: 'The query is invalid',
+  QUERY_CURSOR_INVALID: 'The cursor is invalid',
+  STORE_UNAVAILABLE: 'The store is unavailable',
+  CONFIG_INVALID: 'The configuration is invalid',
+  INTERNAL: 'Internal error',
+} as const;
+
+/** A stable error code. */
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** Base of every Bulkhead error: a stable `code` and a message safe to show to the caller. */
+export class BulkheadError extends Error {
+  readonly code: ErrorCode;
+  /** Structured, non-sensitive details (field names, limits), never values. */
+  readonly details: Readonly<Record<string, unknown>> | undefined;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'BulkheadError';
+    this.code = code;
+    this.details = options?.details ? Object.freeze({ ...options.details }) : undefined;
+  }
+}
+
+/** Bad input: names the offending field or parameter, never echoes its value. */
+export class InvalidRequestError extends BulkheadError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super('REQUEST_INVALID', message, details ? { details } : undefined);
+  }
+}
+
+/** The caller is not authenticated (no token, a bad token, or a token for no active tenant). */
+export class AuthenticationError extends BulkheadError {
+  constructor(code: 'AUTH_REQUIRED' | 'AUTH_TOKEN_INVALID' | 'AUTH_TENANT_INACTIVE', message: string, cause?: unknown) {
+    super(code, message, cause === undefined ? undefined : { cause });
+  }
+}
+
+/** The central decision point refused the operation. */
+export class AccessDeniedError extends BulkheadError {
+  constructor(message = 'the principal is not allowed to perform this operation') {
+    super('ACCESS_DENIED', message);
+  }
+}
+
+/** A thing that does not exist, or that the caller may not know exists (same answer either way). */
+export class NotFoundError extends BulkheadError {
+  constructor(code: 'TENANT_NOT_FOUND' | 'COLLECTION_NOT_FOUND' | 'RECORD_NOT_FOUND' | 'ROUTE_NOT_FOUND', message: string) {
+    super(code, message);
+  }
+}
+
+/** A record that does not validate against its collection definition. */
+export class RecordInvalidError extends BulkheadError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super('RECORD_INVALID', message, details ? { details } : undefined);
+  }
+}
+
+/** A collection definition that is not acceptable. */
+export class CollectionInvalidError extends BulkheadError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super('COLLECTION_INVALID', message, details ? { details } : undefined);
+  }
+}
+
+/** A list query (filter, sort, limit) that cannot be compiled. */
+export class QueryInvalidError extends BulkheadError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super('QUERY_INVALID', message, details ? { details } : undefined);
+  }
+}
+
+/** The SQLSTATE classes the core distinguishes; everything else is `other`. */
+export type DatabaseErrorKind = 'unique' | 'not_null' | 'foreign_key' | 'check' | 'insufficient_privilege' | 'other';
+
+/**
+ * A database error, sorted by SQLSTATE and wrapped with `cause`. Its message never includes
+ * the server's detail text, which can quote row values.
+ */
+export class DatabaseError extends BulkheadError {
+  readonly kind: DatabaseErrorKind;
+  readonly sqlState: string | undefined;
+  /** Index of the statement in a batch that failed, when known. */
+  readonly statementIndex: number | undefined;
+
+  constructor(cause: unknown, statementIndex?: number) {
+    const sqlState = typeof (cause as { code?: unknown })?.code === 'string' ? (cause as { code: string }).code : undefined;
+    super('STORE_UNAVAILABLE', `database error${sqlState ? ` (SQLSTATE ${sqlState})` : ''}`, { cause });
+    this.name = 'DatabaseError';
+    this.sqlState = sqlState;
+    this.kind = kindOf(sqlState);
+    this.statementIndex = statementIndex;
+  }
+}
+
+function kindOf(sqlState: string | undefined): DatabaseErrorKind {
+  switch (sqlState) {
+    case '23505': return 'unique';
+    case '23502': return 'not_null';
+    case '23503': return 'foreign_key';
+    case '23514': return 'check';
+    case '42501': return 'insufficient_privilege';
+    default: return 'other';
+  }
+}

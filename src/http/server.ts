@@ -1,0 +1,250 @@
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import type { Action, Principal } from '../access/principal.js';
+import type { Bulkhead } from '../bulkhead.js';
+import { BulkheadError, InvalidRequestError, NotFoundError } from '../errors.js';
+import { uuidv7 } from '../ids.js';
+import { checkCollectionName } from '../tenancy/collections.js';
+import { openApiDocument } from './openapi.js';
+import { toProblem, type Problem } from './problem.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The authenticated caller; set by the authentication hook before any handler runs. */
+    principal: Principal | null;
+    /** The error code of a failed request, for the access log. */
+    problemCode: string | undefined;
+  }
+}
+
+/** Options of the HTTP server. */
+export interface ServerOptions {
+  /** A pino logger (JSON lines); requests are logged with their tenant, never with bodies or query strings. */
+  readonly logger: Logger;
+}
+
+const PUBLIC_ROUTES = new Set(['/healthz']);
+const REQUEST_ID = /^[A-Za-z0-9._-]{1,64}$/;
+
+/**
+ * Builds the Fastify server on the paths of the SPEC's HTTP contract. Every request is
+ * authenticated first (before its body is read), then each handler asks the central decision
+ * point, and every error leaves as RFC 9457 problem+json with a stable code.
+ */
+export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: options.logger as FastifyBaseLogger,
+    // One access line per request is written by the onResponse hook, without URLs (query strings can hold tenant data).
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: bh.config.bodyLimit,
+    genReqId: (req) => {
+      const incoming = req.headers['x-request-id'];
+      return typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : uuidv7();
+    },
+    requestIdHeader: false,
+    return503OnClosing: true,
+    routerOptions: { ignoreTrailingSlash: false, maxParamLength: 200 },
+  });
+  app.removeContentTypeParser('text/plain');
+  app.decorateRequest('principal', null);
+  app.decorateRequest('problemCode', undefined);
+
+  app.addHook('onRequest', async (req, reply) => {
+    reply.header('x-request-id', req.id);
+    if (req.routeOptions.url !== undefined && PUBLIC_ROUTES.has(req.routeOptions.url)) return;
+    if (req.routeOptions.url === undefined) return; // unknown route: answered 404 by the not-found handler
+    req.principal = await bh.authenticate(req.headers.authorization);
+  });
+
+  app.addHook('onResponse', async (req, reply) => {
+    const p = req.principal;
+    req.log.info(
+      {
+        method: req.method,
+        route: req.routeOptions.url ?? null,
+        status: reply.statusCode,
+        ms: Math.round(reply.elapsedTime * 100) / 100,
+        principal: p ? p.kind : null,
+        tenantId: p?.kind === 'tenant' ? p.tenantId : undefined,
+        code: req.problemCode,
+      },
+      'request',
+    );
+  });
+
+  app.setNotFoundHandler(async (req, reply) => {
+    reply.header('x-request-id', req.id);
+    return sendProblem(req, reply, new NotFoundError('ROUTE_NOT_FOUND', 'no such route; see /openapi.json'));
+  });
+
+  app.setErrorHandler(async (error, req, reply) => sendProblem(req, reply, fromFastify(error)));
+
+  const principal = (req: FastifyRequest): Principal => {
+    if (!req.principal) throw new BulkheadError('INTERNAL', 'a route ran without an authenticated principal');
+    return req.principal;
+  };
+  const tenantOf = (req: FastifyRequest, action: Action, collection?: string): { tenantId: string; subject: string } => {
+    const p = principal(req);
+    // The resource's tenant is the principal's own: the path names no tenant, so it cannot name another.
+    const tenantId = p.kind === 'tenant' ? p.tenantId : undefined;
+    bh.authorize(p, action, { ...(tenantId ? { tenantId } : {}), ...(collection ? { collection } : {}) });
+    return { tenantId: tenantId!, subject: p.subject };
+  };
+  const operator = (req: FastifyRequest, action: Action, tenantId?: string): string => {
+    const p = principal(req);
+    bh.authorize(p, action, tenantId ? { tenantId } : {});
+    return p.subject;
+  };
+
+  app.get('/healthz', async () => ({ status: 'ok', store: bh.store.engine.kind }));
+  app.get('/openapi.json', async () => openApiDocument);
+
+  // Tenants (operator).
+  app.post('/v1/tenants', async (req, reply) => {
+    const actor = operator(req, 'tenant.create');
+    reply.code(201);
+    return bh.tenants.create(req.body, actor);
+  });
+  app.get('/v1/tenants', async (req) => {
+    operator(req, 'tenant.list');
+    return { tenants: await bh.tenants.list() };
+  });
+  app.get<{ Params: { id: string } }>('/v1/tenants/:id', async (req) => {
+    operator(req, 'tenant.read');
+    return bh.tenants.get(req.params.id);
+  });
+  app.patch<{ Params: { id: string } }>('/v1/tenants/:id', async (req) => {
+    const actor = operator(req, 'tenant.update');
+    const body = objectBody(req.body, ['status']);
+    return bh.tenants.setStatus(req.params.id, body.status, actor);
+  });
+  app.get<{ Params: { id: string } }>('/v1/tenants/:id/history', async (req) => {
+    operator(req, 'tenant.read');
+    return { history: await bh.tenants.history(req.params.id) };
+  });
+  app.post<{ Params: { id: string } }>('/v1/tenants/:id/tokens', async (req, reply) => {
+    operator(req, 'tenant.mintToken');
+    const body = objectBody(req.body, ['sub', 'roles', 'ttlSeconds']);
+    const tenant = await bh.tenants.get(req.params.id);
+    reply.code(201);
+    return bh.mintToken(tenant.id, { sub: body.sub, roles: body.roles, ttlSeconds: body.ttlSeconds });
+  });
+
+  // Collections (tenant builders define, members and viewers read).
+  app.put<{ Params: { name: string } }>('/v1/collections/:name', async (req, reply) => {
+    const name = checkCollectionName(req.params.name);
+    const { tenantId, subject } = tenantOf(req, 'collection.define', name);
+    const result = await bh.collections.define(tenantId, name, req.body, subject);
+    reply.code(result.created ? 201 : 200);
+    return result.collection;
+  });
+  app.get('/v1/collections', async (req) => {
+    const { tenantId } = tenantOf(req, 'collection.list');
+    return { collections: await bh.collections.list(tenantId) };
+  });
+  app.get<{ Params: { name: string } }>('/v1/collections/:name', async (req) => {
+    const name = checkCollectionName(req.params.name);
+    const { tenantId } = tenantOf(req, 'collection.read', name);
+    return bh.collections.view(await bh.collections.get(tenantId, name));
+  });
+
+  // Records.
+  app.post<{ Params: { name: string } }>('/v1/collections/:name/records', async (req, reply) => {
+    const name = checkCollectionName(req.params.name);
+    const actor = tenantOf(req, 'record.create', name);
+    const body = objectBody(req.body, ['fields'], ['fields']);
+    reply.code(201);
+    return bh.records.create(actor, name, body.fields);
+  });
+  app.get<{ Params: { name: string }; Querystring: Record<string, unknown> }>('/v1/collections/:name/records', async (req) => {
+    const name = checkCollectionName(req.params.name);
+    const { tenantId } = tenantOf(req, 'record.list', name);
+    const q = req.query;
+    for (const key of Object.keys(q)) {
+      if (!['filter', 'sort', 'limit', 'cursor'].includes(key)) throw new InvalidRequestError('unknown query parameter; use filter, sort, limit or cursor');
+      if (typeof q[key] !== 'string') throw new InvalidRequestError(`${key} may be given once`);
+    }
+    const page = await bh.records.list(tenantId, name, q as Record<string, string>);
+    return { records: page.records, nextCursor: page.nextCursor };
+  });
+  app.get<{ Params: { name: string; id: string } }>('/v1/collections/:name/records/:id', async (req) => {
+    const name = checkCollectionName(req.params.name);
+    const { tenantId } = tenantOf(req, 'record.read', name);
+    return bh.records.get(tenantId, name, req.params.id);
+  });
+  app.patch<{ Params: { name: string; id: string } }>('/v1/collections/:name/records/:id', async (req) => {
+    const name = checkCollectionName(req.params.name);
+    const actor = tenantOf(req, 'record.update', name);
+    const body = objectBody(req.body, ['fields'], ['fields']);
+    return bh.records.update(actor, name, req.params.id, body.fields);
+  });
+  app.delete<{ Params: { name: string; id: string } }>('/v1/collections/:name/records/:id', async (req, reply) => {
+    const name = checkCollectionName(req.params.name);
+    const { tenantId } = tenantOf(req, 'record.delete', name);
+    await bh.records.delete(tenantId, name, req.params.id);
+    reply.code(204);
+    return null;
+  });
+
+  await app.ready();
+  return app;
+}
+
+/** Checks that a body is a JSON object with only the `allowed` keys (and the `required` ones). */
+function objectBody(body: unknown, allowed: readonly string[], required: readonly string[] = []): Record<string, unknown> {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new InvalidRequestError('the request body must be a JSON object', { field: 'body' });
+  }
+  for (const key of Object.keys(body)) {
+    if (!allowed.includes(key)) {
+      throw new InvalidRequestError(`unknown property in the request body; allowed: ${allowed.join(', ')}`, { field: 'body' });
+    }
+  }
+  for (const key of required) {
+    if (!(key in body)) throw new InvalidRequestError(`the request body needs "${key}"`, { field: key });
+  }
+  return body as Record<string, unknown>;
+}
+
+/** Maps Fastify's own errors (body parsing, limits) to Bulkhead codes. */
+function fromFastify(error: unknown): unknown {
+  if (error instanceof BulkheadError) return error;
+  const e = error as { code?: string; statusCode?: number; name?: string };
+  switch (e.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new BulkheadError('REQUEST_BODY_TOO_LARGE', 'the request body is larger than the configured limit');
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new BulkheadError('REQUEST_UNSUPPORTED_MEDIA_TYPE', 'send the body as application/json');
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      return new BulkheadError('REQUEST_INVALID_JSON', 'the request body is not valid JSON');
+    default:
+      if (e.name === 'SyntaxError' || (e.statusCode === 400 && /prototype/i.test(String((error as Error).message)))) {
+        return new BulkheadError('REQUEST_INVALID_JSON', 'the request body is not valid JSON');
+      }
+      if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
+        return new InvalidRequestError('the request is malformed');
+      }
+      return error;
+  }
+}
+
+function sendProblem(req: FastifyRequest, reply: FastifyReply, error: unknown): FastifyReply {
+  const problem: Problem = toProblem(error, req.id);
+  req.problemCode = problem.code;
+  if (problem.status >= 500) req.log.error({ err: safeError(error) }, 'request failed');
+  reply.code(problem.status).type('application/problem+json');
+  return reply.send(problem);
+}
+
+/**
+ * What of an error may be logged: names, codes and stacks, never the database's detail text
+ * (it quotes key values) or parameters.
+ */
+function safeError(error: unknown): Record<string, unknown> {
+  const e = error as { name?: unknown; code?: unknown; sqlState?: unknown; statementIndex?: unknown; message?: unknown; stack?: unknown };
+  if (error instanceof BulkheadError) {
+    return { name: error.name, code: error.code, sqlState: e.sqlState, statementIndex: e.statementIndex, message: error.message, stack: error.stack };
+  }
+  return { name: e.name, code: e.code, message: e.message, stack: e.stack };
+}

@@ -1,0 +1,42 @@
+/**
+ * The small interface between the core and a storage engine (PGlite or PostgreSQL via `pg`),
+ * the way Kysely separates its core from a dialect's driver. Core modules never import an
+ * engine library; they receive an `Engine`.
+ */
+
+/** One SQL statement with bound parameters. `name` asks the engine to keep it prepared. */
+export interface Statement {
+  readonly text: string;
+  readonly values?: readonly unknown[];
+  /** A stable name for a statement whose text never changes; lets the engine prepare it once per connection. */
+  readonly name?: string;
+}
+
+/** The rows one statement returned (column names as keys) and how many rows it touched. */
+export interface StatementResult<R = Record<string, unknown>> {
+  readonly rows: R[];
+  readonly rowCount: number;
+}
+
+/** An interactive transaction: several batches on one connection, committed together. */
+export interface EngineTransaction {
+  /** Runs the statements in order, in one round trip where the engine can. */
+  batch(statements: readonly Statement[]): Promise<StatementResult[]>;
+}
+
+/** A storage engine. Every method fails with `DatabaseError` (SQLSTATE kept in `cause`). */
+export interface Engine {
+  /** `pglite` (embedded) or `postgres`. */
+  readonly kind: 'pglite' | 'postgres';
+  /**
+   * Runs the statements in order in ONE transaction, in one round trip where the engine can.
+   * Any failure rolls the whole batch back; the error's `statementIndex` names the failing one.
+   */
+  batch(statements: readonly Statement[]): Promise<StatementResult[]>;
+  /** Runs `fn` in one transaction on one connection; commits when it resolves, rolls back when it throws. */
+  transaction<T>(fn: (tx: EngineTransaction) => Promise<T>): Promise<T>;
+  /** Runs a multi-statement script without parameters (migrations and provisioning) in one transaction. */
+  script(sql: string): Promise<void>;
+  /** Releases connections. */
+  close(): Promise<void>;
+}

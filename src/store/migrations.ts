@@ -1,0 +1,286 @@
+/**
+ * Versioned schema migrations. Every migration runs in one transaction under an advisory lock,
+ * as the owner role, so the owner owns every object and the application role owns nothing.
+ *
+ * The only values interpolated into this SQL are role names and the partition count, both
+ * validated by `checkRoleName` / `checkPartitions` before they get here.
+ */
+
+/** What the migrations are parameterized by. */
+export interface MigrationOptions {
+  /** Owns every table; never used by the request path. */
+  readonly ownerRole: string;
+  /** NOSUPERUSER, NOBYPASSRLS, owns nothing; every tenant-data statement runs as it. */
+  readonly appRole: string;
+  /** Modulus of `PARTITION BY HASH (tenant_id)`. */
+  readonly partitions: number;
+}
+
+/** One migration. */
+export interface Migration {
+  readonly version: number;
+  readonly name: string;
+  readonly sql: (o: MigrationOptions) => string;
+}
+
+const ROLE_NAME = /^[a-z_][a-z0-9_]{0,47}$/;
+
+/** Refuses anything but a plain lower-case identifier (role names end up in DDL). */
+export function checkRoleName(name: string, what: string): string {
+  if (!ROLE_NAME.test(name)) throw new TypeError(`${what} must match ${ROLE_NAME.source}`);
+  return name;
+}
+
+/** Refuses a partition count outside 1..1024. */
+export function checkPartitions(n: number): number {
+  if (!Number.isInteger(n) || n < 1 || n > 1024) throw new TypeError('the partition count must be an integer from 1 to 1024');
+  return n;
+}
+
+/** The policy expression every tenant table carries (NOTES.md: without nullif a reset setting raises). */
+export const TENANT_PREDICATE = "tenant_id = nullif(current_setting('bulkhead.tenant_id', true), '')::uuid";
+
+/**
+ * SQL that creates the two roles (idempotently) and lets the connecting user switch to them.
+ * Roles are cluster-wide, so this runs outside the versioned migrations.
+ */
+export function rolesSql(o: MigrationOptions): string {
+  const owner = checkRoleName(o.ownerRole, 'the owner role');
+  const app = checkRoleName(o.appRole, 'the application role');
+  return `
+DO $roles$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${owner}') THEN
+    CREATE ROLE ${owner} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${app}') THEN
+    CREATE ROLE ${app} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT;
+  END IF;
+  IF NOT pg_has_role(current_user, '${owner}', 'MEMBER') THEN
+    EXECUTE format('GRANT ${owner} TO %I', current_user);
+  END IF;
+  IF NOT pg_has_role(current_user, '${app}', 'MEMBER') THEN
+    EXECUTE format('GRANT ${app} TO %I', current_user);
+  END IF;
+END
+$roles$;`;
+}
+
+function partitioned(table: string, o: MigrationOptions): string {
+  const parts: string[] = [];
+  for (let i = 0; i < o.partitions; i++) {
+    const p = `bulkhead.${table}_p${i}`;
+    parts.push(`CREATE TABLE ${p} PARTITION OF bulkhead.${table} FOR VALUES WITH (MODULUS ${o.partitions}, REMAINDER ${i});
+ALTER TABLE ${p} ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ${p} FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON ${p} USING (${TENANT_PREDICATE}) WITH CHECK (${TENANT_PREDICATE});
+REVOKE ALL ON ${p} FROM PUBLIC;`);
+  }
+  return parts.join('\n');
+}
+
+function tenantTable(table: string): string {
+  return `ALTER TABLE bulkhead.${table} ENABLE ROW LEVEL SECURITY;
+ALTER TABLE bulkhead.${table} FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON bulkhead.${table} USING (${TENANT_PREDICATE}) WITH CHECK (${TENANT_PREDICATE});`;
+}
+
+/** The migrations, in order. Never edit a released one: add a new version. */
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'control plane and pool tier',
+    sql: (o) => `
+CREATE TABLE bulkhead.settings (
+  key text PRIMARY KEY,
+  value text NOT NULL
+);
+
+CREATE TABLE bulkhead.tenants (
+  id uuid PRIMARY KEY,
+  slug text NOT NULL UNIQUE CHECK (slug ~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$'),
+  name text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+  status text NOT NULL CHECK (status IN ('active', 'suspended', 'quarantined', 'migrating', 'offboarding', 'erased')),
+  tier text NOT NULL CHECK (tier IN ('pool', 'bridge', 'silo')),
+  region text NOT NULL CHECK (region ~ '^[a-z0-9][a-z0-9-]{0,31}$'),
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE bulkhead.tenants ENABLE ROW LEVEL SECURITY;
+ALTER TABLE bulkhead.tenants FORCE ROW LEVEL SECURITY;
+-- The platform scope sees the registry; a tenant scope sees only its own row.
+CREATE POLICY tenant_registry ON bulkhead.tenants
+  USING (current_setting('bulkhead.scope', true) = 'platform' OR id = nullif(current_setting('bulkhead.tenant_id', true), '')::uuid)
+  WITH CHECK (current_setting('bulkhead.scope', true) = 'platform');
+
+CREATE TABLE bulkhead.tenant_history (
+  tenant_id uuid NOT NULL REFERENCES bulkhead.tenants (id),
+  seq bigint GENERATED ALWAYS AS IDENTITY,
+  at timestamptz NOT NULL DEFAULT now(),
+  event text NOT NULL,
+  from_status text,
+  to_status text NOT NULL,
+  actor text NOT NULL,
+  PRIMARY KEY (tenant_id, seq)
+);
+ALTER TABLE bulkhead.tenant_history ENABLE ROW LEVEL SECURITY;
+ALTER TABLE bulkhead.tenant_history FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_history_platform ON bulkhead.tenant_history
+  USING (current_setting('bulkhead.scope', true) = 'platform')
+  WITH CHECK (current_setting('bulkhead.scope', true) = 'platform');
+
+CREATE TABLE bulkhead.operator_tokens (
+  hash text PRIMARY KEY CHECK (hash ~ '^sha256:[0-9a-f]{64}$'),
+  label text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE bulkhead.operator_tokens ENABLE ROW LEVEL SECURITY;
+ALTER TABLE bulkhead.operator_tokens FORCE ROW LEVEL SECURITY;
+CREATE POLICY operator_tokens_platform ON bulkhead.operator_tokens
+  USING (current_setting('bulkhead.scope', true) = 'platform')
+  WITH CHECK (current_setting('bulkhead.scope', true) = 'platform');
+
+CREATE TABLE bulkhead.collections (
+  tenant_id uuid NOT NULL REFERENCES bulkhead.tenants (id),
+  name text NOT NULL CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+  version integer NOT NULL CHECK (version >= 1),
+  definition jsonb NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (tenant_id, name)
+);
+${tenantTable('collections')}
+
+CREATE TABLE bulkhead.collection_versions (
+  tenant_id uuid NOT NULL,
+  name text NOT NULL,
+  version integer NOT NULL,
+  definition jsonb NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  created_by text NOT NULL,
+  PRIMARY KEY (tenant_id, name, version),
+  FOREIGN KEY (tenant_id, name) REFERENCES bulkhead.collections (tenant_id, name)
+);
+${tenantTable('collection_versions')}
+
+CREATE TABLE bulkhead.records (
+  tenant_id uuid NOT NULL,
+  collection text NOT NULL,
+  id uuid NOT NULL,
+  data jsonb NOT NULL,
+  version integer NOT NULL DEFAULT 1,
+  schema_version integer NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  created_by text NOT NULL,
+  updated_by text NOT NULL,
+  PRIMARY KEY (tenant_id, collection, id),
+  FOREIGN KEY (tenant_id, collection) REFERENCES bulkhead.collections (tenant_id, name)
+) PARTITION BY HASH (tenant_id);
+${tenantTable('records')}
+${partitioned('records', o)}
+
+-- Values of unique fields: uniqueness is per tenant because the key leads with tenant_id,
+-- so one tenant's value can never collide with, or reveal, another's.
+CREATE TABLE bulkhead.unique_values (
+  tenant_id uuid NOT NULL,
+  collection text NOT NULL,
+  field text NOT NULL,
+  key text NOT NULL,
+  record_id uuid NOT NULL,
+  PRIMARY KEY (tenant_id, collection, field, key),
+  FOREIGN KEY (tenant_id, collection, record_id) REFERENCES bulkhead.records (tenant_id, collection, id) ON DELETE CASCADE
+) PARTITION BY HASH (tenant_id);
+${tenantTable('unique_values')}
+${partitioned('unique_values', o)}
+
+-- Values of indexed fields (the metadata-driven pivot index of Salesforce's design).
+CREATE TABLE bulkhead.index_values (
+  tenant_id uuid NOT NULL,
+  collection text NOT NULL,
+  field text NOT NULL,
+  key text NOT NULL,
+  record_id uuid NOT NULL,
+  PRIMARY KEY (tenant_id, collection, field, key, record_id),
+  FOREIGN KEY (tenant_id, collection, record_id) REFERENCES bulkhead.records (tenant_id, collection, id) ON DELETE CASCADE
+) PARTITION BY HASH (tenant_id);
+${tenantTable('index_values')}
+${partitioned('index_values', o)}
+
+-- Partition and identity keys never change after insert (SPEC principle 4).
+CREATE FUNCTION bulkhead.forbid_record_key_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF NEW.tenant_id IS DISTINCT FROM OLD.tenant_id OR NEW.collection IS DISTINCT FROM OLD.collection OR NEW.id IS DISTINCT FROM OLD.id THEN
+    RAISE EXCEPTION 'tenant_id, collection and id of a record are immutable' USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NEW;
+END
+$fn$;
+CREATE TRIGGER records_keys_immutable BEFORE UPDATE ON bulkhead.records
+  FOR EACH ROW EXECUTE FUNCTION bulkhead.forbid_record_key_change();
+CREATE FUNCTION bulkhead.forbid_collection_key_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF NEW.tenant_id IS DISTINCT FROM OLD.tenant_id OR NEW.name IS DISTINCT FROM OLD.name THEN
+    RAISE EXCEPTION 'tenant_id and name of a collection are immutable' USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NEW;
+END
+$fn$;
+CREATE TRIGGER collections_keys_immutable BEFORE UPDATE ON bulkhead.collections
+  FOR EACH ROW EXECUTE FUNCTION bulkhead.forbid_collection_key_change();
+CREATE FUNCTION bulkhead.forbid_tenant_id_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF NEW.id IS DISTINCT FROM OLD.id THEN
+    RAISE EXCEPTION 'tenant id is immutable' USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NEW;
+END
+$fn$;
+CREATE TRIGGER tenants_id_immutable BEFORE UPDATE ON bulkhead.tenants
+  FOR EACH ROW EXECUTE FUNCTION bulkhead.forbid_tenant_id_change();
+
+-- The key under which a scalar value is indexed: computed in SQL only, so writes, backfills and
+-- filters always agree. Long strings are hashed to stay under the B-tree entry limit.
+CREATE FUNCTION bulkhead.value_key(v jsonb) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+  SELECT CASE jsonb_typeof(v)
+    WHEN 'string' THEN CASE WHEN length(v #>> '{}') > 200
+      THEN 'h:' || encode(sha256(convert_to(v #>> '{}', 'UTF8')), 'hex')
+      ELSE 's:' || (v #>> '{}') END
+    WHEN 'number' THEN 'n:' || trim_scale((v #>> '{}')::numeric)::text
+    WHEN 'boolean' THEN 'b:' || (v #>> '{}')
+    ELSE NULL END
+$fn$;
+
+-- Raises when a reference names no record of the current tenant (RLS decides what is visible).
+CREATE FUNCTION bulkhead.require_reference(present boolean) RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF NOT coalesce($1, false) THEN
+    RAISE EXCEPTION 'reference not found' USING ERRCODE = 'foreign_key_violation';
+  END IF;
+END
+$fn$;
+
+-- Raises when a write was validated against a collection version that is no longer current.
+CREATE FUNCTION bulkhead.require_collection_version(current boolean) RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF NOT coalesce($1, false) THEN
+    RAISE EXCEPTION 'collection version changed' USING ERRCODE = 'BHC01';
+  END IF;
+END
+$fn$;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA bulkhead FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA bulkhead FROM PUBLIC;
+GRANT USAGE ON SCHEMA bulkhead TO ${o.appRole};
+GRANT EXECUTE ON FUNCTION bulkhead.value_key(jsonb), bulkhead.require_reference(boolean), bulkhead.require_collection_version(boolean) TO ${o.appRole};
+GRANT SELECT, INSERT, UPDATE ON bulkhead.tenants TO ${o.appRole};
+GRANT SELECT, INSERT ON bulkhead.tenant_history TO ${o.appRole};
+GRANT SELECT, INSERT ON bulkhead.operator_tokens TO ${o.appRole};
+GRANT SELECT, INSERT, UPDATE ON bulkhead.collections TO ${o.appRole};
+GRANT SELECT, INSERT ON bulkhead.collection_versions TO ${o.appRole};
+GRANT SELECT, INSERT, UPDATE, DELETE ON bulkhead.records TO ${o.appRole};
+GRANT SELECT, INSERT, DELETE ON bulkhead.unique_values TO ${o.appRole};
+GRANT SELECT, INSERT, DELETE ON bulkhead.index_values TO ${o.appRole};
+`,
+  },
+];

@@ -1,0 +1,149 @@
+import { BulkheadError, DatabaseError } from '../errors.js';
+import { isUuid } from '../ids.js';
+import type { Engine, EngineTransaction, Statement, StatementResult } from './engine.js';
+import { MIGRATIONS, checkPartitions, checkRoleName, rolesSql, type MigrationOptions } from './migrations.js';
+
+/** Options of a store. */
+export interface StoreOptions {
+  readonly ownerRole: string;
+  readonly appRole: string;
+  readonly partitions: number;
+}
+
+/**
+ * A store scoped to one tenant, or to the platform registry. Every batch it runs starts with the
+ * context statement, which switches to the application role and sets the tenant for the
+ * transaction only (`set_config(..., true)`), so a pooled connection never carries it further.
+ */
+export interface ScopedStore {
+  /** One transaction, one round trip: the context statement, then `statements`. */
+  batch(statements: readonly Statement[]): Promise<StatementResult[]>;
+  /** An interactive transaction; the context is set in its first batch. */
+  transaction<T>(fn: (tx: EngineTransaction) => Promise<T>): Promise<T>;
+}
+
+const CONTEXT_SQL =
+  "SELECT set_config('role', $1, true), set_config('bulkhead.tenant_id', $2, true), set_config('bulkhead.scope', $3, true)";
+
+/**
+ * The core's handle on storage. It never names an engine; it owns the one place where the
+ * tenant context is set, so no code path can run tenant statements without it.
+ */
+export class Store {
+  readonly engine: Engine;
+  readonly options: Readonly<StoreOptions>;
+
+  constructor(engine: Engine, options: StoreOptions) {
+    checkRoleName(options.ownerRole, 'the owner role');
+    checkRoleName(options.appRole, 'the application role');
+    if (options.ownerRole === options.appRole) throw new TypeError('the owner and application roles must differ');
+    checkPartitions(options.partitions);
+    this.engine = engine;
+    this.options = Object.freeze({ ...options });
+  }
+
+  /** A store scoped to `tenantId`. The id must come from the authenticated principal. */
+  tenant(tenantId: string): ScopedStore {
+    // The tenant id is bound as a parameter, but an invalid one is a bug upstream: refuse it.
+    if (!isUuid(tenantId)) throw new BulkheadError('INTERNAL', 'a tenant scope needs a validated tenant id');
+    return this.#scoped(tenantId, 'tenant');
+  }
+
+  /** A store scoped to the platform registry (tenants, operator tokens); sees no tenant's data. */
+  platform(): ScopedStore {
+    return this.#scoped('', 'platform');
+  }
+
+  /** Creates the roles and applies pending migrations, as the owner role, under an advisory lock. */
+  async migrate(): Promise<{ applied: number[] }> {
+    const o: MigrationOptions = this.options;
+    await this.engine.script(`${rolesSql(o)}
+SELECT pg_advisory_xact_lock(7283460012);
+CREATE SCHEMA IF NOT EXISTS bulkhead AUTHORIZATION ${o.ownerRole};
+SET LOCAL ROLE ${o.ownerRole};
+CREATE TABLE IF NOT EXISTS bulkhead.migrations (
+  version integer PRIMARY KEY,
+  name text NOT NULL,
+  applied_at timestamptz NOT NULL DEFAULT now()
+);`);
+    const applied: number[] = [];
+    for (const m of MIGRATIONS) {
+      const done = await this.engine.transaction(async (tx) => {
+        const [, , rows] = await tx.batch([
+          { text: 'SELECT pg_advisory_xact_lock(7283460012)' },
+          { text: `SET LOCAL ROLE ${o.ownerRole}` },
+          { text: 'SELECT 1 FROM bulkhead.migrations WHERE version = $1', values: [m.version] },
+        ]);
+        if (rows!.rows.length > 0) return true;
+        return false;
+      });
+      if (done) continue;
+      await this.engine.script(`SELECT pg_advisory_xact_lock(7283460012);
+SET LOCAL ROLE ${o.ownerRole};
+DO $check$ BEGIN
+  IF EXISTS (SELECT 1 FROM bulkhead.migrations WHERE version = ${m.version}) THEN
+    RAISE EXCEPTION 'migration ${m.version} was applied concurrently';
+  END IF;
+END $check$;
+${m.sql(o)}
+INSERT INTO bulkhead.migrations (version, name) VALUES (${m.version}, '${m.name.replace(/'/g, "''")}');
+INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions}') ON CONFLICT (key) DO NOTHING;`);
+      applied.push(m.version);
+    }
+    return { applied };
+  }
+
+  /** The partition count the schema was created with (it cannot change after creation). */
+  async storedPartitions(): Promise<number> {
+    const [, r] = await this.engine.transaction((tx) =>
+      tx.batch([
+        { text: `SET LOCAL ROLE ${this.options.ownerRole}` },
+        { text: "SELECT value FROM bulkhead.settings WHERE key = 'partitions'" },
+      ]),
+    );
+    return Number(r!.rows[0]?.value ?? this.options.partitions);
+  }
+
+  /** Releases the engine. */
+  async close(): Promise<void> {
+    await this.engine.close();
+  }
+
+  #scoped(tenantId: string, scope: 'tenant' | 'platform'): ScopedStore {
+    const context: Statement = { name: 'bh_ctx', text: CONTEXT_SQL, values: [this.options.appRole, tenantId, scope] };
+    const engine = this.engine;
+    return {
+      async batch(statements) {
+        try {
+          return (await engine.batch([context, ...statements])).slice(1);
+        } catch (error) {
+          throw shiftIndex(error);
+        }
+      },
+      transaction(fn) {
+        return engine.transaction((tx) => {
+          let first = true;
+          return fn({
+            async batch(statements) {
+              if (!first) return tx.batch(statements);
+              first = false;
+              try {
+                return (await tx.batch([context, ...statements])).slice(1);
+              } catch (error) {
+                throw shiftIndex(error);
+              }
+            },
+          });
+        });
+      },
+    };
+  }
+}
+
+/** Batch errors name the failing statement; hide the context statement from the numbering. */
+function shiftIndex(error: unknown): unknown {
+  if (error instanceof DatabaseError && error.statementIndex !== undefined) {
+    return new DatabaseError(error.cause, error.statementIndex - 1);
+  }
+  return error;
+}

@@ -1,0 +1,335 @@
+import { BulkheadError, DatabaseError, NotFoundError } from '../errors.js';
+import type { Statement, StatementResult } from '../store/engine.js';
+import type { Store } from '../store/store.js';
+import { COLLECTION_NAME, isKeyable, parseCollectionDefinition, type CollectionDefinition, type FieldDefinition } from './fields.js';
+import { RecordValidator } from './validation.js';
+
+/** A collection version, compiled: what the record path needs. */
+export interface CompiledCollection {
+  readonly tenantId: string;
+  readonly name: string;
+  readonly version: number;
+  readonly definition: CollectionDefinition;
+  readonly validator: RecordValidator;
+  readonly createdAt: Date;
+  readonly updatedAt: Date;
+}
+
+/** A collection as the API shows it. */
+export interface CollectionView {
+  readonly name: string;
+  readonly version: number;
+  readonly fields: CollectionDefinition['fields'];
+  readonly description?: string;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+}
+
+/** Options of the definition cache. */
+export interface CollectionsOptions {
+  /** How long a definition read from storage is trusted before it is read again (other processes may change it). */
+  readonly cacheTtlMs?: number;
+  /** At most this many compiled definitions are kept. */
+  readonly cacheSize?: number;
+}
+
+interface CacheEntry {
+  readonly value: CompiledCollection;
+  readonly loadedAt: number;
+}
+
+/** Checks a collection name from a path or a schema file. */
+export function checkCollectionName(name: string): string {
+  if (!COLLECTION_NAME.test(name)) {
+    throw new BulkheadError('COLLECTION_INVALID', `collection names must match ${COLLECTION_NAME.source}`);
+  }
+  return name;
+}
+
+/**
+ * Tenant-defined collections: definitions are data (versioned rows), never DDL, following the
+ * metadata-driven design of Salesforce's universal data dictionary.
+ */
+export class Collections {
+  readonly #store: Store;
+  readonly #ttl: number;
+  readonly #size: number;
+  readonly #cache = new Map<string, CacheEntry>();
+
+  constructor(store: Store, options: CollectionsOptions = {}) {
+    this.#store = store;
+    this.#ttl = options.cacheTtlMs ?? 5_000;
+    this.#size = options.cacheSize ?? 10_000;
+  }
+
+  /**
+   * Creates or changes a collection. An identical definition changes nothing (`created: false`,
+   * same version). A change that existing records would violate is refused.
+   */
+  async define(tenantId: string, name: string, input: unknown, actor: string): Promise<{ collection: CollectionView; created: boolean; changed: boolean }> {
+    checkCollectionName(name);
+    const definition = parseCollectionDefinition(input);
+    const validator = new RecordValidator(definition);
+    const targets = [...new Set(Object.values(definition.fields).flatMap((f) => (f.collection && f.collection !== name ? [f.collection] : [])))];
+
+    const result = await this.#store.tenant(tenantId).transaction(async (tx) => {
+      const [current, found] = await tx.batch([
+        {
+          name: 'bh_collection_lock',
+          text: 'SELECT version, definition, created_at, updated_at FROM bulkhead.collections WHERE tenant_id = $1 AND name = $2 FOR UPDATE',
+          values: [tenantId, name],
+        },
+        {
+          text: 'SELECT name FROM bulkhead.collections WHERE tenant_id = $1 AND name IN (SELECT jsonb_array_elements_text($2::text::jsonb))',
+          values: [tenantId, JSON.stringify(targets)],
+        },
+      ]);
+      const known = new Set(found!.rows.map((r) => r.name as string));
+      const missing = targets.filter((t) => !known.has(t));
+      if (missing.length > 0) {
+        throw new BulkheadError('COLLECTION_INVALID', `a reference field names a collection that does not exist: ${missing.join(', ')}`);
+      }
+      const row = current!.rows[0];
+      const previous = row ? (row.definition as CollectionDefinition) : undefined;
+      if (previous && canonical(previous) === canonical(definition)) {
+        return { version: row!.version as number, createdAt: row!.created_at as Date, updatedAt: row!.updated_at as Date, created: false, changed: false };
+      }
+      const version = previous ? (row!.version as number) + 1 : 1;
+      if (previous) await this.#checkCompatible(tx.batch, tenantId, name, previous, definition);
+      const json = JSON.stringify(definition);
+      const statements: Statement[] = [
+        previous
+          ? {
+              text: 'UPDATE bulkhead.collections SET version = $3, definition = $4::text::jsonb, updated_at = now() WHERE tenant_id = $1 AND name = $2 RETURNING created_at, updated_at',
+              values: [tenantId, name, version, json],
+            }
+          : {
+              text: 'INSERT INTO bulkhead.collections (tenant_id, name, version, definition) VALUES ($1, $2, $3, $4::text::jsonb) RETURNING created_at, updated_at',
+              values: [tenantId, name, version, json],
+            },
+        {
+          text: 'INSERT INTO bulkhead.collection_versions (tenant_id, name, version, definition, created_by) VALUES ($1, $2, $3, $4::text::jsonb, $5)',
+          values: [tenantId, name, version, json, actor],
+        },
+      ];
+      const keyChanges = previous ? keyStatements(tenantId, name, previous, definition) : [];
+      statements.push(...keyChanges.map((k) => k.statement));
+      let results: StatementResult[];
+      try {
+        results = await tx.batch(statements);
+      } catch (error) {
+        if (error instanceof DatabaseError && error.kind === 'unique' && error.statementIndex !== undefined) {
+          const change = keyChanges[error.statementIndex - 2];
+          if (change) {
+            throw new BulkheadError('RECORD_UNIQUE_VIOLATION', `existing records share values of fields.${change.field}; it cannot become unique`, {
+              details: { field: change.field },
+            });
+          }
+        }
+        throw error;
+      }
+      const r = results[0]!.rows[0]!;
+      return { version, createdAt: r.created_at as Date, updatedAt: r.updated_at as Date, created: !previous, changed: true };
+    });
+    const compiled: CompiledCollection = {
+      tenantId,
+      name,
+      version: result.version,
+      definition,
+      validator,
+      createdAt: result.createdAt,
+      updatedAt: result.updatedAt,
+    };
+    this.#remember(compiled);
+    return { collection: view(compiled), created: result.created, changed: result.changed };
+  }
+
+  /** The current version of a collection, compiled; `fresh` bypasses the cache. */
+  async get(tenantId: string, name: string, fresh = false): Promise<CompiledCollection> {
+    checkCollectionName(name);
+    const key = `${tenantId}/${name}`;
+    const hit = this.#cache.get(key);
+    if (hit && !fresh && Date.now() - hit.loadedAt < this.#ttl) return hit.value;
+    const [r] = await this.#store.tenant(tenantId).batch([
+      {
+        name: 'bh_collection_get',
+        text: 'SELECT version, definition, created_at, updated_at FROM bulkhead.collections WHERE tenant_id = $1 AND name = $2',
+        values: [tenantId, name],
+      },
+    ]);
+    const row = r!.rows[0];
+    if (!row) {
+      this.#cache.delete(key);
+      throw new NotFoundError('COLLECTION_NOT_FOUND', 'no such collection in this tenant');
+    }
+    if (hit && hit.value.version === row.version) {
+      this.#cache.delete(key);
+      this.#cache.set(key, { value: hit.value, loadedAt: Date.now() });
+      return hit.value;
+    }
+    const definition = Object.freeze(row.definition as CollectionDefinition);
+    const compiled: CompiledCollection = {
+      tenantId,
+      name,
+      version: row.version as number,
+      definition,
+      validator: new RecordValidator(definition),
+      createdAt: row.created_at as Date,
+      updatedAt: row.updated_at as Date,
+    };
+    this.#remember(compiled);
+    return compiled;
+  }
+
+  /** Every collection of the tenant, by name. */
+  async list(tenantId: string): Promise<CollectionView[]> {
+    const [r] = await this.#store.tenant(tenantId).batch([
+      {
+        name: 'bh_collection_list',
+        text: 'SELECT name, version, definition, created_at, updated_at FROM bulkhead.collections WHERE tenant_id = $1 ORDER BY name',
+        values: [tenantId],
+      },
+    ]);
+    return r!.rows.map((row) => ({
+      name: row.name as string,
+      version: row.version as number,
+      fields: (row.definition as CollectionDefinition).fields,
+      ...((row.definition as CollectionDefinition).description ? { description: (row.definition as CollectionDefinition).description! } : {}),
+      createdAt: (row.created_at as Date).toISOString(),
+      updatedAt: (row.updated_at as Date).toISOString(),
+    }));
+  }
+
+  /** The API view of a compiled collection. */
+  view(c: CompiledCollection): CollectionView {
+    return view(c);
+  }
+
+  /** Forgets a cached definition (after a write that found it stale). */
+  forget(tenantId: string, name: string): void {
+    this.#cache.delete(`${tenantId}/${name}`);
+  }
+
+  #remember(c: CompiledCollection): void {
+    const key = `${c.tenantId}/${c.name}`;
+    this.#cache.delete(key);
+    this.#cache.set(key, { value: c, loadedAt: Date.now() });
+    if (this.#cache.size > this.#size) this.#cache.delete(this.#cache.keys().next().value!);
+  }
+
+  /** Refuses changes that records already stored would violate. */
+  async #checkCompatible(
+    batch: (s: readonly Statement[]) => Promise<StatementResult[]>,
+    tenantId: string,
+    name: string,
+    before: CollectionDefinition,
+    after: CollectionDefinition,
+  ): Promise<void> {
+    const checks: { field: string; reason: string; statement: Statement }[] = [];
+    const base = 'SELECT EXISTS (SELECT 1 FROM bulkhead.records WHERE tenant_id = $1 AND collection = $2 AND ';
+    for (const [field, old] of Object.entries(before.fields)) {
+      const next = after.fields[field];
+      if (!next || next.type !== old.type) {
+        checks.push({
+          field,
+          reason: next ? `its type cannot change from ${old.type} to ${next.type}` : 'it cannot be removed',
+          statement: { text: `${base}data ? $3::text) AS hit`, values: [tenantId, name, field] },
+        });
+      } else if (next.type === 'enum') {
+        const removed = (old.values ?? []).filter((v) => !(next.values ?? []).includes(v));
+        if (removed.length > 0) {
+          checks.push({
+            field,
+            reason: 'records use enum values the new definition removes',
+            statement: { text: `${base}data ->> $3::text IN (SELECT jsonb_array_elements_text($4::text::jsonb))) AS hit`, values: [tenantId, name, field, JSON.stringify(removed)] },
+          });
+        }
+      } else if ((next.type === 'string' || next.type === 'text') && (next.maxLength ?? Infinity) < (old.maxLength ?? Infinity)) {
+        checks.push({
+          field,
+          reason: 'records hold values longer than the new maxLength',
+          statement: { text: `${base}length(data ->> $3::text) > $4) AS hit`, values: [tenantId, name, field, next.maxLength] },
+        });
+      } else if (next.type === 'reference' && next.collection !== old.collection) {
+        checks.push({
+          field,
+          reason: 'the target collection of a reference cannot change',
+          statement: { text: `${base}data ? $3::text) AS hit`, values: [tenantId, name, field] },
+        });
+      }
+    }
+    for (const [field, next] of Object.entries(after.fields)) {
+      if (next.required && !before.fields[field]?.required) {
+        checks.push({
+          field,
+          reason: 'records lack it, so it cannot become required',
+          statement: { text: `${base}NOT (data ? $3::text)) AS hit`, values: [tenantId, name, field] },
+        });
+      }
+    }
+    if (checks.length === 0) return;
+    const results = await batch(checks.map((c) => c.statement));
+    const failed = checks.find((_, i) => results[i]!.rows[0]!.hit === true);
+    if (failed) {
+      throw new BulkheadError('COLLECTION_INVALID', `fields.${failed.field}: ${failed.reason} while records hold it`, { details: { field: failed.field } });
+    }
+  }
+}
+
+function keyStatements(
+  tenantId: string,
+  name: string,
+  before: CollectionDefinition,
+  after: CollectionDefinition,
+): { field: string; statement: Statement }[] {
+  const out: { field: string; statement: Statement }[] = [];
+  for (const kind of ['unique', 'indexed'] as const) {
+    const table = kind === 'unique' ? 'bulkhead.unique_values' : 'bulkhead.index_values';
+    const has = (f: FieldDefinition | undefined) => f !== undefined && isKeyable(f.type) && f[kind];
+    for (const field of new Set([...Object.keys(before.fields), ...Object.keys(after.fields)])) {
+      const was = has(before.fields[field]);
+      const is = has(after.fields[field]);
+      if (was && !is) {
+        out.push({
+          field,
+          statement: { text: `DELETE FROM ${table} WHERE tenant_id = $1 AND collection = $2 AND field = $3`, values: [tenantId, name, field] },
+        });
+      } else if (!was && is) {
+        out.push({
+          field,
+          statement: {
+            text:
+              `INSERT INTO ${table} (tenant_id, collection, field, key, record_id) ` +
+              'SELECT tenant_id, collection, $3, bulkhead.value_key(data -> $3::text), id FROM bulkhead.records ' +
+              'WHERE tenant_id = $1 AND collection = $2 AND data ? $3::text',
+            values: [tenantId, name, field],
+          },
+        });
+      }
+    }
+  }
+  return out;
+}
+
+function view(c: CompiledCollection): CollectionView {
+  return {
+    name: c.name,
+    version: c.version,
+    fields: c.definition.fields,
+    ...(c.definition.description ? { description: c.definition.description } : {}),
+    createdAt: c.createdAt.toISOString(),
+    updatedAt: c.updatedAt.toISOString(),
+  };
+}
+
+/** JSON with sorted keys, to compare definitions regardless of key order. */
+function canonical(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
+  if (value && typeof value === 'object') {
+    return `{${Object.keys(value)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical((value as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(value);
+}

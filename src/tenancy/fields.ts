@@ -1,0 +1,187 @@
+import { CollectionInvalidError } from '../errors.js';
+
+/** Field types a tenant builder can declare. */
+export const FIELD_TYPES = [
+  'string', 'text', 'integer', 'number', 'boolean', 'datetime', 'date', 'json', 'reference', 'enum', 'email',
+] as const;
+/** A field type. */
+export type FieldType = (typeof FIELD_TYPES)[number];
+
+/** Data classifications, from least to most sensitive. */
+export const CLASSIFICATIONS = ['public', 'internal', 'confidential', 'pii', 'phi', 'pci'] as const;
+/** A data classification. */
+export type Classification = (typeof CLASSIFICATIONS)[number];
+
+/** A field as stored: every optional flag resolved. */
+export interface FieldDefinition {
+  readonly type: FieldType;
+  readonly required: boolean;
+  readonly unique: boolean;
+  readonly indexed: boolean;
+  readonly classification: Classification;
+  /** True for the field that names the data subject a record is about. */
+  readonly subject: boolean;
+  readonly default?: unknown;
+  /** Allowed values of an `enum` field. */
+  readonly values?: readonly string[];
+  /** Target collection of a `reference` field. */
+  readonly collection?: string;
+  /** Upper bound on the length of a `string` (default 1,000) or `text` (default 100,000) field. */
+  readonly maxLength?: number;
+  readonly description?: string;
+}
+
+/** A collection definition as stored. */
+export interface CollectionDefinition {
+  readonly fields: Readonly<Record<string, FieldDefinition>>;
+  readonly description?: string;
+}
+
+/** Limits on definitions, so one tenant cannot make validation or indexing unbounded. */
+export const LIMITS = Object.freeze({
+  fieldsPerCollection: 200,
+  enumValues: 500,
+  descriptionLength: 1000,
+  stringMaxLength: 1000,
+  textMaxLength: 100_000,
+});
+
+/** Names of collections: lower-case identifiers (they appear in URLs and storage keys). */
+export const COLLECTION_NAME = /^[a-z][a-z0-9_]{0,62}$/;
+/** Names of fields: identifiers, so they are safe in filters, sorts and exports. */
+export const FIELD_NAME = /^[A-Za-z][A-Za-z0-9_]{0,62}$/;
+
+/** Types whose values are scalars that can be unique, indexed, sorted and filtered by comparison. */
+const SCALAR_TYPES: ReadonlySet<FieldType> = new Set([
+  'string', 'integer', 'number', 'boolean', 'datetime', 'date', 'reference', 'enum', 'email',
+]);
+
+/** True when values of this type can be unique or indexed. */
+export function isKeyable(type: FieldType): boolean {
+  return SCALAR_TYPES.has(type);
+}
+
+const FIELD_KEYS = new Set([
+  'type', 'required', 'unique', 'indexed', 'classification', 'subject', 'default', 'values', 'collection', 'maxLength', 'description',
+]);
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function fail(message: string, field?: string): never {
+  throw new CollectionInvalidError(message, field === undefined ? undefined : { field });
+}
+
+function flag(raw: Record<string, unknown>, key: string, name: string): boolean {
+  const v = raw[key];
+  if (v === undefined) return false;
+  if (typeof v !== 'boolean') fail(`fields.${name}.${key} must be a boolean`, name);
+  return v;
+}
+
+/**
+ * Checks a collection definition from a builder (API or schema-as-code) and resolves defaults.
+ * Every message names the field at fault. `collection` is the collection's own name, so a
+ * reference may point at it.
+ */
+export function parseCollectionDefinition(input: unknown): CollectionDefinition {
+  if (!isPlainObject(input)) fail('the collection definition must be a JSON object');
+  for (const key of Object.keys(input)) {
+    if (key !== 'fields' && key !== 'description') fail(`unknown property "${safeName(key)}" in the collection definition`);
+  }
+  const description = input.description;
+  if (description !== undefined && (typeof description !== 'string' || description.length > LIMITS.descriptionLength)) {
+    fail(`description must be a string of at most ${LIMITS.descriptionLength} characters`);
+  }
+  const rawFields = input.fields;
+  if (!isPlainObject(rawFields)) fail('fields must be an object mapping field names to definitions');
+  const names = Object.keys(rawFields);
+  if (names.length === 0) fail('a collection needs at least one field');
+  if (names.length > LIMITS.fieldsPerCollection) fail(`a collection has at most ${LIMITS.fieldsPerCollection} fields`);
+  const fields: Record<string, FieldDefinition> = {};
+  let subjects = 0;
+  for (const name of names) {
+    if (!FIELD_NAME.test(name)) fail(`field names must match ${FIELD_NAME.source}`, safeName(name));
+    const field = parseField(name, rawFields[name]);
+    if (field.subject) subjects++;
+    fields[name] = field;
+  }
+  if (subjects > 1) fail('at most one field may be marked as the data subject');
+  return Object.freeze({
+    fields: Object.freeze(fields),
+    ...(description === undefined ? {} : { description: description as string }),
+  });
+}
+
+function parseField(name: string, raw: unknown): FieldDefinition {
+  if (!isPlainObject(raw)) fail(`fields.${name} must be an object with a type`, name);
+  for (const key of Object.keys(raw)) {
+    if (!FIELD_KEYS.has(key)) fail(`unknown property "${safeName(key)}" in fields.${name}`, name);
+  }
+  const type = raw.type;
+  if (typeof type !== 'string' || !(FIELD_TYPES as readonly string[]).includes(type)) {
+    fail(`fields.${name}.type must be one of ${FIELD_TYPES.join(', ')}`, name);
+  }
+  const t = type as FieldType;
+  const classification = raw.classification ?? 'internal';
+  if (typeof classification !== 'string' || !(CLASSIFICATIONS as readonly string[]).includes(classification)) {
+    fail(`fields.${name}.classification must be one of ${CLASSIFICATIONS.join(', ')}`, name);
+  }
+  const field: {
+    -readonly [K in keyof FieldDefinition]: FieldDefinition[K];
+  } = {
+    type: t,
+    required: flag(raw, 'required', name),
+    unique: flag(raw, 'unique', name),
+    indexed: flag(raw, 'indexed', name),
+    subject: flag(raw, 'subject', name),
+    classification: classification as Classification,
+  };
+  if ((field.unique || field.indexed) && !isKeyable(t)) fail(`fields.${name}: a ${t} field cannot be unique or indexed`, name);
+  if (raw.description !== undefined) {
+    if (typeof raw.description !== 'string' || raw.description.length > LIMITS.descriptionLength) {
+      fail(`fields.${name}.description must be a string of at most ${LIMITS.descriptionLength} characters`, name);
+    }
+    field.description = raw.description;
+  }
+  if (t === 'enum') {
+    const values = raw.values;
+    if (!Array.isArray(values) || values.length === 0 || values.length > LIMITS.enumValues) {
+      fail(`fields.${name}.values must list 1 to ${LIMITS.enumValues} strings`, name);
+    }
+    if (!values.every((v) => typeof v === 'string' && v.length > 0 && v.length <= 200) || new Set(values).size !== values.length) {
+      fail(`fields.${name}.values must be distinct non-empty strings of at most 200 characters`, name);
+    }
+    field.values = Object.freeze([...(values as string[])]);
+  } else if (raw.values !== undefined) {
+    fail(`fields.${name}.values is only for enum fields`, name);
+  }
+  if (t === 'reference') {
+    if (typeof raw.collection !== 'string' || !COLLECTION_NAME.test(raw.collection)) {
+      fail(`fields.${name}.collection must name the referenced collection`, name);
+    }
+    field.collection = raw.collection;
+  } else if (raw.collection !== undefined) {
+    fail(`fields.${name}.collection is only for reference fields`, name);
+  }
+  if (raw.maxLength !== undefined) {
+    const cap = t === 'text' ? LIMITS.textMaxLength : LIMITS.stringMaxLength;
+    if (t !== 'string' && t !== 'text') fail(`fields.${name}.maxLength is only for string and text fields`, name);
+    if (!Number.isInteger(raw.maxLength) || (raw.maxLength as number) < 1 || (raw.maxLength as number) > cap) {
+      fail(`fields.${name}.maxLength must be an integer from 1 to ${cap}`, name);
+    }
+    field.maxLength = raw.maxLength as number;
+  }
+  if (raw.default !== undefined) {
+    if (field.unique) fail(`fields.${name}: a unique field cannot have a default`, name);
+    if (raw.default === null) fail(`fields.${name}.default cannot be null; leave it out instead`, name);
+    field.default = raw.default;
+  }
+  return Object.freeze(field);
+}
+
+/** Echoes a caller-supplied key only when it is a short identifier; never reflects arbitrary input. */
+function safeName(name: string): string {
+  return /^[A-Za-z0-9_]{1,63}$/.test(name) ? name : '(invalid name)';
+}

@@ -1,0 +1,238 @@
+import { BulkheadError, QueryInvalidError } from '../errors.js';
+import { isUuid } from '../ids.js';
+import type { Statement } from '../store/engine.js';
+import { isKeyable, type CollectionDefinition, type FieldDefinition } from './fields.js';
+import { fieldValidator } from './validation.js';
+
+/** Filter operators (SPEC: eq, ne, lt, lte, gt, gte, in, contains, prefix, isNull). */
+export const OPERATORS = ['eq', 'ne', 'lt', 'lte', 'gt', 'gte', 'in', 'contains', 'prefix', 'isNull'] as const;
+/** A filter operator. */
+export type Operator = (typeof OPERATORS)[number];
+
+/** Bounds on list queries, so no request can ask for unbounded work. */
+export const QUERY_LIMITS = Object.freeze({
+  defaultLimit: 100,
+  maxLimit: 1000,
+  maxFilterFields: 20,
+  maxInValues: 100,
+  maxFilterLength: 8192,
+  maxCursorLength: 2048,
+});
+
+const RANGE_TYPES = new Set(['string', 'integer', 'number', 'datetime', 'date', 'email', 'enum', 'reference']);
+const TEXT_TYPES = new Set(['string', 'text', 'email', 'enum', 'reference']);
+
+/** A list request as it arrives (strings straight from the query string). */
+export interface ListRequest {
+  readonly filter?: string | undefined;
+  readonly sort?: string | undefined;
+  readonly limit?: string | undefined;
+  readonly cursor?: string | undefined;
+}
+
+/** A compiled list query. */
+export interface CompiledQuery {
+  readonly statement: Statement;
+  readonly limit: number;
+  /** Builds the cursor that continues after `row`. */
+  cursorAfter(row: { id: string; data: Record<string, unknown> }): string;
+  /** A fingerprint of the query's shape (fields and operators, never values), for audit and logs. */
+  readonly fingerprint: string;
+}
+
+interface Sort {
+  readonly field: string | null;
+  readonly descending: boolean;
+}
+
+interface CursorPayload {
+  s: string;
+  v?: unknown;
+  i: string;
+}
+
+/**
+ * Compiles a list request into one parameterized statement. Every caller value is a bound
+ * parameter, field names included; the tenant and collection are always the first predicates.
+ */
+export function compileList(
+  tenantId: string,
+  collection: string,
+  definition: CollectionDefinition,
+  request: ListRequest,
+): CompiledQuery {
+  const values: unknown[] = [tenantId, collection];
+  const param = (v: unknown): string => {
+    values.push(v);
+    return `$${values.length}`;
+  };
+  const where: string[] = ['r.tenant_id = $1', 'r.collection = $2'];
+  const shape: string[] = [];
+
+  const filter = parseFilter(request.filter);
+  for (const [name, ops] of Object.entries(filter)) {
+    const field = definition.fields[name];
+    if (!field) throw new QueryInvalidError(`filter names an unknown field "${safe(name)}"`, { field: safe(name) });
+    if (typeof ops !== 'object' || ops === null || Array.isArray(ops) || Object.keys(ops).length === 0) {
+      throw new QueryInvalidError(`filter.${name} must be an object of operators`, { field: name });
+    }
+    for (const [op, arg] of Object.entries(ops as Record<string, unknown>)) {
+      where.push(condition(name, field, op, arg, param));
+      shape.push(`${name}.${op}`);
+    }
+  }
+
+  const sort = parseSort(request.sort, definition);
+  const limit = parseLimit(request.limit);
+  const sortKey = sort.field === null ? null : `coalesce(r.data -> ${param(sort.field)}::text, 'null'::jsonb)`;
+  const sortTag = sort.field === null ? (sort.descending ? '-id' : 'id') : `${sort.descending ? '-' : ''}${sort.field}`;
+  if (request.cursor !== undefined) {
+    const c = decodeCursor(request.cursor);
+    if (c.s !== sortTag) throw new BulkheadError('QUERY_CURSOR_INVALID', 'the cursor belongs to a different sort; start again without it');
+    const cmp = sort.descending ? '<' : '>';
+    if (sortKey === null) where.push(`r.id ${cmp} ${param(c.i)}::uuid`);
+    else where.push(`(${sortKey}, r.id) ${cmp} (${param(JSON.stringify(c.v ?? null))}::text::jsonb, ${param(c.i)}::uuid)`);
+  }
+  const dir = sort.descending ? 'DESC' : 'ASC';
+  const order = sortKey === null ? `r.id ${dir}` : `${sortKey} ${dir}, r.id ${dir}`;
+  const text =
+    'SELECT r.id, r.data, r.version, r.created_at, r.updated_at FROM bulkhead.records r ' +
+    `WHERE ${where.join(' AND ')} ORDER BY ${order} LIMIT ${param(limit + 1)}`;
+  return {
+    statement: { text, values },
+    limit,
+    fingerprint: `${collection}?${shape.sort().join(',')}&sort=${sortTag}`,
+    cursorAfter(row) {
+      const payload: CursorPayload = { s: sortTag, i: row.id };
+      if (sort.field !== null) payload.v = row.data[sort.field] ?? null;
+      return Buffer.from(JSON.stringify(payload)).toString('base64url');
+    },
+  };
+}
+
+function parseFilter(raw: string | undefined): Record<string, unknown> {
+  if (raw === undefined || raw === '') return {};
+  if (raw.length > QUERY_LIMITS.maxFilterLength) {
+    throw new QueryInvalidError(`filter is longer than ${QUERY_LIMITS.maxFilterLength} characters`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    throw new QueryInvalidError('filter must be URL-encoded JSON, e.g. {"status":{"eq":"open"}}');
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new QueryInvalidError('filter must be a JSON object mapping fields to operators');
+  }
+  if (Object.keys(parsed).length > QUERY_LIMITS.maxFilterFields) {
+    throw new QueryInvalidError(`filter names at most ${QUERY_LIMITS.maxFilterFields} fields`);
+  }
+  return parsed as Record<string, unknown>;
+}
+
+function condition(name: string, field: FieldDefinition, op: string, arg: unknown, param: (v: unknown) => string): string {
+  if (!(OPERATORS as readonly string[]).includes(op)) {
+    throw new QueryInvalidError(`filter.${name}: unknown operator "${safe(op)}"; use one of ${OPERATORS.join(', ')}`, { field: name });
+  }
+  const value = (p: string): string => `r.data -> ${p}`;
+  const f = `${param(name)}::text`;
+  switch (op as Operator) {
+    case 'isNull': {
+      if (typeof arg !== 'boolean') throw new QueryInvalidError(`filter.${name}.isNull takes true or false`, { field: name });
+      return arg ? `NOT (r.data ? ${f})` : `(r.data ? ${f})`;
+    }
+    case 'eq':
+    case 'ne': {
+      if (field.type === 'json') throw new QueryInvalidError(`filter.${name}: json fields support only isNull`, { field: name });
+      const v = checkValue(name, field, op, arg);
+      const p = param(JSON.stringify(v));
+      if (op === 'ne') return `${value(f)} IS DISTINCT FROM ${p}::text::jsonb`;
+      return `${value(f)} = ${p}::text::jsonb${keyLookup(field, f, `${p}::text::jsonb`)}`;
+    }
+    case 'in': {
+      if (field.type === 'json') throw new QueryInvalidError(`filter.${name}: json fields support only isNull`, { field: name });
+      if (!Array.isArray(arg) || arg.length === 0 || arg.length > QUERY_LIMITS.maxInValues) {
+        throw new QueryInvalidError(`filter.${name}.in takes an array of 1 to ${QUERY_LIMITS.maxInValues} values`, { field: name });
+      }
+      const vs = arg.map((v) => checkValue(name, field, op, v));
+      return `${value(f)} IN (SELECT jsonb_array_elements(${param(JSON.stringify(vs))}::text::jsonb))`;
+    }
+    case 'lt':
+    case 'lte':
+    case 'gt':
+    case 'gte': {
+      if (!RANGE_TYPES.has(field.type)) throw new QueryInvalidError(`filter.${name}: ${field.type} fields cannot be compared with ${op}`, { field: name });
+      const v = checkValue(name, field, op, arg);
+      const sql = { lt: '<', lte: '<=', gt: '>', gte: '>=' }[op as 'lt' | 'lte' | 'gt' | 'gte'];
+      // jsonb compares values of one type by value (numbers numerically); a collection's field holds one type.
+      return `${value(f)} ${sql} ${param(JSON.stringify(v))}::text::jsonb`;
+    }
+    case 'contains':
+    case 'prefix': {
+      if (!TEXT_TYPES.has(field.type)) throw new QueryInvalidError(`filter.${name}: ${op} applies to text fields only`, { field: name });
+      if (typeof arg !== 'string' || arg.length === 0 || arg.length > 1000) {
+        throw new QueryInvalidError(`filter.${name}.${op} takes a non-empty string of at most 1000 characters`, { field: name });
+      }
+      const needle = field.type === 'email' ? arg.toLowerCase() : arg;
+      // strpos and starts_with take the argument as data, so %, _ and \ need no escaping.
+      return op === 'contains'
+        ? `strpos(lower(r.data ->> ${f}), lower(${param(needle)})) > 0`
+        : `starts_with(r.data ->> ${f}, ${param(needle)})`;
+    }
+  }
+}
+
+/** For unique and indexed fields, an equality also goes through the per-tenant value index. */
+function keyLookup(field: FieldDefinition, f: string, jsonValue: string): string {
+  if (!isKeyable(field.type) || !(field.unique || field.indexed)) return '';
+  const table = field.unique ? 'bulkhead.unique_values' : 'bulkhead.index_values';
+  return ` AND r.id IN (SELECT k.record_id FROM ${table} k WHERE k.tenant_id = $1 AND k.collection = $2 AND k.field = ${f} AND k.key = bulkhead.value_key(${jsonValue}))`;
+}
+
+function checkValue(name: string, field: FieldDefinition, op: string, v: unknown): unknown {
+  if (!fieldValidator(field)(v)) {
+    throw new QueryInvalidError(`filter.${name}.${op} needs a value of the field's type (${field.type})`, { field: name });
+  }
+  if (field.type === 'email') return (v as string).toLowerCase();
+  if (field.type === 'datetime') return new Date(Date.parse(v as string)).toISOString();
+  return v;
+}
+
+function parseSort(raw: string | undefined, definition: CollectionDefinition): Sort {
+  if (raw === undefined || raw === '' || raw === 'id') return { field: null, descending: false };
+  if (raw === '-id') return { field: null, descending: true };
+  const descending = raw.startsWith('-');
+  const name = descending ? raw.slice(1) : raw;
+  const field = definition.fields[name];
+  if (!field) throw new QueryInvalidError(`sort names an unknown field "${safe(name)}"`, { field: safe(name) });
+  if (!isKeyable(field.type)) throw new QueryInvalidError(`sort: ${field.type} fields cannot be sorted`, { field: name });
+  return { field: name, descending };
+}
+
+function parseLimit(raw: string | undefined): number {
+  if (raw === undefined || raw === '') return QUERY_LIMITS.defaultLimit;
+  if (!/^[0-9]{1,4}$/.test(raw)) throw new QueryInvalidError(`limit must be an integer from 1 to ${QUERY_LIMITS.maxLimit}`);
+  const n = Number(raw);
+  if (n < 1 || n > QUERY_LIMITS.maxLimit) throw new QueryInvalidError(`limit must be an integer from 1 to ${QUERY_LIMITS.maxLimit}`);
+  return n;
+}
+
+function decodeCursor(raw: string): CursorPayload {
+  const invalid = () => new BulkheadError('QUERY_CURSOR_INVALID', 'the cursor is not one this server issued; start again without it');
+  if (raw.length === 0 || raw.length > QUERY_LIMITS.maxCursorLength || !/^[A-Za-z0-9_-]+$/.test(raw)) throw invalid();
+  let c: unknown;
+  try {
+    c = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8'));
+  } catch {
+    throw invalid();
+  }
+  if (typeof c !== 'object' || c === null || Array.isArray(c)) throw invalid();
+  const { s, i, v } = c as Record<string, unknown>;
+  if (typeof s !== 'string' || !isUuid(i)) throw invalid();
+  if (v !== undefined && v !== null && typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') throw invalid();
+  return { s, i, v };
+}
+
+function safe(name: string): string {
+  return /^[A-Za-z][A-Za-z0-9_]{0,62}$/.test(name) ? name : '(invalid name)';
+}

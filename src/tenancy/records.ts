@@ -1,0 +1,299 @@
+import { BulkheadError, DatabaseError, NotFoundError, RecordInvalidError } from '../errors.js';
+import { isUuid, uuidv7 } from '../ids.js';
+import type { Statement, StatementResult } from '../store/engine.js';
+import type { Store } from '../store/store.js';
+import type { Collections, CompiledCollection } from './collections.js';
+import { isKeyable } from './fields.js';
+import { compileList, type ListRequest } from './query.js';
+
+/** A record as the API shows it (the shape of Airtable's API). */
+export interface RecordView {
+  readonly id: string;
+  readonly fields: Record<string, unknown>;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  readonly version: number;
+}
+
+/** One page of a list. */
+export interface RecordPage {
+  readonly records: RecordView[];
+  readonly nextCursor: string | null;
+  /** The query's shape without values, for audit and logs. */
+  readonly fingerprint: string;
+}
+
+/** Who is writing (kept with each record version). */
+export interface Actor {
+  readonly tenantId: string;
+  readonly subject: string;
+}
+
+/** A statement and what its failure means. */
+interface Step {
+  readonly statement: Statement;
+  readonly field?: string;
+  readonly on?: 'reference' | 'unique' | 'version';
+}
+
+const RETURNING = 'RETURNING id, data, version, created_at, updated_at';
+
+/**
+ * Records of tenant-defined collections on the pool tier. Every statement names its tenant
+ * (`tenant_id = $1` leads every predicate, for partition pruning) and runs under RLS as well.
+ * A write is one transaction: the record, its unique and indexed values, and the checks of its
+ * references, sent in one round trip where the engine can.
+ */
+export class Records {
+  readonly #store: Store;
+  readonly #collections: Collections;
+
+  constructor(store: Store, collections: Collections) {
+    this.#store = store;
+    this.#collections = collections;
+  }
+
+  /** Creates a record; defaults applied, values validated and normalized. */
+  async create(actor: Actor, collection: string, fields: unknown): Promise<RecordView> {
+    return this.#retryOnNewVersion(actor.tenantId, collection, async (c) => {
+      const data = c.validator.normalize(fields, true);
+      const id = uuidv7();
+      const steps: Step[] = [
+        versionStep(c),
+        ...referenceSteps(c, data),
+        {
+          statement: {
+            name: 'bh_record_insert',
+            text:
+              'INSERT INTO bulkhead.records (tenant_id, collection, id, data, schema_version, created_by, updated_by) ' +
+              `VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $6) ${RETURNING}`,
+            values: [c.tenantId, c.name, id, JSON.stringify(data), c.version, actor.subject],
+          },
+        },
+        ...keySteps(c, id, data, Object.keys(data)),
+      ];
+      const results = await this.#run(actor.tenantId, steps);
+      return toView(results[steps.length - 1 - keySteps(c, id, data, Object.keys(data)).length]!.rows[0]!);
+    });
+  }
+
+  /** One record, or RECORD_NOT_FOUND (also when it belongs to another tenant: no existence leak). */
+  async get(tenantId: string, collection: string, id: string): Promise<RecordView> {
+    const c = await this.#collections.get(tenantId, collection);
+    if (!isUuid(id)) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
+    const [r] = await this.#store.tenant(tenantId).batch([
+      {
+        name: 'bh_record_get',
+        text: 'SELECT id, data, version, created_at, updated_at FROM bulkhead.records WHERE tenant_id = $1 AND collection = $2 AND id = $3',
+        values: [tenantId, c.name, id],
+      },
+    ]);
+    const row = r!.rows[0];
+    if (!row) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
+    return toView(row);
+  }
+
+  /** A page of records matching the filter, in sort order, with a cursor for the next page. */
+  async list(tenantId: string, collection: string, request: ListRequest): Promise<RecordPage> {
+    const c = await this.#collections.get(tenantId, collection);
+    const q = compileList(tenantId, c.name, c.definition, request);
+    const [r] = await this.#store.tenant(tenantId).batch([q.statement]);
+    const rows = r!.rows;
+    const more = rows.length > q.limit;
+    const page = more ? rows.slice(0, q.limit) : rows;
+    const last = page[page.length - 1];
+    return {
+      records: page.map(toView),
+      nextCursor: more && last ? q.cursorAfter({ id: last.id as string, data: last.data as Record<string, unknown> }) : null,
+      fingerprint: q.fingerprint,
+    };
+  }
+
+  /** Changes some fields (a null clears one); the merged record is validated as a whole. */
+  async update(actor: Actor, collection: string, id: string, patch: unknown): Promise<RecordView> {
+    if (!isUuid(id)) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
+    if (typeof patch !== 'object' || patch === null || Array.isArray(patch)) throw new RecordInvalidError('fields must be a JSON object');
+    return this.#retryOnNewVersion(actor.tenantId, collection, (c) =>
+      this.#wrap(this.#store.tenant(actor.tenantId).transaction(async (tx) => {
+        const [, current] = await tx.batch([
+          versionStep(c).statement,
+          {
+            name: 'bh_record_lock',
+            text: 'SELECT id, data, version, created_at, updated_at FROM bulkhead.records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE',
+            values: [c.tenantId, c.name, id],
+          },
+        ]).catch((e: unknown) => {
+          throw classify(e, [versionStep(c)]);
+        });
+        const row = current!.rows[0];
+        if (!row) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
+        const before = row.data as Record<string, unknown>;
+        const merged: Record<string, unknown> = { ...before, ...(patch as Record<string, unknown>) };
+        const data = c.validator.normalize(merged, false);
+        const changed = [...new Set([...Object.keys(before), ...Object.keys(data)])].filter(
+          (k) => JSON.stringify(before[k]) !== JSON.stringify(data[k]),
+        );
+        const steps: Step[] = [
+          ...referenceSteps(c, pick(data, changed)),
+          {
+            statement: {
+              name: 'bh_record_update',
+              text:
+                'UPDATE bulkhead.records SET data = $4::text::jsonb, version = version + 1, schema_version = $5, updated_at = now(), updated_by = $6 ' +
+                `WHERE tenant_id = $1 AND collection = $2 AND id = $3 ${RETURNING}`,
+              values: [c.tenantId, c.name, id, JSON.stringify(data), c.version, actor.subject],
+            },
+          },
+          ...keySteps(c, id, data, changed, true),
+        ];
+        const updateIndex = steps.findIndex((s) => s.statement.name === 'bh_record_update');
+        let results: StatementResult[];
+        try {
+          results = await tx.batch(steps.map((s) => s.statement));
+        } catch (error) {
+          throw classify(error, steps);
+        }
+        return toView(results[updateIndex]!.rows[0]!);
+      })),
+    );
+  }
+
+  /** Deletes a record (its unique and indexed values go with it, by cascade). */
+  async delete(tenantId: string, collection: string, id: string): Promise<void> {
+    const c = await this.#collections.get(tenantId, collection);
+    if (!isUuid(id)) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
+    const [r] = await this.#store.tenant(tenantId).batch([
+      {
+        name: 'bh_record_delete',
+        text: 'DELETE FROM bulkhead.records WHERE tenant_id = $1 AND collection = $2 AND id = $3',
+        values: [tenantId, c.name, id],
+      },
+    ]);
+    if (r!.rowCount === 0) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
+  }
+
+  async #run(tenantId: string, steps: readonly Step[]): Promise<StatementResult[]> {
+    try {
+      return await this.#store.tenant(tenantId).batch(steps.map((s) => s.statement));
+    } catch (error) {
+      throw classify(error, steps);
+    }
+  }
+
+  async #wrap<T>(p: Promise<T>): Promise<T> {
+    return p;
+  }
+
+  /**
+   * Runs a write against the cached definition; if storage says the collection changed since,
+   * reloads it and tries once more, so a write is never validated against a stale version.
+   */
+  async #retryOnNewVersion<T>(tenantId: string, collection: string, fn: (c: CompiledCollection) => Promise<T>): Promise<T> {
+    const c = await this.#collections.get(tenantId, collection);
+    try {
+      return await fn(c);
+    } catch (error) {
+      if (!(error instanceof BulkheadError) || error.code !== 'COLLECTION_CHANGED') throw error;
+      this.#collections.forget(tenantId, collection);
+      return fn(await this.#collections.get(tenantId, collection, true));
+    }
+  }
+}
+
+/** Takes a share lock on the collection row: a concurrent definition change waits, or this write sees it. */
+function versionStep(c: CompiledCollection): Step {
+  return {
+    on: 'version',
+    statement: {
+      name: 'bh_collection_version',
+      text:
+        'SELECT bulkhead.require_collection_version(EXISTS (SELECT 1 FROM bulkhead.collections ' +
+        'WHERE tenant_id = $1 AND name = $2 AND version = $3 FOR SHARE))',
+      values: [c.tenantId, c.name, c.version],
+    },
+  };
+}
+
+function referenceSteps(c: CompiledCollection, data: Record<string, unknown>): Step[] {
+  const steps: Step[] = [];
+  for (const [field, def] of Object.entries(c.definition.fields)) {
+    if (def.type !== 'reference' || data[field] === undefined) continue;
+    steps.push({
+      field,
+      on: 'reference',
+      statement: {
+        name: 'bh_reference_check',
+        text:
+          'SELECT bulkhead.require_reference(EXISTS (SELECT 1 FROM bulkhead.records ' +
+          'WHERE tenant_id = $1 AND collection = $2 AND id = $3::uuid))',
+        values: [c.tenantId, def.collection, data[field]],
+      },
+    });
+  }
+  return steps;
+}
+
+/** Statements that keep unique_values and index_values in step with the record's `fields`. */
+function keySteps(c: CompiledCollection, id: string, data: Record<string, unknown>, fields: readonly string[], replace = false): Step[] {
+  const steps: Step[] = [];
+  for (const field of fields) {
+    const def = c.definition.fields[field];
+    if (!def || !isKeyable(def.type) || !(def.unique || def.indexed)) continue;
+    const table = def.unique ? 'bulkhead.unique_values' : 'bulkhead.index_values';
+    const tag = def.unique ? 'unique' : 'index';
+    if (replace) {
+      steps.push({
+        statement: {
+          name: `bh_${tag}_clear`,
+          text: `DELETE FROM ${table} WHERE tenant_id = $1 AND collection = $2 AND field = $3 AND record_id = $4`,
+          values: [c.tenantId, c.name, field, id],
+        },
+      });
+    }
+    if (data[field] === undefined) continue;
+    steps.push({
+      field,
+      ...(def.unique ? { on: 'unique' as const } : {}),
+      statement: {
+        name: `bh_${tag}_put`,
+        text: `INSERT INTO ${table} (tenant_id, collection, field, key, record_id) VALUES ($1, $2, $3, bulkhead.value_key($4::text::jsonb), $5)`,
+        values: [c.tenantId, c.name, field, JSON.stringify(data[field]), id],
+      },
+    });
+  }
+  return steps;
+}
+
+/** Turns a failed step into the API's error; the database's own text (which may quote values) is dropped. */
+function classify(error: unknown, steps: readonly Step[]): unknown {
+  if (!(error instanceof DatabaseError)) return error;
+  const step = error.statementIndex === undefined ? undefined : steps[error.statementIndex];
+  if (error.sqlState === 'BHC01') return new BulkheadError('COLLECTION_CHANGED', 'the collection definition changed; retry the request', { cause: error });
+  if (step?.on === 'unique' && error.kind === 'unique') {
+    return new BulkheadError('RECORD_UNIQUE_VIOLATION', `fields.${step.field} must be unique within the tenant; another record has this value`, {
+      details: { field: step.field },
+    });
+  }
+  if (step?.on === 'reference' && error.kind === 'foreign_key') {
+    return new BulkheadError('RECORD_REFERENCE_NOT_FOUND', `fields.${step.field} names no record of the referenced collection`, {
+      details: { field: step.field },
+    });
+  }
+  return error;
+}
+
+function pick(data: Record<string, unknown>, keys: readonly string[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const k of keys) if (data[k] !== undefined) out[k] = data[k];
+  return out;
+}
+
+function toView(row: Record<string, unknown>): RecordView {
+  return {
+    id: row.id as string,
+    fields: row.data as Record<string, unknown>,
+    createdAt: (row.created_at as Date).toISOString(),
+    updatedAt: (row.updated_at as Date).toISOString(),
+    version: row.version as number,
+  };
+}

@@ -1,0 +1,201 @@
+import { BulkheadError, DatabaseError, NotFoundError } from '../errors.js';
+import { isUuid, uuidv7 } from '../ids.js';
+import type { Store } from '../store/store.js';
+
+/** Lifecycle states of a tenant (SPEC section 1). */
+export const TENANT_STATUSES = ['active', 'suspended', 'quarantined', 'migrating', 'offboarding', 'erased'] as const;
+/** A lifecycle state. */
+export type TenantStatus = (typeof TENANT_STATUSES)[number];
+/** Isolation tiers. Only `pool` is served by this version; bridge and silo come with tenant moves. */
+export const TIERS = ['pool', 'bridge', 'silo'] as const;
+/** An isolation tier. */
+export type Tier = (typeof TIERS)[number];
+
+/** A tenant as the API shows it. */
+export interface TenantView {
+  readonly id: string;
+  readonly slug: string;
+  readonly name: string;
+  readonly tier: Tier;
+  readonly region: string;
+  readonly status: TenantStatus;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+}
+
+/** One entry of a tenant's lifecycle history. */
+export interface TenantHistoryEntry {
+  readonly seq: number;
+  readonly at: string;
+  readonly event: string;
+  readonly fromStatus: TenantStatus | null;
+  readonly toStatus: TenantStatus;
+  readonly actor: string;
+}
+
+/** Options of the tenant registry. */
+export interface TenantsOptions {
+  /** Regions this deployment serves; the first is the default. */
+  readonly regions: readonly string[];
+  /** How long a tenant's status is trusted on the request path before it is read again. */
+  readonly statusTtlMs?: number;
+}
+
+const SLUG = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+/** Status changes an operator may make through this version's API. */
+const MANUAL_TRANSITIONS: Readonly<Record<string, readonly TenantStatus[]>> = {
+  active: ['suspended'],
+  suspended: ['active'],
+};
+
+function invalid(message: string, field: string): never {
+  throw new BulkheadError('TENANT_INVALID', message, { details: { field } });
+}
+
+/** The platform's tenant registry, with lifecycle history. */
+export class Tenants {
+  readonly #store: Store;
+  readonly #regions: readonly string[];
+  readonly #ttl: number;
+  readonly #status = new Map<string, { status: TenantStatus | null; at: number }>();
+
+  constructor(store: Store, options: TenantsOptions) {
+    if (options.regions.length === 0) throw new TypeError('at least one region is needed');
+    this.#store = store;
+    this.#regions = Object.freeze([...options.regions]);
+    this.#ttl = options.statusTtlMs ?? 2_000;
+  }
+
+  /** Creates an active tenant on the pool tier in the given (or default) region. */
+  async create(input: unknown, actor: string): Promise<TenantView> {
+    if (typeof input !== 'object' || input === null || Array.isArray(input)) invalid('the body must be a JSON object', 'body');
+    const { slug, name, tier = 'pool', region = this.#regions[0], ...rest } = input as Record<string, unknown>;
+    const unknown = Object.keys(rest)[0];
+    if (unknown !== undefined) invalid(`unknown property "${/^[A-Za-z0-9_]{1,40}$/.test(unknown) ? unknown : '(invalid name)'}"`, 'body');
+    if (typeof slug !== 'string' || !SLUG.test(slug)) invalid('slug must be 1-63 lower-case letters, digits and inner hyphens', 'slug');
+    if (typeof name !== 'string' || name.trim().length === 0 || name.length > 200) invalid('name must be a non-empty string of at most 200 characters', 'name');
+    if (typeof tier !== 'string' || !(TIERS as readonly string[]).includes(tier)) invalid(`tier must be one of ${TIERS.join(', ')}`, 'tier');
+    if (tier !== 'pool') invalid(`tier ${tier} is not available in this version; use pool`, 'tier');
+    if (typeof region !== 'string' || !this.#regions.includes(region)) invalid(`region must be one of ${this.#regions.join(', ')}`, 'region');
+    const id = uuidv7();
+    try {
+      const [r] = await this.#store.platform().batch([
+        {
+          text:
+            "INSERT INTO bulkhead.tenants (id, slug, name, status, tier, region) VALUES ($1, $2, $3, 'active', $4, $5) " +
+            'RETURNING id, slug, name, status, tier, region, created_at, updated_at',
+          values: [id, slug, name, tier, region],
+        },
+        {
+          text: "INSERT INTO bulkhead.tenant_history (tenant_id, event, from_status, to_status, actor) VALUES ($1, 'created', NULL, 'active', $2)",
+          values: [id, actor],
+        },
+      ]);
+      this.#status.set(id, { status: 'active', at: Date.now() });
+      return toView(r!.rows[0]!);
+    } catch (error) {
+      if (error instanceof DatabaseError && error.kind === 'unique' && error.statementIndex === 0) {
+        throw new BulkheadError('TENANT_SLUG_TAKEN', 'a tenant with this slug exists; choose another slug', { details: { field: 'slug' } });
+      }
+      throw error;
+    }
+  }
+
+  /** One tenant by id or slug. */
+  async get(idOrSlug: string): Promise<TenantView> {
+    const byId = isUuid(idOrSlug);
+    if (!byId && !SLUG.test(idOrSlug)) throw new NotFoundError('TENANT_NOT_FOUND', 'no such tenant');
+    const [r] = await this.#store.platform().batch([
+      {
+        text: `SELECT id, slug, name, status, tier, region, created_at, updated_at FROM bulkhead.tenants WHERE ${byId ? 'id = $1::uuid' : 'slug = $1'}`,
+        values: [idOrSlug],
+      },
+    ]);
+    const row = r!.rows[0];
+    if (!row) throw new NotFoundError('TENANT_NOT_FOUND', 'no such tenant');
+    return toView(row);
+  }
+
+  /** Every tenant, oldest first. */
+  async list(): Promise<TenantView[]> {
+    const [r] = await this.#store.platform().batch([
+      { text: 'SELECT id, slug, name, status, tier, region, created_at, updated_at FROM bulkhead.tenants ORDER BY id' },
+    ]);
+    return r!.rows.map(toView);
+  }
+
+  /** The lifecycle history of a tenant. */
+  async history(id: string): Promise<TenantHistoryEntry[]> {
+    const tenant = await this.get(id);
+    const [r] = await this.#store.platform().batch([
+      { text: 'SELECT seq, at, event, from_status, to_status, actor FROM bulkhead.tenant_history WHERE tenant_id = $1 ORDER BY seq', values: [tenant.id] },
+    ]);
+    return r!.rows.map((row) => ({
+      seq: Number(row.seq),
+      at: (row.at as Date).toISOString(),
+      event: row.event as string,
+      fromStatus: (row.from_status as TenantStatus | null) ?? null,
+      toStatus: row.to_status as TenantStatus,
+      actor: row.actor as string,
+    }));
+  }
+
+  /** Moves a tenant between active and suspended (the other states belong to later workflows). */
+  async setStatus(idOrSlug: string, status: unknown, actor: string): Promise<TenantView> {
+    if (typeof status !== 'string' || !(TENANT_STATUSES as readonly string[]).includes(status)) {
+      invalid(`status must be one of ${TENANT_STATUSES.join(', ')}`, 'status');
+    }
+    const tenant = await this.get(idOrSlug);
+    if (tenant.status === status) return tenant;
+    if (!MANUAL_TRANSITIONS[tenant.status]?.includes(status as TenantStatus)) {
+      invalid(`a ${tenant.status} tenant cannot be made ${status} here`, 'status');
+    }
+    const [r] = await this.#store.platform().batch([
+      {
+        text:
+          'UPDATE bulkhead.tenants SET status = $2, updated_at = now() WHERE id = $1 AND status = $3 ' +
+          'RETURNING id, slug, name, status, tier, region, created_at, updated_at',
+        values: [tenant.id, status, tenant.status],
+      },
+      {
+        text:
+          "INSERT INTO bulkhead.tenant_history (tenant_id, event, from_status, to_status, actor) SELECT $1, 'status', $3, $2, $4 " +
+          'WHERE EXISTS (SELECT 1 FROM bulkhead.tenants WHERE id = $1 AND status = $2)',
+        values: [tenant.id, status, tenant.status, actor],
+      },
+    ]);
+    const row = r!.rows[0];
+    if (!row) throw new BulkheadError('TENANT_INVALID', 'the tenant changed concurrently; retry', { details: { field: 'status' } });
+    this.#status.set(tenant.id, { status: status as TenantStatus, at: Date.now() });
+    return toView(row);
+  }
+
+  /**
+   * The status of a tenant for the request path: cached for a short time (other processes may
+   * change it; this process's own changes apply at once). `null` when there is no such tenant.
+   */
+  async status(id: string): Promise<TenantStatus | null> {
+    const hit = this.#status.get(id);
+    if (hit && Date.now() - hit.at < this.#ttl) return hit.status;
+    const [r] = await this.#store.tenant(id).batch([
+      { name: 'bh_tenant_status', text: 'SELECT status FROM bulkhead.tenants WHERE id = $1', values: [id] },
+    ]);
+    const status = (r!.rows[0]?.status as TenantStatus | undefined) ?? null;
+    if (this.#status.size > 100_000) this.#status.clear();
+    this.#status.set(id, { status, at: Date.now() });
+    return status;
+  }
+}
+
+function toView(row: Record<string, unknown>): TenantView {
+  return {
+    id: row.id as string,
+    slug: row.slug as string,
+    name: row.name as string,
+    tier: row.tier as Tier,
+    region: row.region as string,
+    status: row.status as TenantStatus,
+    createdAt: (row.created_at as Date).toISOString(),
+    updatedAt: (row.updated_at as Date).toISOString(),
+  };
+}

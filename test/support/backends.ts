@@ -1,0 +1,215 @@
+/**
+ * The backends every shared suite runs against: embedded PGlite always, real PostgreSQL when
+ * BULKHEAD_TEST_DATABASE_URL names a server (a superuser or a CREATEDB+CREATEROLE login of it).
+ * BULKHEAD_TEST_BACKENDS=pglite|postgres|pglite,postgres narrows the set.
+ *
+ * Each PostgreSQL test gets a throw-away database and its own owner/app roles, dropped afterwards,
+ * so parallel runs never share state.
+ */
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { mkdtempSync, rmSync } from 'node:fs';
+import pg from 'pg';
+import { pino } from 'pino';
+import type { FastifyInstance } from 'fastify';
+import { Bulkhead } from '../../src/bulkhead.js';
+import { loadConfig, type Config } from '../../src/config.js';
+import { buildServer } from '../../src/http/server.js';
+import type { Engine } from '../../src/store/engine.js';
+import { PgliteEngine } from '../../src/store/pglite/pglite-engine.js';
+import { PostgresEngine } from '../../src/store/postgres/postgres-engine.js';
+import { generateOperatorToken } from '../../src/access/operator-tokens.js';
+
+export type BackendKind = 'pglite' | 'postgres';
+
+/** The PostgreSQL server tests may create databases on, if any. */
+export const TEST_DATABASE_URL = process.env.BULKHEAD_TEST_DATABASE_URL || undefined;
+
+/** The backends this run covers. */
+export const BACKENDS: readonly BackendKind[] = (() => {
+  const wanted = (process.env.BULKHEAD_TEST_BACKENDS ?? (TEST_DATABASE_URL ? 'pglite,postgres' : 'pglite'))
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const w of wanted) {
+    if (w !== 'pglite' && w !== 'postgres') throw new Error(`BULKHEAD_TEST_BACKENDS: unknown backend ${w}`);
+    if (w === 'postgres' && !TEST_DATABASE_URL) throw new Error('BULKHEAD_TEST_BACKENDS names postgres but BULKHEAD_TEST_DATABASE_URL is not set');
+  }
+  return wanted as BackendKind[];
+})();
+
+/** A throw-away database: an engine factory on it and the roles to use, plus cleanup. */
+export interface TestDatabase {
+  readonly kind: BackendKind;
+  readonly ownerRole: string;
+  readonly appRole: string;
+  /** A connection string of the throw-away database (postgres only). */
+  readonly url: string | undefined;
+  /** Opens an engine on the database (postgres: a new pool each call; pglite: the one in-memory instance). */
+  engine(options?: { maxConnections?: number }): Promise<Engine>;
+  drop(): Promise<void>;
+}
+
+function withDatabase(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+/** Creates a throw-away database on the backend. */
+export async function createTestDatabase(kind: BackendKind): Promise<TestDatabase> {
+  const suffix = randomBytes(5).toString('hex');
+  const ownerRole = `bht_${suffix}_owner`;
+  const appRole = `bht_${suffix}_app`;
+  if (kind === 'pglite') {
+    let engine: PgliteEngine | undefined;
+    return {
+      kind,
+      ownerRole,
+      appRole,
+      url: undefined,
+      async engine() {
+        engine ??= await PgliteEngine.open({ dataDir: 'memory://' });
+        return engine;
+      },
+      async drop() {
+        await engine?.close().catch(() => {});
+      },
+    };
+  }
+  const admin = TEST_DATABASE_URL!;
+  const database = `bht_${suffix}`;
+  const client = new pg.Client({ connectionString: admin });
+  await client.connect();
+  await client.query(`CREATE DATABASE ${database}`);
+  await client.end();
+  const url = withDatabase(admin, database);
+  const engines: PostgresEngine[] = [];
+  return {
+    kind,
+    ownerRole,
+    appRole,
+    url,
+    async engine(options) {
+      const e = new PostgresEngine({ connectionString: url, ...(options?.maxConnections ? { maxConnections: options.maxConnections } : {}) });
+      engines.push(e);
+      return e;
+    },
+    async drop() {
+      for (const e of engines) await e.close().catch(() => {});
+      const c = new pg.Client({ connectionString: admin });
+      await c.connect();
+      try {
+        await c.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+        for (const role of [appRole, ownerRole]) {
+          const exists = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role]);
+          if (exists.rowCount) await c.query(`DROP ROLE ${role}`);
+        }
+      } finally {
+        await c.end();
+      }
+    },
+  };
+}
+
+/** A running Bulkhead on a throw-away database, with an operator token and an in-process HTTP server. */
+export interface TestBulkhead {
+  readonly kind: BackendKind;
+  readonly bh: Bulkhead;
+  readonly app: FastifyInstance;
+  readonly db: TestDatabase;
+  readonly operatorToken: string;
+  readonly config: Config;
+  close(): Promise<void>;
+}
+
+/** Opens Bulkhead on a fresh database of `kind`; `env` overrides configuration variables. */
+export async function openTestBulkhead(kind: BackendKind, env: Record<string, string> = {}): Promise<TestBulkhead> {
+  const db = await createTestDatabase(kind);
+  const dataDir = mkdtempSync(join(tmpdir(), 'bulkhead-test-'));
+  const operatorToken = generateOperatorToken();
+  const config = loadConfig(
+    {},
+    {
+      BULKHEAD_DATA_DIR: dataDir,
+      BULKHEAD_OPERATOR_TOKEN: operatorToken,
+      BULKHEAD_OWNER_ROLE: db.ownerRole,
+      BULKHEAD_APP_ROLE: db.appRole,
+      BULKHEAD_PARTITIONS: '4',
+      BULKHEAD_JWT_SECRET: randomBytes(32).toString('base64url'),
+      BULKHEAD_LOG_LEVEL: 'silent',
+      ...env,
+    },
+  );
+  const bh = await Bulkhead.open(config, { engine: await db.engine() });
+  const app = await buildServer(bh, { logger: pino({ level: 'silent' }) });
+  return {
+    kind,
+    bh,
+    app,
+    db,
+    operatorToken,
+    config,
+    async close() {
+      await app.close();
+      await bh.close().catch(() => {});
+      await db.drop();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A response as tests see it. */
+export interface TestResponse {
+  readonly status: number;
+  readonly headers: Record<string, unknown>;
+  // `any`: a JSON body of any shape, which each test asserts on field by field.
+  readonly body: any;
+  readonly text: string;
+}
+
+/** Sends one request through Fastify's injector (no socket). `body` objects are sent as JSON. */
+export async function request(
+  app: FastifyInstance,
+  method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE',
+  url: string,
+  options: { token?: string; body?: unknown; headers?: Record<string, string> } = {},
+): Promise<TestResponse> {
+  const headers: Record<string, string> = { ...(options.headers ?? {}) };
+  if (options.token) headers.authorization = `Bearer ${options.token}`;
+  let payload: string | undefined;
+  if (options.body !== undefined) {
+    payload = typeof options.body === 'string' ? options.body : JSON.stringify(options.body);
+    headers['content-type'] ??= 'application/json';
+  }
+  const res = await app.inject({ method, url, headers, ...(payload !== undefined ? { payload } : {}) });
+  let body: unknown = undefined;
+  if (res.body.length > 0) {
+    try {
+      body = JSON.parse(res.body);
+    } catch {
+      body = undefined;
+    }
+  }
+  return { status: res.statusCode, headers: res.headers, body, text: res.body };
+}
+
+/** Creates a tenant through the API and mints a token with `roles` for it. */
+export async function createTenant(
+  t: TestBulkhead,
+  slug: string,
+  roles: readonly string[] = ['tenant_admin'],
+): Promise<{ id: string; slug: string; token: string }> {
+  const created = await request(t.app, 'POST', '/v1/tenants', { token: t.operatorToken, body: { slug, name: slug } });
+  if (created.status !== 201) throw new Error(`tenant create failed: ${created.status} ${created.text}`);
+  const token = await mintToken(t, created.body.id, roles);
+  return { id: created.body.id, slug, token };
+}
+
+/** Mints a tenant token through the operator API. */
+export async function mintToken(t: TestBulkhead, tenantId: string, roles: readonly string[], sub = 'user-1'): Promise<string> {
+  const minted = await request(t.app, 'POST', `/v1/tenants/${tenantId}/tokens`, { token: t.operatorToken, body: { sub, roles } });
+  if (minted.status !== 201) throw new Error(`token mint failed: ${minted.status} ${minted.text}`);
+  return minted.body.token as string;
+}
