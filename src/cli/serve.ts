@@ -2,12 +2,13 @@ import { pino } from 'pino';
 import { Bulkhead } from '../bulkhead.js';
 import { loadConfig, type ConfigFlags } from '../config.js';
 import { buildServer } from '../http/server.js';
+import type { Writable } from './client.js';
 
 /**
  * `bulkhead serve`: opens the store (embedded unless DATABASE_URL is set), applies migrations and
  * serves the HTTP API until SIGINT or SIGTERM, then drains requests and closes the store.
  */
-export async function serve(flags: ConfigFlags, out: NodeJS.WritableStream = process.stdout): Promise<void> {
+export async function serve(flags: ConfigFlags, out: Writable = process.stdout): Promise<void> {
   const config = loadConfig(flags);
   const logger = pino({ level: config.logLevel, base: { service: 'bulkhead' } });
   const bh = await Bulkhead.open(config, {

@@ -1,6 +1,605 @@
-/** The OpenAPI 3.1 document served at `/openapi.json`. */
-export const openApiDocument = Object.freeze({
+/**
+ * The OpenAPI 3.1 document served at `/openapi.json`.
+ *
+ * Every enum and bound is taken from the constant the code enforces (field types, classifications,
+ * roles, tiers, statuses, operators, query limits, error codes and their statuses), so the document
+ * cannot drift from the server; `test/openapi.test.ts` checks it against the live routes, the
+ * authorizer and real responses.
+ */
+import { TENANT_ROLES, type Action, type TenantRole } from '../access/principal.js';
+import { MAX_MINT_TTL_SECONDS, MAX_SUBJECT_LENGTH } from '../access/tokens.js';
+import { ERROR_CODES, type ErrorCode } from '../errors.js';
+import { CLASSIFICATIONS, COLLECTION_NAME, FIELD_NAME, FIELD_TYPES, LIMITS, type FieldType } from '../tenancy/fields.js';
+import { OPERATORS, QUERY_LIMITS, type Operator } from '../tenancy/query.js';
+import { TENANT_STATUSES, TIERS } from '../tenancy/tenants.js';
+import { MAX_JSON_DEPTH } from '../tenancy/validation.js';
+import { HTTP_STATUS } from './problem.js';
+
+/** A JSON value as the document holds it. */
+type Json = string | number | boolean | null | readonly Json[] | { readonly [key: string]: Json };
+type JsonObject = { [key: string]: Json };
+
+const ref = (kind: 'schemas' | 'parameters' | 'headers', name: string): JsonObject => ({ $ref: `#/components/${kind}/${name}` });
+const schema = (name: string): JsonObject => ref('schemas', name);
+
+/** The pattern of tenant slugs, as `src/tenancy/tenants.ts` checks them. */
+const SLUG_PATTERN = '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$';
+/** The pattern an incoming `x-request-id` must match to be kept, as `src/http/server.ts` checks it. */
+const REQUEST_ID_PATTERN = '^[A-Za-z0-9._-]{1,64}$';
+const UUID_PATTERN = '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
+const NEEDLE_MAX = 1000;
+
+/** What a value of each field type looks like in a record (the JSON Schema `src/tenancy/validation.ts` compiles). */
+const FIELD_VALUES: Readonly<Record<FieldType, JsonObject>> = {
+  string: { type: 'string', maxLength: LIMITS.stringMaxLength, description: `At most \`maxLength\` characters (default ${LIMITS.stringMaxLength}).` },
+  text: { type: 'string', maxLength: LIMITS.textMaxLength, description: `At most \`maxLength\` characters (default ${LIMITS.textMaxLength}); cannot be unique, indexed or sorted.` },
+  integer: { type: 'integer', minimum: Number.MIN_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER },
+  number: { type: 'number' },
+  boolean: { type: 'boolean' },
+  datetime: { type: 'string', format: 'date-time', maxLength: 64, description: 'RFC 3339; stored and returned in UTC (`Z`), so values sort by time.' },
+  date: { type: 'string', format: 'date' },
+  json: { description: 'Any JSON value; filterable with `isNull` only, cannot be unique, indexed or sorted.' },
+  reference: { type: 'string', pattern: UUID_PATTERN, description: 'The id of a record of the collection the field names, in the same tenant.' },
+  enum: { type: 'string', description: 'One of the field\'s `values`.' },
+  email: { type: 'string', format: 'email', maxLength: 254, description: 'Stored lower-cased.' },
+};
+
+/** The argument each filter operator takes. */
+const OPERATOR_ARGUMENTS: Readonly<Record<Operator, JsonObject>> = {
+  eq: { description: 'Equal to a value of the field\'s type.' },
+  ne: { description: 'Not equal to (records without the field match too).' },
+  lt: { description: 'Less than; not for boolean, text and json fields.' },
+  lte: { description: 'Less than or equal to; not for boolean, text and json fields.' },
+  gt: { description: 'Greater than; not for boolean, text and json fields.' },
+  gte: { description: 'Greater than or equal to; not for boolean, text and json fields.' },
+  in: { type: 'array', minItems: 1, maxItems: QUERY_LIMITS.maxInValues, description: `One of 1 to ${QUERY_LIMITS.maxInValues} values of the field's type.` },
+  contains: { type: 'string', minLength: 1, maxLength: NEEDLE_MAX, description: 'Case-insensitive substring (string, text, email, enum and reference fields); `%` and `_` are plain characters.' },
+  prefix: { type: 'string', minLength: 1, maxLength: NEEDLE_MAX, description: 'Starts with (string, text, email, enum and reference fields); case-sensitive.' },
+  isNull: { type: 'boolean', description: '`true`: the record has no value for the field; `false`: it has one.' },
+};
+
+/** Codes any authenticated route can answer with, whatever it does. */
+const AUTHENTICATED: readonly ErrorCode[] = ['AUTH_REQUIRED', 'AUTH_TOKEN_INVALID', 'AUTH_TENANT_INACTIVE', 'ACCESS_DENIED', 'STORE_UNAVAILABLE', 'INTERNAL'];
+/** Codes of reading a JSON body. */
+const BODY: readonly ErrorCode[] = ['REQUEST_INVALID', 'REQUEST_INVALID_JSON', 'REQUEST_BODY_TOO_LARGE', 'REQUEST_UNSUPPORTED_MEDIA_TYPE'];
+/** Codes of a route that names a collection in its path. */
+const COLLECTION_PATH: readonly ErrorCode[] = ['COLLECTION_INVALID', 'COLLECTION_NOT_FOUND'];
+/** Codes of a record write. */
+const RECORD_WRITE: readonly ErrorCode[] = ['RECORD_INVALID', 'RECORD_UNIQUE_VIOLATION', 'RECORD_REFERENCE_NOT_FOUND', 'COLLECTION_CHANGED'];
+
+/**
+ * The error responses of an operation: one per HTTP status, whose `code` enum lists exactly the
+ * codes the operation can answer with at that status (statuses from `HTTP_STATUS`, never restated).
+ */
+function problems(...groups: (readonly ErrorCode[])[]): JsonObject {
+  const byStatus = new Map<number, ErrorCode[]>();
+  for (const code of new Set(groups.flat())) {
+    const status = HTTP_STATUS[code];
+    byStatus.set(status, [...(byStatus.get(status) ?? []), code]);
+  }
+  const out: JsonObject = {};
+  for (const status of [...byStatus.keys()].sort((a, b) => a - b)) {
+    const codes = byStatus.get(status)!.sort();
+    out[String(status)] = {
+      description: codes.map((c) => `\`${c}\`: ${ERROR_CODES[c]}.`).join(' '),
+      headers: { 'x-request-id': ref('headers', 'RequestId') },
+      content: { 'application/problem+json': { schema: { ...schema('Problem'), type: 'object', properties: { code: { enum: codes } } } } },
+    };
+  }
+  return out;
+}
+
+/** A successful JSON response. */
+function ok(description: string, body: JsonObject): JsonObject {
+  return { description, headers: { 'x-request-id': ref('headers', 'RequestId') }, content: { 'application/json': { schema: body } } };
+}
+
+function jsonBody(body: JsonObject): JsonObject {
+  return { required: true, content: { 'application/json': { schema: body } } };
+}
+
+const OPERATOR_ONLY = [{ operatorToken: [] }];
+const TENANT_ONLY = [{ tenantToken: [] }];
+
+/** An operation on the tenant registry: the operator token only. */
+function operatorOperation(action: Action, op: JsonObject): JsonObject {
+  return {
+    tags: ['tenants'],
+    security: OPERATOR_ONLY,
+    'x-bulkhead-action': action,
+    ...op,
+    parameters: [ref('parameters', 'RequestId'), ...((op.parameters as Json[] | undefined) ?? [])],
+  };
+}
+
+/**
+ * An operation on a tenant's data: a tenant token whose roles the central decision point allows
+ * (`x-bulkhead-roles`, checked against the live policies by the OpenAPI test).
+ */
+function tenantOperation(action: Action, tag: string, roles: readonly TenantRole[], op: JsonObject): JsonObject {
+  return {
+    tags: [tag],
+    security: TENANT_ONLY,
+    'x-bulkhead-action': action,
+    'x-bulkhead-roles': [...roles],
+    ...op,
+    description: `${op.description ? `${String(op.description)} ` : ''}Roles: ${roles.join(', ')}.`,
+    parameters: [ref('parameters', 'RequestId'), ...((op.parameters as Json[] | undefined) ?? [])],
+  };
+}
+
+const READERS: readonly TenantRole[] = ['tenant_admin', 'builder', 'member', 'viewer', 'auditor'];
+const RECORD_READERS: readonly TenantRole[] = ['tenant_admin', 'builder', 'member', 'viewer'];
+const RECORD_WRITERS: readonly TenantRole[] = ['tenant_admin', 'member'];
+const BUILDERS: readonly TenantRole[] = ['tenant_admin', 'builder'];
+
+const timestamps: JsonObject = {
+  createdAt: { type: 'string', format: 'date-time' },
+  updatedAt: { type: 'string', format: 'date-time' },
+};
+
+const schemas: JsonObject = {
+  Problem: {
+    type: 'object',
+    description:
+      'An RFC 9457 problem document. `code` is stable and documented in docs/errors.md; `detail` says what to do ' +
+      'and never carries tenant data; `requestId` equals the `x-request-id` response header and finds the request in the server log.',
+    required: ['type', 'title', 'status', 'code', 'detail'],
+    properties: {
+      type: { type: 'string', format: 'uri', description: 'A stable URI per code.' },
+      title: { type: 'string', description: 'The fixed title of the code.' },
+      status: { type: 'integer', minimum: 400, maximum: 599 },
+      code: { type: 'string', enum: Object.keys(ERROR_CODES) },
+      detail: { type: 'string' },
+      field: { type: 'string', description: 'The field or parameter at fault, when there is one (a name, never a value).' },
+      requestId: { type: 'string' },
+    },
+  },
+  Health: {
+    type: 'object',
+    required: ['status', 'store'],
+    properties: { status: { const: 'ok' }, store: { type: 'string', enum: ['pglite', 'postgres'] } },
+  },
+  Tenant: {
+    type: 'object',
+    required: ['id', 'slug', 'name', 'tier', 'region', 'status', 'createdAt', 'updatedAt'],
+    properties: {
+      id: { type: 'string', format: 'uuid', description: 'A UUIDv7.' },
+      slug: { type: 'string', pattern: SLUG_PATTERN },
+      name: { type: 'string' },
+      tier: { type: 'string', enum: [...TIERS] },
+      region: { type: 'string' },
+      status: { type: 'string', enum: [...TENANT_STATUSES] },
+      ...timestamps,
+    },
+  },
+  TenantCreate: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['slug', 'name'],
+    properties: {
+      slug: { type: 'string', pattern: SLUG_PATTERN, maxLength: 63, description: 'Unique across the platform.' },
+      name: { type: 'string', minLength: 1, maxLength: 200 },
+      tier: { type: 'string', enum: [...TIERS], default: 'pool', description: 'Only `pool` is served by this version; the others are refused with `TENANT_INVALID`.' },
+      region: { type: 'string', description: 'One of the regions the deployment serves (`BULKHEAD_REGIONS`); the first by default.' },
+    },
+  },
+  TenantStatusChange: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['status'],
+    properties: {
+      status: { type: 'string', enum: [...TENANT_STATUSES], description: 'This version changes `active` to `suspended` and back; other changes are refused with `TENANT_INVALID`.' },
+    },
+  },
+  TenantList: { type: 'object', required: ['tenants'], properties: { tenants: { type: 'array', items: schema('Tenant') } } },
+  TenantHistoryEntry: {
+    type: 'object',
+    required: ['seq', 'at', 'event', 'fromStatus', 'toStatus', 'actor'],
+    properties: {
+      seq: { type: 'integer', minimum: 1 },
+      at: { type: 'string', format: 'date-time' },
+      event: { type: 'string', examples: ['created', 'status'] },
+      fromStatus: { enum: [...TENANT_STATUSES, null] },
+      toStatus: { type: 'string', enum: [...TENANT_STATUSES] },
+      actor: { type: 'string' },
+    },
+  },
+  TenantHistory: { type: 'object', required: ['history'], properties: { history: { type: 'array', items: schema('TenantHistoryEntry') } } },
+  TokenMintRequest: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['sub', 'roles'],
+    properties: {
+      sub: { type: 'string', minLength: 1, maxLength: MAX_SUBJECT_LENGTH, description: 'The subject; no control characters.' },
+      roles: { type: 'array', items: { type: 'string', enum: [...TENANT_ROLES] } },
+      ttlSeconds: { type: 'integer', minimum: 1, maximum: MAX_MINT_TTL_SECONDS, default: 3600 },
+    },
+  },
+  TokenMinted: {
+    type: 'object',
+    required: ['token', 'expiresAt'],
+    properties: { token: { type: 'string', description: 'An HS256 tenant JWT.' }, expiresAt: { type: 'string', format: 'date-time' } },
+  },
+  ...Object.fromEntries(FIELD_TYPES.map((t) => [`FieldValue.${t}`, { title: `Values of ${t} fields`, ...FIELD_VALUES[t] }])),
+  FieldDefinitionInput: {
+    type: 'object',
+    description: `A field as a builder declares it. The value each type takes: ${FIELD_TYPES.map((t) => `\`${t}\` (#/components/schemas/FieldValue.${t})`).join(', ')}.`,
+    additionalProperties: false,
+    required: ['type'],
+    properties: {
+      type: { type: 'string', enum: [...FIELD_TYPES] },
+      required: { type: 'boolean', default: false },
+      unique: { type: 'boolean', default: false, description: 'Unique within the tenant; not for text and json fields; a unique field has no default.' },
+      indexed: { type: 'boolean', default: false, description: 'Not for text and json fields.' },
+      classification: { type: 'string', enum: [...CLASSIFICATIONS], default: 'internal' },
+      subject: { type: 'boolean', default: false, description: 'Marks the field naming the data subject a record is about; at most one per collection.' },
+      default: { not: { type: 'null' }, description: 'A value of the field\'s type, applied on create.' },
+      values: {
+        type: 'array',
+        minItems: 1,
+        maxItems: LIMITS.enumValues,
+        uniqueItems: true,
+        items: { type: 'string', minLength: 1, maxLength: 200 },
+        description: 'The allowed values of an enum field (enum fields only).',
+      },
+      collection: { type: 'string', pattern: COLLECTION_NAME.source, description: 'The collection a reference field points at (reference fields only); it must exist.' },
+      maxLength: { type: 'integer', minimum: 1, maximum: LIMITS.textMaxLength, description: `string fields: at most ${LIMITS.stringMaxLength}; text fields: at most ${LIMITS.textMaxLength}.` },
+      description: { type: 'string', maxLength: LIMITS.descriptionLength },
+    },
+    allOf: [
+      { if: { properties: { type: { const: 'enum' } } }, then: { required: ['values'] } },
+      { if: { properties: { type: { const: 'reference' } } }, then: { required: ['collection'] } },
+    ],
+  },
+  FieldDefinition: {
+    type: 'object',
+    description: 'A field as stored: every flag resolved.',
+    required: ['type', 'required', 'unique', 'indexed', 'classification', 'subject'],
+    properties: {
+      type: { type: 'string', enum: [...FIELD_TYPES] },
+      required: { type: 'boolean' },
+      unique: { type: 'boolean' },
+      indexed: { type: 'boolean' },
+      classification: { type: 'string', enum: [...CLASSIFICATIONS] },
+      subject: { type: 'boolean' },
+      default: {},
+      values: { type: 'array', items: { type: 'string' } },
+      collection: { type: 'string', pattern: COLLECTION_NAME.source },
+      maxLength: { type: 'integer' },
+      description: { type: 'string' },
+    },
+  },
+  CollectionDefinition: {
+    type: 'object',
+    description: 'The body of `PUT /v1/collections/{name}`: the whole definition (a change is a new version).',
+    additionalProperties: false,
+    required: ['fields'],
+    properties: {
+      fields: {
+        type: 'object',
+        minProperties: 1,
+        maxProperties: LIMITS.fieldsPerCollection,
+        propertyNames: { pattern: FIELD_NAME.source },
+        additionalProperties: schema('FieldDefinitionInput'),
+      },
+      description: { type: 'string', maxLength: LIMITS.descriptionLength },
+    },
+  },
+  Collection: {
+    type: 'object',
+    required: ['name', 'version', 'fields', 'createdAt', 'updatedAt'],
+    properties: {
+      name: { type: 'string', pattern: COLLECTION_NAME.source },
+      version: { type: 'integer', minimum: 1, description: 'Incremented by every change of the definition.' },
+      fields: { type: 'object', propertyNames: { pattern: FIELD_NAME.source }, additionalProperties: schema('FieldDefinition') },
+      description: { type: 'string' },
+      ...timestamps,
+    },
+  },
+  CollectionList: { type: 'object', required: ['collections'], properties: { collections: { type: 'array', items: schema('Collection') } } },
+  RecordFields: {
+    type: 'object',
+    description: 'Field name → value, validated against the collection\'s current definition (see FieldValue.*). Unknown fields are refused; in a PATCH, `null` clears a field.',
+    propertyNames: { pattern: FIELD_NAME.source },
+  },
+  RecordWrite: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['fields'],
+    properties: { fields: schema('RecordFields') },
+  },
+  Record: {
+    type: 'object',
+    required: ['id', 'fields', 'createdAt', 'updatedAt', 'version'],
+    properties: {
+      id: { type: 'string', format: 'uuid' },
+      fields: schema('RecordFields'),
+      ...timestamps,
+      version: { type: 'integer', minimum: 1, description: 'Incremented by every update.' },
+    },
+  },
+  RecordPage: {
+    type: 'object',
+    required: ['records', 'nextCursor'],
+    properties: {
+      records: { type: 'array', items: schema('Record') },
+      nextCursor: { type: ['string', 'null'], description: 'Pass as `cursor` for the next page; null on the last page.' },
+    },
+  },
+  FilterOperators: {
+    type: 'object',
+    minProperties: 1,
+    additionalProperties: false,
+    properties: OPERATOR_ARGUMENTS as JsonObject,
+  },
+  Filter: {
+    type: 'object',
+    description: `Field name → operators; several fields and operators are AND-ed. At most ${QUERY_LIMITS.maxFilterFields} fields and ${QUERY_LIMITS.maxFilterLength} characters.`,
+    maxProperties: QUERY_LIMITS.maxFilterFields,
+    propertyNames: { pattern: FIELD_NAME.source },
+    additionalProperties: schema('FilterOperators'),
+  },
+};
+
+const parameters: JsonObject = {
+  RequestId: {
+    name: 'x-request-id',
+    in: 'header',
+    required: false,
+    description: 'A request id to use instead of a generated one (kept only when it matches the pattern); echoed in the `x-request-id` response header.',
+    schema: { type: 'string', pattern: REQUEST_ID_PATTERN },
+  },
+  TenantId: {
+    name: 'id',
+    in: 'path',
+    required: true,
+    description: 'The tenant\'s id or slug.',
+    schema: { type: 'string', anyOf: [{ format: 'uuid' }, { pattern: SLUG_PATTERN }] },
+  },
+  CollectionName: {
+    name: 'name',
+    in: 'path',
+    required: true,
+    description: 'A collection name; a name that does not match the pattern is refused with `COLLECTION_INVALID`.',
+    schema: { type: 'string', pattern: COLLECTION_NAME.source },
+  },
+  RecordId: {
+    name: 'id',
+    in: 'path',
+    required: true,
+    description: 'A record id; anything that is not a canonical UUID is `RECORD_NOT_FOUND`, like an id of another tenant.',
+    schema: { type: 'string', format: 'uuid' },
+  },
+  Filter: {
+    name: 'filter',
+    in: 'query',
+    required: false,
+    description:
+      `URL-encoded JSON, e.g. {"status":{"eq":"open"},"amount":{"gte":10}}, on declared fields only. Operators: ${OPERATORS.join(', ')}. ` +
+      `At most ${QUERY_LIMITS.maxFilterFields} fields, ${QUERY_LIMITS.maxInValues} values in \`in\` and ${QUERY_LIMITS.maxFilterLength} characters.`,
+    content: { 'application/json': { schema: schema('Filter') } },
+  },
+  Sort: {
+    name: 'sort',
+    in: 'query',
+    required: false,
+    description: 'A field name, descending with a leading `-`; `id` (the default) sorts by creation. text and json fields cannot be sorted.',
+    schema: { type: 'string', pattern: `^-?${FIELD_NAME.source.slice(1)}`, default: 'id' },
+  },
+  Limit: {
+    name: 'limit',
+    in: 'query',
+    required: false,
+    description: `Records per page, from 1 to ${QUERY_LIMITS.maxLimit} (decimal digits only).`,
+    schema: { type: 'integer', minimum: 1, maximum: QUERY_LIMITS.maxLimit, default: QUERY_LIMITS.defaultLimit },
+  },
+  Cursor: {
+    name: 'cursor',
+    in: 'query',
+    required: false,
+    description: 'The `nextCursor` of the previous page, with the same `sort`; opaque.',
+    schema: { type: 'string', pattern: '^[A-Za-z0-9_-]+$', maxLength: QUERY_LIMITS.maxCursorLength },
+  },
+};
+
+const paths: JsonObject = {
+  '/healthz': {
+    get: {
+      operationId: 'getHealth',
+      tags: ['health'],
+      summary: 'Liveness, and which store serves',
+      security: [],
+      responses: { 200: ok('The server is up.', schema('Health')), ...problems(['INTERNAL']) },
+    },
+  },
+  '/openapi.json': {
+    get: {
+      operationId: 'getOpenApi',
+      tags: ['health'],
+      summary: 'This document',
+      security: [...TENANT_ONLY, ...OPERATOR_ONLY],
+      parameters: [ref('parameters', 'RequestId')],
+      responses: { 200: ok('The OpenAPI 3.1 document.', { type: 'object' }), ...problems(AUTHENTICATED) },
+    },
+  },
+  '/v1/tenants': {
+    post: operatorOperation('tenant.create', {
+      operationId: 'createTenant',
+      summary: 'Create a tenant',
+      description: 'Creates an active tenant on the pool tier, pinned to a region.',
+      requestBody: jsonBody(schema('TenantCreate')),
+      responses: { 201: ok('The tenant.', schema('Tenant')), ...problems(AUTHENTICATED, BODY, ['TENANT_INVALID', 'TENANT_SLUG_TAKEN']) },
+    }),
+    get: operatorOperation('tenant.list', {
+      operationId: 'listTenants',
+      summary: 'List tenants',
+      responses: { 200: ok('Every tenant, oldest first.', schema('TenantList')), ...problems(AUTHENTICATED) },
+    }),
+  },
+  '/v1/tenants/{id}': {
+    parameters: [ref('parameters', 'TenantId')],
+    get: operatorOperation('tenant.read', {
+      operationId: 'getTenant',
+      summary: 'Read a tenant',
+      responses: { 200: ok('The tenant.', schema('Tenant')), ...problems(AUTHENTICATED, ['TENANT_NOT_FOUND']) },
+    }),
+    patch: operatorOperation('tenant.update', {
+      operationId: 'updateTenantStatus',
+      summary: 'Suspend or reactivate a tenant',
+      description: 'A suspended tenant\'s tokens are refused with `AUTH_TENANT_INACTIVE`.',
+      requestBody: jsonBody(schema('TenantStatusChange')),
+      responses: { 200: ok('The tenant.', schema('Tenant')), ...problems(AUTHENTICATED, BODY, ['TENANT_INVALID', 'TENANT_NOT_FOUND']) },
+    }),
+  },
+  '/v1/tenants/{id}/history': {
+    parameters: [ref('parameters', 'TenantId')],
+    get: operatorOperation('tenant.read', {
+      operationId: 'getTenantHistory',
+      summary: 'A tenant\'s lifecycle history',
+      responses: { 200: ok('The history, oldest first.', schema('TenantHistory')), ...problems(AUTHENTICATED, ['TENANT_NOT_FOUND']) },
+    }),
+  },
+  '/v1/tenants/{id}/tokens': {
+    parameters: [ref('parameters', 'TenantId')],
+    post: operatorOperation('tenant.mintToken', {
+      operationId: 'mintTenantToken',
+      summary: 'Mint a tenant token (development and tests)',
+      description: 'Production tenant tokens come from the platform\'s identity provider. `CONFIG_INVALID` when the server verifies tokens against a JWKS URL and has no secret to sign with.',
+      requestBody: jsonBody(schema('TokenMintRequest')),
+      responses: { 201: ok('The token.', schema('TokenMinted')), ...problems(AUTHENTICATED, BODY, ['TENANT_NOT_FOUND', 'CONFIG_INVALID']) },
+    }),
+  },
+  '/v1/collections': {
+    get: tenantOperation('collection.list', 'collections', READERS, {
+      operationId: 'listCollections',
+      summary: 'List the tenant\'s collections',
+      responses: { 200: ok('Every collection, by name.', schema('CollectionList')), ...problems(AUTHENTICATED) },
+    }),
+  },
+  '/v1/collections/{name}': {
+    parameters: [ref('parameters', 'CollectionName')],
+    put: tenantOperation('collection.define', 'collections', BUILDERS, {
+      operationId: 'defineCollection',
+      summary: 'Create or change a collection',
+      description:
+        'An identical definition changes nothing (200, same version). A change that stored records would violate ' +
+        '(a removed or retyped field, a new required field, a new unique field with duplicates) is refused.',
+      requestBody: jsonBody(schema('CollectionDefinition')),
+      responses: {
+        200: ok('The collection, unchanged or at its new version.', schema('Collection')),
+        201: ok('The new collection, version 1.', schema('Collection')),
+        ...problems(AUTHENTICATED, BODY, ['COLLECTION_INVALID', 'RECORD_UNIQUE_VIOLATION']),
+      },
+    }),
+    get: tenantOperation('collection.read', 'collections', READERS, {
+      operationId: 'getCollection',
+      summary: 'Read a collection',
+      responses: { 200: ok('The collection at its current version.', schema('Collection')), ...problems(AUTHENTICATED, COLLECTION_PATH) },
+    }),
+  },
+  '/v1/collections/{name}/records': {
+    parameters: [ref('parameters', 'CollectionName')],
+    post: tenantOperation('record.create', 'records', RECORD_WRITERS, {
+      operationId: 'createRecord',
+      summary: 'Create a record',
+      requestBody: jsonBody(schema('RecordWrite')),
+      responses: { 201: ok('The record, with defaults applied.', schema('Record')), ...problems(AUTHENTICATED, BODY, COLLECTION_PATH, RECORD_WRITE) },
+    }),
+    get: tenantOperation('record.list', 'records', RECORD_READERS, {
+      operationId: 'listRecords',
+      summary: 'List and query records',
+      description: 'Other query parameters, and a parameter given twice, are refused with `REQUEST_INVALID`.',
+      parameters: [ref('parameters', 'Filter'), ref('parameters', 'Sort'), ref('parameters', 'Limit'), ref('parameters', 'Cursor')],
+      responses: {
+        200: ok('A page of records.', schema('RecordPage')),
+        ...problems(AUTHENTICATED, COLLECTION_PATH, ['REQUEST_INVALID', 'QUERY_INVALID', 'QUERY_CURSOR_INVALID']),
+      },
+    }),
+  },
+  '/v1/collections/{name}/records/{id}': {
+    parameters: [ref('parameters', 'CollectionName'), ref('parameters', 'RecordId')],
+    get: tenantOperation('record.read', 'records', RECORD_READERS, {
+      operationId: 'getRecord',
+      summary: 'Read a record',
+      description: 'Another tenant\'s record is `RECORD_NOT_FOUND`, exactly like one that does not exist.',
+      responses: { 200: ok('The record.', schema('Record')), ...problems(AUTHENTICATED, COLLECTION_PATH, ['RECORD_NOT_FOUND']) },
+    }),
+    patch: tenantOperation('record.update', 'records', RECORD_WRITERS, {
+      operationId: 'updateRecord',
+      summary: 'Change some fields of a record',
+      description: 'The merged record is validated as a whole; `null` clears a field.',
+      requestBody: jsonBody(schema('RecordWrite')),
+      responses: { 200: ok('The record.', schema('Record')), ...problems(AUTHENTICATED, BODY, COLLECTION_PATH, RECORD_WRITE, ['RECORD_NOT_FOUND']) },
+    }),
+    delete: tenantOperation('record.delete', 'records', RECORD_WRITERS, {
+      operationId: 'deleteRecord',
+      summary: 'Delete a record',
+      responses: {
+        204: { description: 'Deleted.', headers: { 'x-request-id': ref('headers', 'RequestId') } },
+        ...problems(AUTHENTICATED, COLLECTION_PATH, ['RECORD_NOT_FOUND', 'REQUEST_INVALID_JSON', 'REQUEST_BODY_TOO_LARGE', 'REQUEST_UNSUPPORTED_MEDIA_TYPE']),
+      },
+    }),
+  },
+};
+
+const document: JsonObject = {
   openapi: '3.1.0',
-  info: { title: 'Bulkhead', version: '0.1.0' },
-  paths: {},
-});
+  jsonSchemaDialect: 'https://spec.openapis.org/oas/3.1/dialect/base',
+  info: {
+    title: 'Bulkhead',
+    version: '0.1.0',
+    summary: 'The data plane for multi-tenant low-code platforms.',
+    description:
+      'Tenants, tenant-defined collections and records behind two independent isolation walls. Every call but ' +
+      '`GET /healthz` needs `Authorization: Bearer <token>`: the operator token for `/v1/tenants*`, a tenant token for ' +
+      'collections and records. Errors are RFC 9457 `application/problem+json` with a stable `code` (docs/errors.md); ' +
+      'an unknown path or method is `ROUTE_NOT_FOUND` (404). Request bodies are `application/json` ' +
+      '(anything else is `REQUEST_UNSUPPORTED_MEDIA_TYPE`) no larger than the configured body limit (1 MiB by default), ' +
+      `nested at most ${MAX_JSON_DEPTH} levels, ` +
+      'without U+0000, unpaired surrogates or numbers beyond ±1.8e308 (`REQUEST_INVALID`). A URL the ' +
+      'router cannot read (a malformed %-escape, a path segment over 200 characters) is `REQUEST_INVALID` on any route.',
+    license: { name: 'Apache-2.0', identifier: 'Apache-2.0' },
+  },
+  tags: [
+    { name: 'health', description: 'Liveness and this document.' },
+    { name: 'tenants', description: 'The platform\'s tenant registry (operator token).' },
+    { name: 'collections', description: 'Tenant-defined collections: the low-code data model.' },
+    { name: 'records', description: 'Records of a collection, in the shape of Airtable\'s API.' },
+  ],
+  paths,
+  components: {
+    schemas,
+    parameters,
+    headers: {
+      RequestId: { description: 'The request id: the caller\'s `x-request-id` when acceptable, else a generated UUIDv7.', schema: { type: 'string' } },
+    },
+    securitySchemes: {
+      tenantToken: {
+        type: 'http',
+        scheme: 'bearer',
+        bearerFormat: 'JWT',
+        description:
+          'A tenant JWT (HS256 with the server\'s secret, or RS256/EdDSA/ES256 from the identity provider\'s JWKS) with claims ' +
+          `\`sub\`, \`tenant\` (the tenant id) and \`roles\` (${TENANT_ROLES.join(', ')}). The tenant of every call comes from this token only.`,
+      },
+      operatorToken: {
+        type: 'http',
+        scheme: 'bearer',
+        bearerFormat: 'bho_<43 base64url characters>',
+        description: 'An opaque operator token for the tenant registry (`BULKHEAD_OPERATOR_TOKEN`, or the one generated on first start). It reaches no tenant\'s collections or records.',
+      },
+    },
+  },
+};
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value)) deepFreeze(child);
+  }
+  return value;
+}
+
+/** The OpenAPI 3.1 document served at `/openapi.json`, frozen. */
+export const openApiDocument: Readonly<Record<string, unknown>> = deepFreeze(document);

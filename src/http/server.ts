@@ -5,6 +5,7 @@ import type { Bulkhead } from '../bulkhead.js';
 import { BulkheadError, InvalidRequestError, NotFoundError } from '../errors.js';
 import { uuidv7 } from '../ids.js';
 import { checkCollectionName } from '../tenancy/collections.js';
+import { findUnstorableValue } from '../tenancy/validation.js';
 import { openApiDocument } from './openapi.js';
 import { toProblem, type Problem } from './problem.js';
 
@@ -42,6 +43,12 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
       return typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : uuidv7();
     },
     requestIdHeader: false,
+    // Router-level failures (a malformed %-escape, an over-long path segment) bypass the error handler;
+    // without this they leave as Fastify's own JSON, without problem+json, a code or a request id.
+    frameworkErrors: (error, req, reply) => {
+      reply.header('x-request-id', req.id);
+      sendProblem(req, reply, fromFastify(error));
+    },
     return503OnClosing: true,
     routerOptions: { ignoreTrailingSlash: false, maxParamLength: 200 },
   });
@@ -54,6 +61,13 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
     if (req.routeOptions.url !== undefined && PUBLIC_ROUTES.has(req.routeOptions.url)) return;
     if (req.routeOptions.url === undefined) return; // unknown route: answered 404 by the not-found handler
     req.principal = await bh.authenticate(req.headers.authorization);
+  });
+
+  // Valid JSON that cannot be stored as sent (U+0000, unpaired surrogates, 1e400, deep nesting) is bad input,
+  // refused before any statement.
+  app.addHook('preHandler', async (req) => {
+    const bad = req.body === undefined ? undefined : findUnstorableValue(req.body);
+    if (bad !== undefined) throw new InvalidRequestError(bad.problem, { field: bad.path || 'body' });
   });
 
   app.addHook('onResponse', async (req, reply) => {
@@ -233,6 +247,12 @@ function sendProblem(req: FastifyRequest, reply: FastifyReply, error: unknown): 
   const problem: Problem = toProblem(error, req.id);
   req.problemCode = problem.code;
   if (problem.status >= 500) req.log.error({ err: safeError(error) }, 'request failed');
+  // RFC 6750 §3: a 401 names the scheme (and, for a bad token, the error) the caller must use.
+  if (problem.status === 401) {
+    reply.header('www-authenticate', problem.code === 'AUTH_REQUIRED' ? 'Bearer realm="bulkhead"' : 'Bearer realm="bulkhead", error="invalid_token"');
+  }
+  // A store that could not answer is worth retrying shortly; say when (RFC 9110 §10.2.3).
+  if (problem.status === 503) reply.header('retry-after', '1');
   reply.code(problem.status).type('application/problem+json');
   return reply.send(problem);
 }

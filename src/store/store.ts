@@ -57,8 +57,9 @@ export class Store {
   /** Creates the roles and applies pending migrations, as the owner role, under an advisory lock. */
   async migrate(): Promise<{ applied: number[] }> {
     const o: MigrationOptions = this.options;
-    await this.engine.script(`${rolesSql(o)}
-SELECT pg_advisory_xact_lock(7283460012);
+    // The lock comes first: two processes creating the same roles at once collide (SQLSTATE 23505).
+    await this.engine.script(`SELECT pg_advisory_xact_lock(7283460012);
+${rolesSql(o)}
 CREATE SCHEMA IF NOT EXISTS bulkhead AUTHORIZATION ${o.ownerRole};
 SET LOCAL ROLE ${o.ownerRole};
 CREATE TABLE IF NOT EXISTS bulkhead.migrations (
@@ -78,16 +79,22 @@ CREATE TABLE IF NOT EXISTS bulkhead.migrations (
         return false;
       });
       if (done) continue;
-      await this.engine.script(`SELECT pg_advisory_xact_lock(7283460012);
+      try {
+        await this.engine.script(`SELECT pg_advisory_xact_lock(7283460012);
 SET LOCAL ROLE ${o.ownerRole};
 DO $check$ BEGIN
   IF EXISTS (SELECT 1 FROM bulkhead.migrations WHERE version = ${m.version}) THEN
-    RAISE EXCEPTION 'migration ${m.version} was applied concurrently';
+    RAISE EXCEPTION 'migration ${m.version} was applied concurrently' USING ERRCODE = 'BHM01';
   END IF;
 END $check$;
 ${m.sql(o)}
 INSERT INTO bulkhead.migrations (version, name) VALUES (${m.version}, '${m.name.replace(/'/g, "''")}');
 INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions}') ON CONFLICT (key) DO NOTHING;`);
+      } catch (error) {
+        // Another process applied it between our check and our lock: it is done, not failed.
+        if (error instanceof DatabaseError && error.sqlState === 'BHM01') continue;
+        throw error;
+      }
       applied.push(m.version);
     }
     return { applied };

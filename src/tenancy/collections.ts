@@ -87,7 +87,10 @@ export class Collections {
       const known = new Set(found!.rows.map((r) => r.name as string));
       const missing = targets.filter((t) => !known.has(t));
       if (missing.length > 0) {
-        throw new BulkheadError('COLLECTION_INVALID', `a reference field names a collection that does not exist: ${missing.join(', ')}`);
+        const field = Object.keys(definition.fields).find((f) => definition.fields[f]!.collection === missing[0]);
+        throw new BulkheadError('COLLECTION_INVALID', `a reference field names a collection that does not exist: ${missing.join(', ')}`, {
+          details: { field },
+        });
       }
       const row = current!.rows[0];
       const previous = row ? (row.definition as CollectionDefinition) : undefined;
@@ -232,7 +235,7 @@ export class Collections {
       if (!next || next.type !== old.type) {
         checks.push({
           field,
-          reason: next ? `its type cannot change from ${old.type} to ${next.type}` : 'it cannot be removed',
+          reason: next ? `its type cannot change from ${old.type} to ${next.type} while records hold it` : 'it cannot be removed while records hold it',
           statement: { text: `${base}data ? $3::text) AS hit`, values: [tenantId, name, field] },
         });
       } else if (next.type === 'enum') {
@@ -253,7 +256,7 @@ export class Collections {
       } else if (next.type === 'reference' && next.collection !== old.collection) {
         checks.push({
           field,
-          reason: 'the target collection of a reference cannot change',
+          reason: 'the target collection of a reference cannot change while records hold it',
           statement: { text: `${base}data ? $3::text) AS hit`, values: [tenantId, name, field] },
         });
       }
@@ -262,7 +265,7 @@ export class Collections {
       if (next.required && !before.fields[field]?.required) {
         checks.push({
           field,
-          reason: 'records lack it, so it cannot become required',
+          reason: 'some records lack it, so it cannot become required',
           statement: { text: `${base}NOT (data ? $3::text)) AS hit`, values: [tenantId, name, field] },
         });
       }
@@ -271,7 +274,7 @@ export class Collections {
     const results = await batch(checks.map((c) => c.statement));
     const failed = checks.find((_, i) => results[i]!.rows[0]!.hit === true);
     if (failed) {
-      throw new BulkheadError('COLLECTION_INVALID', `fields.${failed.field}: ${failed.reason} while records hold it`, { details: { field: failed.field } });
+      throw new BulkheadError('COLLECTION_INVALID', `fields.${failed.field}: ${failed.reason}`, { details: { field: failed.field } });
     }
   }
 }

@@ -104,10 +104,10 @@ export function parseCollectionDefinition(input: unknown): CollectionDefinition 
   for (const name of names) {
     if (!FIELD_NAME.test(name)) fail(`field names must match ${FIELD_NAME.source}`, safeName(name));
     const field = parseField(name, rawFields[name]);
-    if (field.subject) subjects++;
+    // Names the second subject field, so the builder sees which flag to drop.
+    if (field.subject && ++subjects > 1) fail('at most one field may be marked as the data subject', name);
     fields[name] = field;
   }
-  if (subjects > 1) fail('at most one field may be marked as the data subject');
   return Object.freeze({
     fields: Object.freeze(fields),
     ...(description === undefined ? {} : { description: description as string }),

@@ -2,7 +2,7 @@ import { BulkheadError, QueryInvalidError } from '../errors.js';
 import { isUuid } from '../ids.js';
 import type { Statement } from '../store/engine.js';
 import { isKeyable, type CollectionDefinition, type FieldDefinition } from './fields.js';
-import { fieldValidator } from './validation.js';
+import { fieldValidator, findUnstorableValue } from './validation.js';
 
 /** Filter operators (SPEC: eq, ne, lt, lte, gt, gte, in, contains, prefix, isNull). */
 export const OPERATORS = ['eq', 'ne', 'lt', 'lte', 'gt', 'gte', 'in', 'contains', 'prefix', 'isNull'] as const;
@@ -71,7 +71,8 @@ export function compileList(
 
   const filter = parseFilter(request.filter);
   for (const [name, ops] of Object.entries(filter)) {
-    const field = definition.fields[name];
+    // Own properties only: "constructor", "toString" or "__proto__" must not resolve to Object.prototype members.
+    const field = Object.hasOwn(definition.fields, name) ? definition.fields[name] : undefined;
     if (!field) throw new QueryInvalidError(`filter names an unknown field "${safe(name)}"`, { field: safe(name) });
     if (typeof ops !== 'object' || ops === null || Array.isArray(ops) || Object.keys(ops).length === 0) {
       throw new QueryInvalidError(`filter.${name} must be an object of operators`, { field: name });
@@ -127,6 +128,8 @@ function parseFilter(raw: string | undefined): Record<string, unknown> {
   if (Object.keys(parsed).length > QUERY_LIMITS.maxFilterFields) {
     throw new QueryInvalidError(`filter names at most ${QUERY_LIMITS.maxFilterFields} fields`);
   }
+  const bad = findUnstorableValue(parsed);
+  if (bad !== undefined) throw new QueryInvalidError(`filter: ${bad.problem}`, { field: bad.path.split('.')[0] || 'filter' });
   return parsed as Record<string, unknown>;
 }
 
@@ -203,7 +206,7 @@ function parseSort(raw: string | undefined, definition: CollectionDefinition): S
   if (raw === '-id') return { field: null, descending: true };
   const descending = raw.startsWith('-');
   const name = descending ? raw.slice(1) : raw;
-  const field = definition.fields[name];
+  const field = Object.hasOwn(definition.fields, name) ? definition.fields[name] : undefined;
   if (!field) throw new QueryInvalidError(`sort names an unknown field "${safe(name)}"`, { field: safe(name) });
   if (!isKeyable(field.type)) throw new QueryInvalidError(`sort: ${field.type} fields cannot be sorted`, { field: name });
   return { field: name, descending };

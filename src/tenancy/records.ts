@@ -193,6 +193,13 @@ export class Records {
     try {
       return await fn(c);
     } catch (error) {
+      if (error instanceof BulkheadError && error.code === 'RECORD_INVALID') {
+        // A create is validated before it reaches storage, so a stale cached version can refuse
+        // what the current one allows (a new field, a dropped `required`): check before refusing.
+        const current = await this.#collections.get(tenantId, collection, true);
+        if (current.version === c.version) throw error;
+        return fn(current);
+      }
       if (!(error instanceof BulkheadError) || error.code !== 'COLLECTION_CHANGED') throw error;
       this.#collections.forget(tenantId, collection);
       return fn(await this.#collections.get(tenantId, collection, true));

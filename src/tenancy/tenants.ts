@@ -148,7 +148,7 @@ export class Tenants {
     const tenant = await this.get(idOrSlug);
     if (tenant.status === status) return tenant;
     if (!MANUAL_TRANSITIONS[tenant.status]?.includes(status as TenantStatus)) {
-      invalid(`a ${tenant.status} tenant cannot be made ${status} here`, 'status');
+      invalid(`the tenant is ${tenant.status}; it cannot be made ${status} here`, 'status');
     }
     const [r] = await this.#store.platform().batch([
       {

@@ -6,6 +6,52 @@ import { LIMITS, type CollectionDefinition, type FieldDefinition } from './field
 
 const UUID_PATTERN = '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
 
+/** U+0000, or a UTF-16 surrogate without its pair: valid in JSON, but neither `text` nor `jsonb` can store it. */
+const UNSTORABLE = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/**
+ * How deeply request JSON may nest. Validation and serialization recurse, and a 1 MiB body of
+ * brackets (5,000 levels, measured) overflowed the stack: an INTERNAL error for bad input.
+ */
+export const MAX_JSON_DEPTH = 64;
+
+/** A value of a request that cannot be stored as it is, and where it is. */
+export interface UnstorableValue {
+  /** Where it is (`fields.title`): identifier-like keys only, at most three levels; '' for the value itself. */
+  readonly path: string;
+  /** What is wrong, without the value. */
+  readonly problem: string;
+}
+
+/**
+ * The first string or key PostgreSQL cannot store, number JSON cannot carry (1e400 parses as
+ * Infinity and would be stored as null), or nesting deeper than `MAX_JSON_DEPTH` in a parsed
+ * JSON value; undefined when there is none. Checked before any statement is sent, so such input
+ * is a 400 rather than a store error (a 503 "retry later"), a crash, or a silent change.
+ * Iterative, so a deeply nested value cannot overflow the stack here.
+ */
+export function findUnstorableValue(value: unknown): UnstorableValue | undefined {
+  const stack: { value: unknown; path: string; depth: number }[] = [{ value, path: '', depth: 0 }];
+  while (stack.length > 0) {
+    const { value: v, path, depth } = stack.pop()!;
+    if (typeof v === 'string') {
+      if (UNSTORABLE.test(v)) return { path, problem: 'strings cannot contain U+0000 or an unpaired UTF-16 surrogate' };
+    } else if (typeof v === 'number') {
+      if (!Number.isFinite(v)) return { path, problem: 'numbers must be finite (within ±1.7976931348623157e308)' };
+    } else if (typeof v === 'object' && v !== null) {
+      if (depth >= MAX_JSON_DEPTH) return { path, problem: `JSON may nest at most ${MAX_JSON_DEPTH} levels deep` };
+      for (const [key, child] of Object.entries(v)) {
+        // Only identifier-like keys are echoed back: others could carry anything.
+        const step = /^[A-Za-z0-9_]{1,63}$/.test(key) ? key : '(invalid name)';
+        const childPath = depth >= 3 ? path : path === '' ? step : `${path}.${step}`;
+        if (UNSTORABLE.test(key)) return { path: childPath, problem: 'keys cannot contain U+0000 or an unpaired UTF-16 surrogate' };
+        stack.push({ value: child, path: childPath, depth: depth + 1 });
+      }
+    }
+  }
+  return undefined;
+}
+
 const fieldValidators = new WeakMap<FieldDefinition, ValidateFunction>();
 
 /** A validator of one field's values, compiled once per field definition. */

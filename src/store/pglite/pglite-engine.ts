@@ -57,6 +57,12 @@ export class PgliteEngine implements Engine {
 }
 
 async function runAll(tx: Transaction, statements: readonly Statement[]): Promise<StatementResult[]> {
+  // Checked before anything runs: PGlite would bind an object as String(value) ("[object Object]").
+  for (const [index, s] of statements.entries()) {
+    for (const v of s.values ?? []) {
+      if (!isScalar(v)) throw new DatabaseError(new TypeError('a statement parameter has an unsupported type'), index);
+    }
+  }
   const results: StatementResult[] = [];
   for (const [index, s] of statements.entries()) {
     try {
@@ -67,6 +73,21 @@ async function runAll(tx: Transaction, statements: readonly Statement[]): Promis
     }
   }
   return results;
+}
+
+/** The parameter types the core binds (the same set as the PostgreSQL pipeline's `toWire`). */
+function isScalar(value: unknown): boolean {
+  switch (typeof value) {
+    case 'undefined':
+    case 'string':
+    case 'bigint':
+    case 'boolean':
+      return true;
+    case 'number':
+      return Number.isFinite(value);
+    default:
+      return value === null || value instanceof Date;
+  }
 }
 
 function isSqlError(error: unknown): boolean {

@@ -64,7 +64,15 @@ export class Pipeline {
     try {
       // Serialize every value before writing anything: a value that fails half-way must not
       // leave earlier statements sent and committed by the Sync.
-      wire = this.#statements.map((s) => (s.values ?? []).map(toWire));
+      wire = this.#statements.map((s, index) =>
+        (s.values ?? []).map((v) => {
+          try {
+            return toWire(v);
+          } catch (error) {
+            throw Object.assign(error instanceof Error ? error : new Error(String(error)), { statementIndex: index });
+          }
+        }),
+      );
     } catch (error) {
       return error instanceof Error ? error : new Error(String(error));
     }
@@ -118,7 +126,8 @@ export class Pipeline {
 
   handleError(error: unknown): void {
     const withIndex = error instanceof Error ? error : new Error(String(error));
-    (withIndex as Error & { statementIndex?: number }).statementIndex = this.#results.length;
+    // A serialization failure in `submit` already names its statement; a server error is the next one.
+    (withIndex as Error & { statementIndex?: number }).statementIndex ??= this.#results.length;
     this.#fail(withIndex);
   }
 

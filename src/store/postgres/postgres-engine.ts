@@ -67,8 +67,10 @@ export class PostgresEngine implements Engine {
       client.release();
       return value;
     } catch (error) {
-      let broken = isConnectionLost(error);
-      if (begun && !broken) {
+      // Whatever failed (a statement, or the caller's own code between batches), try to roll
+      // back; only a connection that cannot even do that is discarded.
+      let broken = false;
+      if (begun) {
         try {
           await client.query('ROLLBACK');
         } catch {
@@ -138,7 +140,10 @@ function wrapIfDatabase(error: unknown): unknown {
 }
 
 function isConnectionLost(error: unknown): boolean {
+  // A parameter that cannot be serialized is refused before anything is written.
+  if (error instanceof TypeError) return false;
   const code = (error as { code?: unknown })?.code;
-  // Class 08 is connection exceptions; 57P0x the server shutting down.
-  return typeof code !== 'string' || code.startsWith('08') || code.startsWith('57P');
+  // Class 08 is connection exceptions, 57P0x the server shutting down; no SQLSTATE at all means
+  // the socket failed (ECONNRESET, "Connection terminated"), so the connection is not reused.
+  return typeof code !== 'string' || !/^[0-9A-Z]{5}$/.test(code) || code.startsWith('08') || code.startsWith('57P');
 }
