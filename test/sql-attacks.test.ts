@@ -11,7 +11,7 @@ import pg from 'pg';
 import { DatabaseError } from '../src/errors.js';
 import { uuidv7 } from '../src/ids.js';
 import type { Engine, Statement, StatementResult } from '../src/store/engine.js';
-import { BACKENDS, createTenant, mintToken, openTestBulkhead, request, type TestBulkhead, type TestResponse } from './support/backends.js';
+import { BACKENDS, createTenant, mintToken, openTestBulkhead, request, tenantSnapshot, type TestBulkhead, type TestResponse } from './support/backends.js';
 
 const CONTEXT_SQL =
   "SELECT set_config('role', $1, true), set_config('bulkhead.tenant_id', $2, true), set_config('bulkhead.scope', $3, true)";
@@ -65,19 +65,7 @@ async function seedPair(t: TestBulkhead, prefix: string): Promise<Pair> {
   return { a, b, aIds: ids.a, bIds: ids.b, aMark, bMark };
 }
 
-/** Everything stored for one tenant, read as the superuser (no RLS), as comparable text. */
-async function snapshot(su: Engine, tenantId: string): Promise<string> {
-  const by = (table: string, order: string): Statement => ({ text: `SELECT * FROM bulkhead.${table} WHERE tenant_id = $1 ORDER BY ${order}`, values: [tenantId] });
-  const results = await su.batch([
-    { text: 'SELECT * FROM bulkhead.tenants WHERE id = $1', values: [tenantId] },
-    by('collections', 'name'),
-    by('collection_versions', 'name, version'),
-    by('records', 'collection, id'),
-    by('unique_values', 'collection, field, key'),
-    by('index_values', 'collection, field, key, record_id'),
-  ]);
-  return JSON.stringify(results.map((r) => r.rows));
-}
+const snapshot = (su: Engine, tenantId: string): Promise<string> => tenantSnapshot(su, tenantId);
 
 /** Asserts a failed batch is SQLSTATE `sqlState` with a server message matching `message`. */
 async function rejectsSql(promise: Promise<unknown>, sqlState: string, message: RegExp, what: string): Promise<void> {

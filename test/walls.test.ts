@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { DatabaseError } from '../src/errors.js';
 import type { Engine, Statement, StatementResult } from '../src/store/engine.js';
-import { BACKENDS, createTenant, openTestBulkhead, request, type TestBulkhead } from './support/backends.js';
+import { BACKENDS, createTenant, openTestBulkhead, request, tenantSnapshot, type TestBulkhead } from './support/backends.js';
 
 /** The Store's context statement, reproduced so a test can run raw SQL in the same context. */
 const CONTEXT_SQL =
@@ -58,23 +58,8 @@ async function rejectsSql(promise: Promise<unknown>, sqlState: string, message: 
 const RLS_DENIED = /row-level security/;
 const PRIVILEGE_DENIED = /permission denied/;
 
-/** Everything stored for one tenant, read as the superuser (no RLS), as comparable text. */
-async function snapshot(su: Engine, tenantId: string): Promise<string> {
-  const by = (table: string, order: string): Statement => ({
-    text: `SELECT * FROM bulkhead.${table} WHERE tenant_id = $1 ORDER BY ${order}`,
-    values: [tenantId],
-  });
-  const results = await su.batch([
-    { text: 'SELECT * FROM bulkhead.tenants WHERE id = $1', values: [tenantId] },
-    by('collections', 'name'),
-    by('collection_versions', 'name, version'),
-    by('records', 'collection, id'),
-    by('unique_values', 'collection, field, key'),
-    by('index_values', 'collection, field, key, record_id'),
-    by('tenant_history', 'seq'),
-  ]);
-  return JSON.stringify(results.map((r) => r.rows));
-}
+/** Everything stored for one tenant, history included. */
+const snapshot = (su: Engine, tenantId: string): Promise<string> => tenantSnapshot(su, tenantId, { history: true });
 
 /** Two tenants with the same collections and marked values, A with one collection more. */
 interface Pair {

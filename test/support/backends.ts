@@ -16,7 +16,7 @@ import type { FastifyInstance } from 'fastify';
 import { Bulkhead } from '../../src/bulkhead.js';
 import { loadConfig, type Config } from '../../src/config.js';
 import { buildServer } from '../../src/http/server.js';
-import type { Engine } from '../../src/store/engine.js';
+import type { Engine, Statement } from '../../src/store/engine.js';
 import { PgliteEngine } from '../../src/store/pglite/pglite-engine.js';
 import { PostgresEngine } from '../../src/store/postgres/postgres-engine.js';
 import { generateOperatorToken } from '../../src/access/operator-tokens.js';
@@ -212,4 +212,25 @@ export async function mintToken(t: TestBulkhead, tenantId: string, roles: readon
   const minted = await request(t.app, 'POST', `/v1/tenants/${tenantId}/tokens`, { token: t.operatorToken, body: { sub, roles } });
   if (minted.status !== 201) throw new Error(`token mint failed: ${minted.status} ${minted.text}`);
   return minted.body.token as string;
+}
+
+/**
+ * Everything stored for one tenant, read through `su` (an engine connected as the superuser, so
+ * RLS does not apply), as comparable text: tests take it before and after an attack.
+ */
+export async function tenantSnapshot(su: Engine, tenantId: string, options: { history?: boolean } = {}): Promise<string> {
+  const by = (table: string, order: string): Statement => ({
+    text: `SELECT * FROM bulkhead.${table} WHERE tenant_id = $1 ORDER BY ${order}`,
+    values: [tenantId],
+  });
+  const results = await su.batch([
+    { text: 'SELECT * FROM bulkhead.tenants WHERE id = $1', values: [tenantId] },
+    by('collections', 'name'),
+    by('collection_versions', 'name, version'),
+    by('records', 'collection, id'),
+    by('unique_values', 'collection, field, key'),
+    by('index_values', 'collection, field, key, record_id'),
+    ...(options.history ? [by('tenant_history', 'seq')] : []),
+  ]);
+  return JSON.stringify(results.map((r) => r.rows));
 }
