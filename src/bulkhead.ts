@@ -9,8 +9,10 @@ import { PgliteEngine } from './store/pglite/pglite-engine.js';
 import { PostgresEngine } from './store/postgres/postgres-engine.js';
 import { Store } from './store/store.js';
 import { Collections } from './tenancy/collections.js';
+import { Health } from './tenancy/health.js';
 import { Records } from './tenancy/records.js';
 import { Tenants } from './tenancy/tenants.js';
+import { Usage } from './tenancy/usage.js';
 
 /** What `Bulkhead.open` may be given besides the configuration (tests inject an engine). */
 export interface OpenOptions {
@@ -30,6 +32,10 @@ export class Bulkhead {
   readonly tenants: Tenants;
   readonly collections: Collections;
   readonly records: Records;
+  /** Per-tenant usage counters (reads, writes, rows), flushed in batches. */
+  readonly usage: Usage;
+  /** Partition health, tenant sizes and promotion candidates (operator views). */
+  readonly health: Health;
   readonly authorizer: Authorizer;
   readonly #tokens: TokenVerifier;
   readonly #jwtSecret: Uint8Array | undefined;
@@ -47,6 +53,8 @@ export class Bulkhead {
     this.tenants = new Tenants(store, { regions: config.regions });
     this.collections = new Collections(store);
     this.records = new Records(store, this.collections);
+    this.usage = new Usage(store);
+    this.health = new Health(store, this.usage);
   }
 
   /** Opens the store the configuration names, applies migrations and loads the access policies. */
@@ -124,8 +132,10 @@ export class Bulkhead {
     });
   }
 
-  /** Closes the store. */
+  /** Flushes the usage counters and closes the store. */
   async close(): Promise<void> {
+    // A store that cannot take the last counts must not keep the process from closing.
+    await this.usage.close().catch(() => {});
     await this.store.close();
   }
 

@@ -382,6 +382,17 @@ for (const kind of BACKENDS) {
       checkAgainstDocument('DELETE', '/v1/collections/{name}/records/{id}', await request(t.app, 'DELETE', `/v1/collections/tasks/records/${rid}`, { token }));
       const viewer = await mintToken(t, id, ['viewer']);
       checkAgainstDocument('DELETE', '/v1/collections/{name}/records/{id}', await request(t.app, 'DELETE', `/v1/collections/tasks/records/${rid}`, { token: viewer }));
+
+      // Usage and partition health (operator).
+      checkAgainstDocument('GET', '/v1/tenants/{id}/usage', await request(t.app, 'GET', `/v1/tenants/${id}/usage?window=5m`, { token: ops }));
+      checkAgainstDocument('GET', '/v1/tenants/{id}/usage', await request(t.app, 'GET', `/v1/tenants/${id}/usage?window=2d`, { token: ops }));
+      checkAgainstDocument('GET', '/v1/tenants/{id}/usage', await request(t.app, 'GET', '/v1/tenants/no-such-tenant/usage', { token: ops }));
+      checkAgainstDocument('GET', '/v1/tenants/{id}/usage', await request(t.app, 'GET', `/v1/tenants/${id}/usage`, { token }));
+      checkAgainstDocument('GET', '/v1/usage/top', await request(t.app, 'GET', '/v1/usage/top?window=1h&limit=5&minShare=0.2&minRows=10', { token: ops }));
+      checkAgainstDocument('GET', '/v1/usage/top', await request(t.app, 'GET', '/v1/usage/top?limit=0', { token: ops }));
+      checkAgainstDocument('GET', '/v1/partitions', await request(t.app, 'GET', '/v1/partitions', { token: ops }));
+      checkAgainstDocument('GET', '/v1/partitions', await request(t.app, 'GET', '/v1/partitions?x=1', { token: ops }));
+      checkAgainstDocument('GET', '/v1/partitions', await request(t.app, 'GET', '/v1/partitions', { token }));
     });
 
     it('states the roles the live policies allow for every tenant operation, and operators only on the registry', () => {
@@ -394,7 +405,9 @@ for (const kind of BACKENDS) {
           continue;
         }
         const collection = path.includes('{name}') ? 'tasks' : undefined;
-        if (path.startsWith('/v1/tenants')) {
+        // Operator operations are the tenant-registry actions (tenant.*): /v1/tenants*, /v1/usage*, /v1/partitions.
+        if (path.startsWith('/v1/tenants')) assert.ok(action.startsWith('tenant.'), `${method} ${path} is an operator operation`);
+        if (action.startsWith('tenant.')) {
           assert.deepEqual(op.security, [{ operatorToken: [] }]);
           assert.equal(t.bh.authorizer.authorize(operator, action, {}).allowed, true, `an operator may ${action}`);
           for (const role of TENANT_ROLES) {

@@ -22,7 +22,7 @@ const CONTEXT_SQL =
 
 /** Tables that hold tenant data or the registry; every one must carry forced RLS. */
 const TENANT_TABLES = [
-  'collection_versions', 'collections', 'index_values', 'operator_tokens', 'records', 'tenant_history', 'tenants', 'unique_values',
+  'collection_versions', 'collections', 'index_values', 'operator_tokens', 'records', 'tenant_history', 'tenant_usage', 'tenants', 'unique_values',
 ] as const;
 /** Tables without RLS: they must grant the application role nothing at all. */
 const INTERNAL_TABLES = ['migrations', 'settings'] as const;

@@ -53,6 +53,10 @@ namespace Bulkhead {
   action "tenant.create", "tenant.read", "tenant.list", "tenant.update", "tenant.mintToken" in ["tenant-registry"]
     appliesTo { principal: [TenantUser, Operator], resource: [Platform] };
 
+  // Operator views across tenants: usage per tenant and partition health (aggregates, no tenant data).
+  action "tenant.usage", "tenant.partitions" in ["tenant-registry"]
+    appliesTo { principal: [TenantUser, Operator], resource: [Platform] };
+
   action "collection.define", "collection.read", "collection.list" in ["tenant-data"]
     appliesTo { principal: [TenantUser, Operator], resource: [Collection] };
 
@@ -81,7 +85,8 @@ forbid (principal is Bulkhead::TenantUser, action in Bulkhead::Action::"tenant-r
 @id("platform.forbid-operator-tenant-data")
 forbid (principal is Bulkhead::Operator, action in Bulkhead::Action::"tenant-data", resource);
 
-// Operators run the tenant registry: create, read, list and suspend tenants, and mint development tokens.
+// Operators run the tenant registry: create, read, list and suspend tenants, mint development tokens,
+// and read usage and partition health.
 @id("platform.permit-operator-registry")
 permit (principal is Bulkhead::Operator, action in Bulkhead::Action::"tenant-registry", resource is Bulkhead::Platform);
 `;

@@ -32,6 +32,8 @@ export const ACTIONS = [
   'tenant.list',
   'tenant.update',
   'tenant.mintToken',
+  'tenant.usage',
+  'tenant.partitions',
   'collection.define',
   'collection.read',
   'collection.list',

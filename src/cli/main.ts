@@ -6,6 +6,7 @@ import { collectionsCommand } from './collections.js';
 import { serve } from './serve.js';
 import { tenantsCommand } from './tenants.js';
 import { tokenCommand } from './token.js';
+import { usageCommands } from './usage.js';
 
 // Read at run time: package.json is two levels up from both src/cli/ and dist/cli/.
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -41,9 +42,10 @@ export function program(io: CliIO = processIO()): Command {
     .action(async (opts: { port?: string; host?: string; dataDir?: string; config?: string }) => {
       await serve(opts, io.stdout);
     });
-  tenantsCommand(cli, io);
+  const tenants = tenantsCommand(cli, io);
   tokenCommand(cli, io);
   collectionsCommand(cli, io);
+  usageCommands(cli, tenants, io);
   return cli;
 }
 

@@ -11,7 +11,9 @@ import { MAX_MINT_TTL_SECONDS, MAX_SUBJECT_LENGTH } from '../access/tokens.js';
 import { ERROR_CODES, type ErrorCode } from '../errors.js';
 import { CLASSIFICATIONS, COLLECTION_NAME, FIELD_NAME, FIELD_TYPES, LIMITS, type FieldType } from '../tenancy/fields.js';
 import { OPERATORS, QUERY_LIMITS, type Operator } from '../tenancy/query.js';
+import { HEALTH_DEFAULTS } from '../tenancy/health.js';
 import { TENANT_STATUSES, TIERS } from '../tenancy/tenants.js';
+import { USAGE_DEFAULTS, USAGE_WINDOW_PATTERN } from '../tenancy/usage.js';
 import { MAX_JSON_DEPTH } from '../tenancy/validation.js';
 import { HTTP_STATUS } from './problem.js';
 
@@ -221,6 +223,112 @@ const schemas: JsonObject = {
     required: ['token', 'expiresAt'],
     properties: { token: { type: 'string', description: 'An HS256 tenant JWT.' }, expiresAt: { type: 'string', format: 'date-time' } },
   },
+  UsageCounts: {
+    type: 'object',
+    required: ['reads', 'writes', 'rowsRead', 'rowsWritten'],
+    properties: {
+      reads: { type: 'integer', minimum: 0, description: 'Record reads (get and list) that succeeded.' },
+      writes: { type: 'integer', minimum: 0, description: 'Record writes (create, update, delete) that succeeded.' },
+      rowsRead: { type: 'integer', minimum: 0, description: 'Records returned by those reads.' },
+      rowsWritten: { type: 'integer', minimum: 0, description: 'Records written by those writes.' },
+    },
+  },
+  UsageBucket: {
+    type: 'object',
+    required: ['start', 'reads', 'writes', 'rowsRead', 'rowsWritten'],
+    allOf: [schema('UsageCounts')],
+    properties: { start: { type: 'string', format: 'date-time', description: 'Start of the bucket.' } },
+  },
+  TenantSize: {
+    type: 'object',
+    required: ['rows', 'bytes'],
+    properties: {
+      rows: { type: 'integer', minimum: 0, description: 'Records (exact count).' },
+      bytes: { type: 'integer', minimum: 0, description: 'Stored size of the records\' data (sum of `pg_column_size`).' },
+    },
+  },
+  TenantUsage: {
+    type: 'object',
+    required: ['tenant', 'window', 'since', 'bucketSeconds', 'totals', 'size', 'buckets'],
+    properties: {
+      tenant: { type: 'object', required: ['id', 'slug'], properties: { id: { type: 'string', format: 'uuid' }, slug: { type: 'string', pattern: SLUG_PATTERN } } },
+      window: { type: 'string', pattern: USAGE_WINDOW_PATTERN },
+      since: { type: 'string', format: 'date-time', description: 'Start of the oldest bucket of the window.' },
+      bucketSeconds: { type: 'integer', minimum: 60 },
+      totals: schema('UsageCounts'),
+      size: schema('TenantSize'),
+      buckets: { type: 'array', items: schema('UsageBucket'), description: 'The buckets of the window that saw any request, oldest first.' },
+    },
+  },
+  TopTenant: {
+    type: 'object',
+    required: ['id', 'slug', 'tier', 'reads', 'writes', 'rowsRead', 'rowsWritten', 'rows', 'bytes', 'rowsShare', 'usageShare'],
+    allOf: [schema('UsageCounts'), schema('TenantSize')],
+    properties: {
+      id: { type: 'string', format: 'uuid' },
+      slug: { type: 'string', pattern: SLUG_PATTERN },
+      tier: { type: 'string', enum: [...TIERS] },
+      rowsShare: { type: 'number', minimum: 0, maximum: 1, description: 'Share of the pool\'s records.' },
+      usageShare: { type: 'number', minimum: 0, maximum: 1, description: 'Share of the window\'s reads and writes.' },
+    },
+  },
+  PromotionCandidate: {
+    type: 'object',
+    required: ['reasons'],
+    allOf: [schema('TopTenant')],
+    properties: {
+      reasons: {
+        type: 'array',
+        minItems: 1,
+        items: { type: 'string', enum: ['rows-share', 'usage-share', 'rows'] },
+        description: '`rows-share` / `usage-share`: the share is above `thresholds.share`; `rows`: at least `thresholds.rows` records.',
+      },
+    },
+  },
+  UsageTop: {
+    type: 'object',
+    required: ['window', 'since', 'totals', 'thresholds', 'tenants', 'candidates'],
+    properties: {
+      window: { type: 'string', pattern: USAGE_WINDOW_PATTERN },
+      since: { type: 'string', format: 'date-time' },
+      totals: { allOf: [schema('UsageCounts'), schema('TenantSize')] },
+      thresholds: {
+        type: 'object',
+        required: ['share', 'rows'],
+        properties: { share: { type: 'number', exclusiveMinimum: 0, maximum: 1 }, rows: { type: 'integer', minimum: 1 } },
+      },
+      tenants: { type: 'array', items: schema('TopTenant'), description: 'By reads and writes in the window, then records, most first.' },
+      candidates: {
+        type: 'array',
+        items: schema('PromotionCandidate'),
+        description: 'Pool tenants worth promoting to a tier of their own, by their larger share, most first.',
+      },
+    },
+  },
+  PartitionHealth: {
+    type: 'object',
+    required: ['partitions', 'totalRows', 'totalBytes', 'meanRows', 'maxRows', 'skew'],
+    properties: {
+      partitions: {
+        type: 'array',
+        items: {
+          type: 'object',
+          required: ['name', 'remainder', 'rows', 'bytes'],
+          properties: {
+            name: { type: 'string' },
+            remainder: { type: 'integer', minimum: 0, description: 'The partition\'s remainder of `PARTITION BY HASH (tenant_id)`.' },
+            rows: { type: 'integer', minimum: 0, description: 'Records (exact count).' },
+            bytes: { type: 'integer', minimum: 0, description: 'Table, TOAST and indexes.' },
+          },
+        },
+      },
+      totalRows: { type: 'integer', minimum: 0 },
+      totalBytes: { type: 'integer', minimum: 0 },
+      meanRows: { type: 'number', minimum: 0 },
+      maxRows: { type: 'integer', minimum: 0 },
+      skew: { anyOf: [{ type: 'number', minimum: 1 }, { type: 'null' }], description: 'max/mean of the rows per partition; `null` when the pool holds no record.' },
+    },
+  },
   ...Object.fromEntries(FIELD_TYPES.map((t) => [`FieldValue.${t}`, { title: `Values of ${t} fields`, ...FIELD_VALUES[t] }])),
   FieldDefinitionInput: {
     type: 'object',
@@ -403,6 +511,14 @@ const parameters: JsonObject = {
   },
 };
 
+const windowParameter = (fallback: string): JsonObject => ({
+  name: 'window',
+  in: 'query',
+  required: false,
+  description: `Minutes or hours, e.g. 5m, 1h, 24h; at most the usage retention (${USAGE_DEFAULTS.retentionSeconds / 3600} h by default). Buckets are ${USAGE_DEFAULTS.bucketSeconds} s by default.`,
+  schema: { type: 'string', pattern: USAGE_WINDOW_PATTERN, default: fallback },
+});
+
 const paths: JsonObject = {
   '/healthz': {
     get: {
@@ -468,6 +584,43 @@ const paths: JsonObject = {
       description: 'Production tenant tokens come from the platform\'s identity provider. `CONFIG_INVALID` when the server verifies tokens against a JWKS URL and has no secret to sign with.',
       requestBody: jsonBody(schema('TokenMintRequest')),
       responses: { 201: ok('The token.', schema('TokenMinted')), ...problems(AUTHENTICATED, BODY, ['TENANT_NOT_FOUND', 'CONFIG_INVALID']) },
+    }),
+  },
+  '/v1/tenants/{id}/usage': {
+    parameters: [ref('parameters', 'TenantId')],
+    get: operatorOperation('tenant.usage', {
+      tags: ['usage'],
+      operationId: 'getTenantUsage',
+      summary: 'A tenant\'s usage over a window',
+      description: 'Reads, writes, rows read and written per bucket (like Citus\' `citus_stat_tenants`), and the tenant\'s records and bytes. Other query parameters are refused with `REQUEST_INVALID`.',
+      parameters: [windowParameter(HEALTH_DEFAULTS.window)],
+      responses: { 200: ok('The usage.', schema('TenantUsage')), ...problems(AUTHENTICATED, ['REQUEST_INVALID', 'TENANT_NOT_FOUND']) },
+    }),
+  },
+  '/v1/usage/top': {
+    get: operatorOperation('tenant.usage', {
+      tags: ['usage'],
+      operationId: 'getUsageTop',
+      summary: 'The busiest tenants, and the tenants worth promoting',
+      description:
+        'Candidates are pool tenants whose share of the pool\'s records or of the window\'s requests is above `minShare`, ' +
+        'or that hold at least `minRows` records. Other query parameters are refused with `REQUEST_INVALID`.',
+      parameters: [
+        windowParameter(HEALTH_DEFAULTS.window),
+        { name: 'limit', in: 'query', required: false, description: 'Tenants and candidates listed, each.', schema: { type: 'integer', minimum: 1, maximum: HEALTH_DEFAULTS.maxLimit, default: HEALTH_DEFAULTS.limit } },
+        { name: 'minShare', in: 'query', required: false, description: 'A decimal share, e.g. 0.1.', schema: { type: 'number', exclusiveMinimum: 0, maximum: 1, default: HEALTH_DEFAULTS.share } },
+        { name: 'minRows', in: 'query', required: false, schema: { type: 'integer', minimum: 1, default: HEALTH_DEFAULTS.rows } },
+      ],
+      responses: { 200: ok('The top tenants and the candidates.', schema('UsageTop')), ...problems(AUTHENTICATED, ['REQUEST_INVALID']) },
+    }),
+  },
+  '/v1/partitions': {
+    get: operatorOperation('tenant.partitions', {
+      tags: ['usage'],
+      operationId: 'getPartitions',
+      summary: 'Rows and bytes per hash partition, and the skew',
+      description: 'Exact row counts (a full count of the records table). Query parameters are refused with `REQUEST_INVALID`.',
+      responses: { 200: ok('The partitions of the records table.', schema('PartitionHealth')), ...problems(AUTHENTICATED, ['REQUEST_INVALID']) },
     }),
   },
   '/v1/collections': {
@@ -552,7 +705,7 @@ const document: JsonObject = {
     summary: 'The data plane for multi-tenant low-code platforms.',
     description:
       'Tenants, tenant-defined collections and records behind two independent isolation walls. Every call but ' +
-      '`GET /healthz` needs `Authorization: Bearer <token>`: the operator token for `/v1/tenants*`, a tenant token for ' +
+      '`GET /healthz` needs `Authorization: Bearer <token>`: the operator token for `/v1/tenants*`, `/v1/usage*` and `/v1/partitions`, a tenant token for ' +
       'collections and records. Errors are RFC 9457 `application/problem+json` with a stable `code` (docs/errors.md); ' +
       'an unknown path or method is `ROUTE_NOT_FOUND` (404). Request bodies are `application/json` ' +
       '(anything else is `REQUEST_UNSUPPORTED_MEDIA_TYPE`) no larger than the configured body limit (1 MiB by default), ' +
@@ -564,6 +717,7 @@ const document: JsonObject = {
   tags: [
     { name: 'health', description: 'Liveness and this document.' },
     { name: 'tenants', description: 'The platform\'s tenant registry (operator token).' },
+    { name: 'usage', description: 'Per-tenant usage, partition health and promotion candidates (operator token).' },
     { name: 'collections', description: 'Tenant-defined collections: the low-code data model.' },
     { name: 'records', description: 'Records of a collection, in the shape of Airtable\'s API.' },
   ],

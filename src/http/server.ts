@@ -144,6 +144,23 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
     return bh.mintToken(tenant.id, { sub: body.sub, roles: body.roles, ttlSeconds: body.ttlSeconds });
   });
 
+  // Usage and partition health (operator): aggregates and tenant ids, no tenant data.
+  app.get<{ Params: { id: string }; Querystring: Record<string, unknown> }>('/v1/tenants/:id/usage', async (req) => {
+    operator(req, 'tenant.usage');
+    const q = queryParams(req.query, ['window']);
+    const tenant = await bh.tenants.get(req.params.id);
+    return bh.health.tenantUsage(tenant, q.window);
+  });
+  app.get<{ Querystring: Record<string, unknown> }>('/v1/usage/top', async (req) => {
+    operator(req, 'tenant.usage');
+    return bh.health.top(queryParams(req.query, ['window', 'limit', 'minShare', 'minRows']));
+  });
+  app.get<{ Querystring: Record<string, unknown> }>('/v1/partitions', async (req) => {
+    operator(req, 'tenant.partitions');
+    queryParams(req.query, []);
+    return bh.health.partitions();
+  });
+
   // Collections (tenant builders define, members and viewers read).
   app.put<{ Params: { name: string } }>('/v1/collections/:name', async (req, reply) => {
     const name = checkCollectionName(req.params.name);
@@ -167,8 +184,10 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
     const name = checkCollectionName(req.params.name);
     const actor = tenantOf(req, 'record.create', name);
     const body = objectBody(req.body, ['fields'], ['fields']);
+    const record = await bh.records.create(actor, name, body.fields);
+    bh.usage.recordWrite(actor.tenantId, 1);
     reply.code(201);
-    return bh.records.create(actor, name, body.fields);
+    return record;
   });
   app.get<{ Params: { name: string }; Querystring: Record<string, unknown> }>('/v1/collections/:name/records', async (req) => {
     const name = checkCollectionName(req.params.name);
@@ -179,23 +198,29 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
       if (typeof q[key] !== 'string') throw new InvalidRequestError(`${key} may be given once`);
     }
     const page = await bh.records.list(tenantId, name, q as Record<string, string>);
+    bh.usage.recordRead(tenantId, page.records.length);
     return { records: page.records, nextCursor: page.nextCursor };
   });
   app.get<{ Params: { name: string; id: string } }>('/v1/collections/:name/records/:id', async (req) => {
     const name = checkCollectionName(req.params.name);
     const { tenantId } = tenantOf(req, 'record.read', name);
-    return bh.records.get(tenantId, name, req.params.id);
+    const record = await bh.records.get(tenantId, name, req.params.id);
+    bh.usage.recordRead(tenantId, 1);
+    return record;
   });
   app.patch<{ Params: { name: string; id: string } }>('/v1/collections/:name/records/:id', async (req) => {
     const name = checkCollectionName(req.params.name);
     const actor = tenantOf(req, 'record.update', name);
     const body = objectBody(req.body, ['fields'], ['fields']);
-    return bh.records.update(actor, name, req.params.id, body.fields);
+    const record = await bh.records.update(actor, name, req.params.id, body.fields);
+    bh.usage.recordWrite(actor.tenantId, 1);
+    return record;
   });
   app.delete<{ Params: { name: string; id: string } }>('/v1/collections/:name/records/:id', async (req, reply) => {
     const name = checkCollectionName(req.params.name);
     const { tenantId } = tenantOf(req, 'record.delete', name);
     await bh.records.delete(tenantId, name, req.params.id);
+    bh.usage.recordWrite(tenantId, 1);
     reply.code(204);
     return null;
   });
@@ -218,6 +243,18 @@ function objectBody(body: unknown, allowed: readonly string[], required: readonl
     if (!(key in body)) throw new InvalidRequestError(`the request body needs "${key}"`, { field: key });
   }
   return body as Record<string, unknown>;
+}
+
+/** Checks that a query string has only the `allowed` parameters, each given once. */
+function queryParams(query: unknown, allowed: readonly string[]): Record<string, string> {
+  const q = (query ?? {}) as Record<string, unknown>;
+  for (const key of Object.keys(q)) {
+    if (!allowed.includes(key)) {
+      throw new InvalidRequestError(allowed.length === 0 ? 'this route takes no query parameter' : `unknown query parameter; use ${allowed.join(', ')}`);
+    }
+    if (typeof q[key] !== 'string') throw new InvalidRequestError(`${key} may be given once`, { field: key });
+  }
+  return q as Record<string, string>;
 }
 
 /** Maps Fastify's own errors (body parsing, limits) to Bulkhead codes. */

@@ -283,4 +283,100 @@ GRANT SELECT, INSERT, DELETE ON bulkhead.unique_values TO ${o.appRole};
 GRANT SELECT, INSERT, DELETE ON bulkhead.index_values TO ${o.appRole};
 `,
   },
+  {
+    version: 2,
+    name: 'partition health and per-tenant usage',
+    sql: (o) => `
+-- Per-tenant usage in time buckets (like Citus' citus_stat_tenants). A platform table, not a
+-- tenant table: it holds counters, never tenant data, and it is written by one background flush
+-- that carries every tenant's counts at once. Under the tenant policy that flush would need one
+-- transaction per tenant (the context is per transaction), so with thousands of active tenants a
+-- 10 s flush would become thousands of transactions. Only the platform scope writes it; a tenant
+-- scope may read its own rows (as with bulkhead.tenants) and nothing else. Not hash-partitioned:
+-- rows expire by time (window_start), which hash partitions on tenant_id would not help with.
+CREATE TABLE bulkhead.tenant_usage (
+  tenant_id uuid NOT NULL REFERENCES bulkhead.tenants (id),
+  window_start timestamptz NOT NULL,
+  reads bigint NOT NULL DEFAULT 0 CHECK (reads >= 0),
+  writes bigint NOT NULL DEFAULT 0 CHECK (writes >= 0),
+  rows_read bigint NOT NULL DEFAULT 0 CHECK (rows_read >= 0),
+  rows_written bigint NOT NULL DEFAULT 0 CHECK (rows_written >= 0),
+  PRIMARY KEY (tenant_id, window_start)
+);
+-- The top-tenants query and the retention purge select by time across tenants.
+CREATE INDEX tenant_usage_window ON bulkhead.tenant_usage (window_start);
+ALTER TABLE bulkhead.tenant_usage ENABLE ROW LEVEL SECURITY;
+ALTER TABLE bulkhead.tenant_usage FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_usage_read ON bulkhead.tenant_usage FOR SELECT
+  USING (current_setting('bulkhead.scope', true) = 'platform' OR ${TENANT_PREDICATE});
+CREATE POLICY tenant_usage_insert ON bulkhead.tenant_usage FOR INSERT
+  WITH CHECK (current_setting('bulkhead.scope', true) = 'platform');
+CREATE POLICY tenant_usage_update ON bulkhead.tenant_usage FOR UPDATE
+  USING (current_setting('bulkhead.scope', true) = 'platform')
+  WITH CHECK (current_setting('bulkhead.scope', true) = 'platform');
+CREATE POLICY tenant_usage_delete ON bulkhead.tenant_usage FOR DELETE
+  USING (current_setting('bulkhead.scope', true) = 'platform');
+
+-- The statistics functions below run as the owner (SECURITY DEFINER) and must count every
+-- tenant's records, but RLS is FORCED, so the owner sees no row without a policy of its own. This
+-- one admits the owner role only, only in the platform scope, only for SELECT, and only through
+-- the parent table. The application role is no member of the owner role, so it gains nothing;
+-- and the owner could switch RLS off on its own tables anyway, so the owner gains nothing either.
+CREATE POLICY owner_platform_statistics ON bulkhead.records FOR SELECT TO ${o.ownerRole}
+  USING (current_setting('bulkhead.scope', true) = 'platform');
+
+-- Rows and bytes of each hash partition of records: exact counts, aggregates only. Callable by the
+-- application role in the platform scope only; a tenant scope is refused.
+CREATE FUNCTION bulkhead.partition_stats()
+RETURNS TABLE (partition_name text, remainder integer, row_count bigint, total_bytes bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, bulkhead AS $fn$
+#variable_conflict use_column
+BEGIN
+  IF current_setting('bulkhead.scope', true) IS DISTINCT FROM 'platform' THEN
+    RAISE EXCEPTION 'partition statistics need the platform scope' USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  -- MATERIALIZED: one scan of the pool. Left to the planner, the count was re-run for every
+  -- partition in a nested loop (16 full scans, measured 12.7 s against 0.6 s on 1.5M records).
+  RETURN QUERY
+    WITH n AS MATERIALIZED (SELECT r.tableoid AS part, count(*) AS cnt FROM bulkhead.records r GROUP BY r.tableoid)
+    SELECT c.relname::text,
+           substring(pg_get_expr(c.relpartbound, c.oid) FROM 'remainder ([0-9]+)')::integer,
+           coalesce(n.cnt, 0)::bigint,
+           pg_total_relation_size(c.oid)::bigint
+    FROM pg_inherits i
+    JOIN pg_class c ON c.oid = i.inhrelid
+    LEFT JOIN n ON n.part = c.oid
+    WHERE i.inhparent = 'bulkhead.records'::regclass
+    ORDER BY 2;
+END
+$fn$;
+
+-- Records and stored bytes (sum of pg_column_size(data)) per tenant: ids and numbers only, never
+-- data. only_tenant narrows the answer to one tenant (the tenant_id = predicate keeps partition pruning).
+CREATE FUNCTION bulkhead.tenant_sizes(only_tenant uuid DEFAULT NULL)
+RETURNS TABLE (tenant_id uuid, row_count bigint, data_bytes bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, bulkhead AS $fn$
+#variable_conflict use_column
+BEGIN
+  IF current_setting('bulkhead.scope', true) IS DISTINCT FROM 'platform' THEN
+    RAISE EXCEPTION 'tenant sizes need the platform scope' USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  IF only_tenant IS NULL THEN
+    RETURN QUERY
+      SELECT r.tenant_id, count(*)::bigint, coalesce(sum(pg_column_size(r.data)), 0)::bigint
+      FROM bulkhead.records r GROUP BY r.tenant_id;
+  ELSE
+    RETURN QUERY
+      SELECT r.tenant_id, count(*)::bigint, coalesce(sum(pg_column_size(r.data)), 0)::bigint
+      FROM bulkhead.records r WHERE r.tenant_id = only_tenant GROUP BY r.tenant_id;
+  END IF;
+END
+$fn$;
+
+REVOKE ALL ON bulkhead.tenant_usage FROM PUBLIC;
+REVOKE ALL ON FUNCTION bulkhead.partition_stats(), bulkhead.tenant_sizes(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bulkhead.partition_stats(), bulkhead.tenant_sizes(uuid) TO ${o.appRole};
+GRANT SELECT, INSERT, UPDATE, DELETE ON bulkhead.tenant_usage TO ${o.appRole};
+`,
+  },
 ];
