@@ -178,6 +178,44 @@ for (const kind of BACKENDS) {
       assert.equal((await request(t.app, 'GET', '/v1/collections', { token })).status, 200);
     });
 
+    it('a suspension made by another process takes effect at once: the database re-checks every batch', async () => {
+      const created = (await op('POST', '/v1/tenants', { slug: slug('other-proc'), name: 'O' })).body;
+      const token = await mintToken(t, created.id, ['tenant_admin']);
+      const define = await request(t.app, 'PUT', '/v1/collections/notes', { token, body: { fields: { title: { type: 'string' } } } });
+      assert.equal(define.status, 201, define.text);
+      const written = await request(t.app, 'POST', '/v1/collections/notes/records', { token, body: { fields: { title: 'x' } } });
+      assert.equal(written.status, 201);
+      // This process now holds "active" in its status cache (30 s) and the definition in its collection cache.
+      const other = await Bulkhead.open(t.config, { engine: await t.db.engine() });
+      try {
+        await other.tenants.setStatus(created.id, 'suspended', 'test');
+      } finally {
+        // On PGlite the engine is shared: closing `other` would close it, so only the PostgreSQL pool is closed.
+        if (kind === 'postgres') await other.close();
+      }
+      for (const [method, url, body] of [
+        ['GET', `/v1/collections/notes/records/${written.body.id}`, undefined],
+        ['GET', '/v1/collections/notes/records', undefined],
+        ['POST', '/v1/collections/notes/records', { fields: { title: 'y' } }],
+        ['PATCH', `/v1/collections/notes/records/${written.body.id}`, { fields: { title: 'z' } }],
+        ['DELETE', `/v1/collections/notes/records/${written.body.id}`, undefined],
+      ] as const) {
+        const res = await request(t.app, method, url, { token, ...(body ? { body } : {}) });
+        assert.equal(res.status, 401, `${method} ${url}: ${res.text}`);
+        assert.equal(res.body.code, 'AUTH_TENANT_INACTIVE');
+      }
+      // Nothing was written while suspended.
+      const stored = await t.bh.store.tenant(created.id, { requireActive: false }).batch([
+        { text: 'SELECT data FROM bulkhead.records WHERE tenant_id = $1', values: [created.id] },
+      ]);
+      assert.deepEqual(stored[0]!.rows.map((r) => r.data), [{ title: 'x' }]);
+    });
+
+    it('a tenant scope for a tenant that does not exist is refused by the database', async () => {
+      const missing = '01890a5d-ac96-774b-bcce-b302099a8057';
+      await assert.rejects(t.bh.store.tenant(missing).batch([{ text: 'SELECT 1' }]), { code: 'AUTH_TENANT_INACTIVE' });
+    });
+
     it('setting the current status again changes nothing and records nothing', async () => {
       const created = (await op('POST', '/v1/tenants', { slug: slug('same'), name: 'S' })).body;
       const res = await op('PATCH', `/v1/tenants/${created.id}`, { status: 'active' });

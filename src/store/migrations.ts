@@ -260,6 +260,16 @@ BEGIN
 END
 $fn$;
 
+-- Raises unless the tenant of the transaction is active: every tenant batch starts with this
+-- check, so a suspended tenant is refused by the database itself, with no cache in between.
+CREATE FUNCTION bulkhead.require_active_tenant(active boolean) RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF NOT coalesce($1, false) THEN
+    RAISE EXCEPTION 'tenant is not active' USING ERRCODE = 'BHT01';
+  END IF;
+END
+$fn$;
+
 -- Raises when a write was validated against a collection version that is no longer current.
 CREATE FUNCTION bulkhead.require_collection_version(current boolean) RETURNS void LANGUAGE plpgsql AS $fn$
 BEGIN
@@ -272,7 +282,7 @@ $fn$;
 REVOKE ALL ON ALL TABLES IN SCHEMA bulkhead FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA bulkhead FROM PUBLIC;
 GRANT USAGE ON SCHEMA bulkhead TO ${o.appRole};
-GRANT EXECUTE ON FUNCTION bulkhead.value_key(jsonb), bulkhead.require_reference(boolean), bulkhead.require_collection_version(boolean) TO ${o.appRole};
+GRANT EXECUTE ON FUNCTION bulkhead.value_key(jsonb), bulkhead.require_reference(boolean), bulkhead.require_collection_version(boolean), bulkhead.require_active_tenant(boolean) TO ${o.appRole};
 GRANT SELECT, INSERT, UPDATE ON bulkhead.tenants TO ${o.appRole};
 GRANT SELECT, INSERT ON bulkhead.tenant_history TO ${o.appRole};
 GRANT SELECT, INSERT ON bulkhead.operator_tokens TO ${o.appRole};

@@ -1,4 +1,4 @@
-import { BulkheadError, DatabaseError } from '../errors.js';
+import { AuthenticationError, BulkheadError, DatabaseError } from '../errors.js';
 import { isUuid } from '../ids.js';
 import type { Engine, EngineTransaction, Statement, StatementResult } from './engine.js';
 import { MIGRATIONS, checkPartitions, checkRoleName, rolesSql, type MigrationOptions } from './migrations.js';
@@ -26,6 +26,23 @@ const CONTEXT_SQL =
   "SELECT set_config('role', $1, true), set_config('bulkhead.tenant_id', $2, true), set_config('bulkhead.scope', $3, true)";
 
 /**
+ * Runs right after the context, as the application role: the tenant must exist and be active, or
+ * the whole batch fails (SQLSTATE BHT01). It costs no round trip of its own, and makes a suspension
+ * effective at once for every process, whatever their caches say.
+ */
+const ACTIVE_SQL =
+  "SELECT bulkhead.require_active_tenant(EXISTS (SELECT 1 FROM bulkhead.tenants WHERE id = $1::uuid AND status = 'active'))";
+
+/** Options of a tenant scope. */
+export interface TenantScopeOptions {
+  /**
+   * Require the tenant to be active (default true). Only platform work on a tenant that is not
+   * active (reading its status, later: moves, erasure) turns it off.
+   */
+  readonly requireActive?: boolean;
+}
+
+/**
  * The core's handle on storage. It never names an engine; it owns the one place where the
  * tenant context is set, so no code path can run tenant statements without it.
  */
@@ -42,16 +59,19 @@ export class Store {
     this.options = Object.freeze({ ...options });
   }
 
-  /** A store scoped to `tenantId`. The id must come from the authenticated principal. */
-  tenant(tenantId: string): ScopedStore {
+  /**
+   * A store scoped to `tenantId`. The id must come from the authenticated principal. Every batch
+   * fails with AUTH_TENANT_INACTIVE unless the tenant is active (see `TenantScopeOptions`).
+   */
+  tenant(tenantId: string, options: TenantScopeOptions = {}): ScopedStore {
     // The tenant id is bound as a parameter, but an invalid one is a bug upstream: refuse it.
     if (!isUuid(tenantId)) throw new BulkheadError('INTERNAL', 'a tenant scope needs a validated tenant id');
-    return this.#scoped(tenantId, 'tenant');
+    return this.#scoped(tenantId, 'tenant', options.requireActive ?? true);
   }
 
   /** A store scoped to the platform registry (tenants, operator tokens); sees no tenant's data. */
   platform(): ScopedStore {
-    return this.#scoped('', 'platform');
+    return this.#scoped('', 'platform', false);
   }
 
   /** Creates the roles and applies pending migrations, as the owner role, under an advisory lock. */
@@ -116,15 +136,17 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
     await this.engine.close();
   }
 
-  #scoped(tenantId: string, scope: 'tenant' | 'platform'): ScopedStore {
-    const context: Statement = { name: 'bh_ctx', text: CONTEXT_SQL, values: [this.options.appRole, tenantId, scope] };
+  #scoped(tenantId: string, scope: 'tenant' | 'platform', requireActive: boolean): ScopedStore {
+    const preamble: Statement[] = [{ name: 'bh_ctx', text: CONTEXT_SQL, values: [this.options.appRole, tenantId, scope] }];
+    if (requireActive) preamble.push({ name: 'bh_active', text: ACTIVE_SQL, values: [tenantId] });
+    const skip = preamble.length;
     const engine = this.engine;
     return {
       async batch(statements) {
         try {
-          return (await engine.batch([context, ...statements])).slice(1);
+          return (await engine.batch([...preamble, ...statements])).slice(skip);
         } catch (error) {
-          throw shiftIndex(error);
+          throw fromPreamble(error, skip);
         }
       },
       transaction(fn) {
@@ -135,9 +157,9 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
               if (!first) return tx.batch(statements);
               first = false;
               try {
-                return (await tx.batch([context, ...statements])).slice(1);
+                return (await tx.batch([...preamble, ...statements])).slice(skip);
               } catch (error) {
-                throw shiftIndex(error);
+                throw fromPreamble(error, skip);
               }
             },
           });
@@ -147,10 +169,13 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
   }
 }
 
-/** Batch errors name the failing statement; hide the context statement from the numbering. */
-function shiftIndex(error: unknown): unknown {
-  if (error instanceof DatabaseError && error.statementIndex !== undefined) {
-    return new DatabaseError(error.cause, error.statementIndex - 1);
-  }
+/**
+ * Batch errors name the failing statement; the preamble is hidden from the numbering. A tenant
+ * that is not active is an authentication failure, as if its token had been refused.
+ */
+function fromPreamble(error: unknown, skip: number): unknown {
+  if (!(error instanceof DatabaseError)) return error;
+  if (error.sqlState === 'BHT01') return new AuthenticationError('AUTH_TENANT_INACTIVE', 'the token names no active tenant', error);
+  if (error.statementIndex !== undefined) return new DatabaseError(error.cause, error.statementIndex - skip);
   return error;
 }

@@ -55,6 +55,7 @@ export class Collections {
   readonly #ttl: number;
   readonly #size: number;
   readonly #cache = new Map<string, CacheEntry>();
+  readonly #refreshing = new Set<string>();
 
   constructor(store: Store, options: CollectionsOptions = {}) {
     this.#store = store;
@@ -152,7 +153,22 @@ export class Collections {
     checkCollectionName(name);
     const key = `${tenantId}/${name}`;
     const hit = this.#cache.get(key);
-    if (hit && !fresh && Date.now() - hit.loadedAt < this.#ttl) return hit.value;
+    if (hit && !fresh) {
+      const age = Date.now() - hit.loadedAt;
+      if (age < this.#ttl) return hit.value;
+      // Past the TTL a definition is still served while it is re-read in the background (up to 12
+      // TTLs, then the reader waits): writes re-check the version in the database anyway, and a
+      // list that names a field this copy lacks re-reads it (see Records.list).
+      if (age < this.#ttl * 12) {
+        if (!this.#refreshing.has(key)) {
+          this.#refreshing.add(key);
+          this.get(tenantId, name, true)
+            .catch(() => {})
+            .finally(() => this.#refreshing.delete(key));
+        }
+        return hit.value;
+      }
+    }
     const [r] = await this.#store.tenant(tenantId).batch([
       {
         name: 'bh_collection_get',

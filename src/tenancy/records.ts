@@ -95,8 +95,18 @@ export class Records {
 
   /** A page of records matching the filter, in sort order, with a cursor for the next page. */
   async list(tenantId: string, collection: string, request: ListRequest): Promise<RecordPage> {
-    const c = await this.#collections.get(tenantId, collection);
-    const q = compileList(tenantId, c.name, c.definition, request);
+    let c = await this.#collections.get(tenantId, collection);
+    let q: ReturnType<typeof compileList>;
+    try {
+      q = compileList(tenantId, c.name, c.definition, request);
+    } catch (error) {
+      // The cached definition may predate a field another process just added: re-read it once.
+      if (!(error instanceof BulkheadError) || error.code !== 'QUERY_INVALID') throw error;
+      const current = await this.#collections.get(tenantId, collection, true);
+      if (current.version === c.version) throw error;
+      c = current;
+      q = compileList(tenantId, c.name, c.definition, request);
+    }
     const [r] = await this.#store.tenant(tenantId).batch([q.statement]);
     const rows = r!.rows;
     const more = rows.length > q.limit;

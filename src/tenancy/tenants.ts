@@ -37,7 +37,7 @@ export interface TenantHistoryEntry {
 export interface TenantsOptions {
   /** Regions this deployment serves; the first is the default. */
   readonly regions: readonly string[];
-  /** How long a tenant's status is trusted on the request path before it is read again. */
+  /** How long an `active` status is trusted by the authentication pre-check (the database re-checks every batch). */
   readonly statusTtlMs?: number;
 }
 
@@ -58,12 +58,13 @@ export class Tenants {
   readonly #regions: readonly string[];
   readonly #ttl: number;
   readonly #status = new Map<string, { status: TenantStatus | null; at: number }>();
+  readonly #refreshing = new Set<string>();
 
   constructor(store: Store, options: TenantsOptions) {
     if (options.regions.length === 0) throw new TypeError('at least one region is needed');
     this.#store = store;
     this.#regions = Object.freeze([...options.regions]);
-    this.#ttl = options.statusTtlMs ?? 2_000;
+    this.#ttl = options.statusTtlMs ?? 30_000;
   }
 
   /** Creates an active tenant on the pool tier in the given (or default) region. */
@@ -171,13 +172,30 @@ export class Tenants {
   }
 
   /**
-   * The status of a tenant for the request path: cached for a short time (other processes may
-   * change it; this process's own changes apply at once). `null` when there is no such tenant.
+   * The status of a tenant, for the authentication pre-check. The database re-checks that the
+   * tenant is active in every tenant batch (`Store.tenant`), so this cache only spares inactive
+   * tenants' requests work: an `active` entry is served for up to `statusTtlMs` and refreshed in
+   * the background after that, while any other status is re-read once it is a second old, so a
+   * tenant resumed by another process is not refused for long. `null` when there is no such tenant.
    */
   async status(id: string): Promise<TenantStatus | null> {
     const hit = this.#status.get(id);
-    if (hit && Date.now() - hit.at < this.#ttl) return hit.status;
-    const [r] = await this.#store.tenant(id).batch([
+    const age = hit ? Date.now() - hit.at : Infinity;
+    if (hit && hit.status === 'active' && age < this.#ttl) {
+      if (age > this.#ttl / 2 && !this.#refreshing.has(id)) {
+        this.#refreshing.add(id);
+        this.#readStatus(id)
+          .catch(() => {})
+          .finally(() => this.#refreshing.delete(id));
+      }
+      return hit.status;
+    }
+    if (hit && hit.status !== 'active' && age < 1_000) return hit.status;
+    return this.#readStatus(id);
+  }
+
+  async #readStatus(id: string): Promise<TenantStatus | null> {
+    const [r] = await this.#store.tenant(id, { requireActive: false }).batch([
       { name: 'bh_tenant_status', text: 'SELECT status FROM bulkhead.tenants WHERE id = $1', values: [id] },
     ]);
     const status = (r!.rows[0]?.status as TenantStatus | undefined) ?? null;
