@@ -59,7 +59,7 @@ export class Collections {
 
   constructor(store: Store, options: CollectionsOptions = {}) {
     this.#store = store;
-    this.#ttl = options.cacheTtlMs ?? 5_000;
+    this.#ttl = options.cacheTtlMs ?? 30_000;
     this.#size = options.cacheSize ?? 10_000;
   }
 

@@ -1,0 +1,55 @@
+/**
+ * The product under test, in its own process so it never shares an event loop with the load
+ * generator: `Bulkhead.open` + `buildServer` exactly as `bulkhead serve` wires them, configured
+ * from the environment the benchmark passes (DATABASE_URL, roles, secret, partitions, pool size).
+ *
+ * Started by isolation.bench.ts with `fork`; it reports `{ port }` over IPC once listening on
+ * 127.0.0.1, answers `{ type: 'cpu' }` with its CPU time and database transactions so far, and exits cleanly on SIGTERM/SIGINT
+ * (so `--cpu-prof` can write its profile).
+ */
+import { pino } from 'pino';
+import { Bulkhead } from '../src/bulkhead.js';
+import { loadConfig } from '../src/config.js';
+import { buildServer } from '../src/http/server.js';
+
+const config = loadConfig({ host: '127.0.0.1', port: 0 }, process.env);
+// As `bulkhead serve` does; stdout is /dev/null when the benchmark starts this process.
+const logger = pino({ level: config.logLevel, base: { service: 'bulkhead' } });
+const bh = await Bulkhead.open(config);
+// Instrumentation only: count the database transactions the product starts (each `batch` is one
+// transaction in one round trip, each `transaction` one transaction), to report them per request.
+const engine = bh.store.engine;
+let transactions = 0;
+const batch = engine.batch.bind(engine);
+const transaction = engine.transaction.bind(engine);
+engine.batch = (statements) => {
+  transactions++;
+  return batch(statements);
+};
+engine.transaction = (fn) => {
+  transactions++;
+  return transaction(fn);
+};
+const app = await buildServer(bh, { logger });
+await app.listen({ host: '127.0.0.1', port: 0 });
+const address = app.server.address();
+if (address === null || typeof address === 'string') throw new Error('the server has no TCP address');
+
+let stopping = false;
+const stop = async () => {
+  if (stopping) return;
+  stopping = true;
+  await app.close().catch(() => {});
+  await bh.close().catch(() => {});
+  process.exit(0);
+};
+process.on('SIGTERM', () => void stop());
+process.on('SIGINT', () => void stop());
+process.on('disconnect', () => void stop());
+// The benchmark asks for this process's CPU time around each run, to report CPU per request.
+process.on('message', (message: unknown) => {
+  if ((message as { type?: unknown }).type !== 'cpu') return;
+  const { user, system } = process.cpuUsage();
+  process.send?.({ cpuUs: user + system, transactions });
+});
+process.send?.({ port: address.port });
