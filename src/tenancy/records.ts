@@ -58,22 +58,18 @@ export class Records {
     return this.#retryOnNewVersion(actor.tenantId, collection, async (c) => {
       const data = c.validator.normalize(fields, true);
       const id = uuidv7();
-      const steps: Step[] = [
-        versionStep(c),
-        ...referenceSteps(c, data),
-        {
-          statement: {
-            name: 'bh_record_insert',
-            text:
-              'INSERT INTO bulkhead.records (tenant_id, collection, id, data, schema_version, created_by, updated_by) ' +
-              `VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $6) ${RETURNING}`,
-            values: [c.tenantId, c.name, id, JSON.stringify(data), c.version, actor.subject],
-          },
+      const insert: Step = {
+        statement: {
+          name: 'bh_record_insert',
+          text:
+            'INSERT INTO bulkhead.records (tenant_id, collection, id, data, schema_version, created_by, updated_by) ' +
+            `VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $6) ${RETURNING}`,
+          values: [c.tenantId, c.name, id, JSON.stringify(data), c.version, actor.subject],
         },
-        ...keySteps(c, id, data, Object.keys(data)),
-      ];
+      };
+      const steps: Step[] = [versionStep(c), ...referenceSteps(c, data), insert, ...keySteps(c, id, data, Object.keys(data))];
       const results = await this.#run(actor.tenantId, steps);
-      return toView(results[steps.length - 1 - keySteps(c, id, data, Object.keys(data)).length]!.rows[0]!);
+      return toView(results[steps.indexOf(insert)]!.rows[0]!);
     });
   }
 
@@ -124,7 +120,7 @@ export class Records {
     if (!isUuid(id)) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
     if (typeof patch !== 'object' || patch === null || Array.isArray(patch)) throw new RecordInvalidError('fields must be a JSON object');
     return this.#retryOnNewVersion(actor.tenantId, collection, (c) =>
-      this.#wrap(this.#store.tenant(actor.tenantId).transaction(async (tx) => {
+      this.#store.tenant(actor.tenantId).transaction(async (tx) => {
         const [, current] = await tx.batch([
           versionStep(c).statement,
           {
@@ -164,7 +160,7 @@ export class Records {
           throw classify(error, steps);
         }
         return toView(results[updateIndex]!.rows[0]!);
-      })),
+      }),
     );
   }
 
@@ -188,10 +184,6 @@ export class Records {
     } catch (error) {
       throw classify(error, steps);
     }
-  }
-
-  async #wrap<T>(p: Promise<T>): Promise<T> {
-    return p;
   }
 
   /**
