@@ -123,6 +123,15 @@ export class DatabaseError extends BulkheadError {
   }
 }
 
+/**
+ * The SQLSTATE of an error raised by a PostgreSQL server (five digits or capitals in `code`);
+ * undefined for anything else, such as a socket error (`ECONNRESET`) or a JavaScript error.
+ */
+export function sqlStateOf(error: unknown): string | undefined {
+  const code = (error as { code?: unknown } | null | undefined)?.code;
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
+}
+
 function kindOf(sqlState: string | undefined): DatabaseErrorKind {
   switch (sqlState) {
     case '23505': return 'unique';

@@ -1,6 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import { PGlite, type Transaction } from '@electric-sql/pglite';
-import { DatabaseError } from '../../errors.js';
+import { DatabaseError, sqlStateOf } from '../../errors.js';
 import type { Engine, EngineTransaction, Statement, StatementResult } from '../engine.js';
 
 /** Options of the embedded engine. */
@@ -37,7 +37,7 @@ export class PgliteEngine implements Engine {
     try {
       return await this.#db.transaction(async (ptx) => fn({ batch: (statements) => runAll(ptx, statements) }));
     } catch (error) {
-      throw error instanceof DatabaseError || !isSqlError(error) ? error : new DatabaseError(error);
+      throw error instanceof DatabaseError || sqlStateOf(error) === undefined ? error : new DatabaseError(error);
     }
   }
 
@@ -88,9 +88,4 @@ function isScalar(value: unknown): boolean {
     default:
       return value === null || value instanceof Date;
   }
-}
-
-function isSqlError(error: unknown): boolean {
-  const code = (error as { code?: unknown })?.code;
-  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code);
 }

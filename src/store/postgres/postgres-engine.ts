@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { DatabaseError } from '../../errors.js';
+import { DatabaseError, sqlStateOf } from '../../errors.js';
 import type { Engine, EngineTransaction, Statement, StatementResult } from '../engine.js';
 import { Pipeline, preparedOn, type PipelineConnection } from './pipeline.js';
 
@@ -134,16 +134,14 @@ function wrap(error: unknown, indexOffset = 0): DatabaseError {
 }
 
 function wrapIfDatabase(error: unknown): unknown {
-  return typeof (error as { code?: unknown })?.code === 'string' && /^[0-9A-Z]{5}$/.test((error as { code: string }).code)
-    ? wrap(error)
-    : error;
+  return sqlStateOf(error) === undefined ? error : wrap(error);
 }
 
 function isConnectionLost(error: unknown): boolean {
   // A parameter that cannot be serialized is refused before anything is written.
   if (error instanceof TypeError) return false;
-  const code = (error as { code?: unknown })?.code;
+  const code = sqlStateOf(error);
   // Class 08 is connection exceptions, 57P0x the server shutting down; no SQLSTATE at all means
   // the socket failed (ECONNRESET, "Connection terminated"), so the connection is not reused.
-  return typeof code !== 'string' || !/^[0-9A-Z]{5}$/.test(code) || code.startsWith('08') || code.startsWith('57P');
+  return code === undefined || code.startsWith('08') || code.startsWith('57P');
 }
