@@ -52,8 +52,8 @@ export class Bulkhead {
     this.#operatorsLoadedAt = Date.now();
     this.tenants = new Tenants(store, { regions: config.regions });
     this.collections = new Collections(store);
-    this.records = new Records(store, this.collections);
     this.usage = new Usage(store);
+    this.records = new Records(store, this.collections, this.usage);
     this.health = new Health(store, this.usage);
   }
 

@@ -184,43 +184,30 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
     const name = checkCollectionName(req.params.name);
     const actor = tenantOf(req, 'record.create', name);
     const body = objectBody(req.body, ['fields'], ['fields']);
-    const record = await bh.records.create(actor, name, body.fields);
-    bh.usage.recordWrite(actor.tenantId, 1);
     reply.code(201);
-    return record;
+    return bh.records.create(actor, name, body.fields);
   });
   app.get<{ Params: { name: string }; Querystring: Record<string, unknown> }>('/v1/collections/:name/records', async (req) => {
     const name = checkCollectionName(req.params.name);
     const { tenantId } = tenantOf(req, 'record.list', name);
-    const q = req.query;
-    for (const key of Object.keys(q)) {
-      if (!['filter', 'sort', 'limit', 'cursor'].includes(key)) throw new InvalidRequestError('unknown query parameter; use filter, sort, limit or cursor');
-      if (typeof q[key] !== 'string') throw new InvalidRequestError(`${key} may be given once`);
-    }
-    const page = await bh.records.list(tenantId, name, q as Record<string, string>);
-    bh.usage.recordRead(tenantId, page.records.length);
+    const page = await bh.records.list(tenantId, name, queryParams(req.query, ['filter', 'sort', 'limit', 'cursor']));
     return { records: page.records, nextCursor: page.nextCursor };
   });
   app.get<{ Params: { name: string; id: string } }>('/v1/collections/:name/records/:id', async (req) => {
     const name = checkCollectionName(req.params.name);
     const { tenantId } = tenantOf(req, 'record.read', name);
-    const record = await bh.records.get(tenantId, name, req.params.id);
-    bh.usage.recordRead(tenantId, 1);
-    return record;
+    return bh.records.get(tenantId, name, req.params.id);
   });
   app.patch<{ Params: { name: string; id: string } }>('/v1/collections/:name/records/:id', async (req) => {
     const name = checkCollectionName(req.params.name);
     const actor = tenantOf(req, 'record.update', name);
     const body = objectBody(req.body, ['fields'], ['fields']);
-    const record = await bh.records.update(actor, name, req.params.id, body.fields);
-    bh.usage.recordWrite(actor.tenantId, 1);
-    return record;
+    return bh.records.update(actor, name, req.params.id, body.fields);
   });
   app.delete<{ Params: { name: string; id: string } }>('/v1/collections/:name/records/:id', async (req, reply) => {
     const name = checkCollectionName(req.params.name);
     const { tenantId } = tenantOf(req, 'record.delete', name);
     await bh.records.delete(tenantId, name, req.params.id);
-    bh.usage.recordWrite(tenantId, 1);
     reply.code(204);
     return null;
   });

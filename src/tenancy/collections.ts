@@ -209,24 +209,20 @@ export class Collections {
         values: [tenantId],
       },
     ]);
-    return r!.rows.map((row) => ({
-      name: row.name as string,
-      version: row.version as number,
-      fields: (row.definition as CollectionDefinition).fields,
-      ...((row.definition as CollectionDefinition).description ? { description: (row.definition as CollectionDefinition).description! } : {}),
-      createdAt: (row.created_at as Date).toISOString(),
-      updatedAt: (row.updated_at as Date).toISOString(),
-    }));
+    return r!.rows.map((row) =>
+      view({
+        name: row.name as string,
+        version: row.version as number,
+        definition: row.definition as CollectionDefinition,
+        createdAt: row.created_at as Date,
+        updatedAt: row.updated_at as Date,
+      }),
+    );
   }
 
   /** The API view of a compiled collection. */
   view(c: CompiledCollection): CollectionView {
     return view(c);
-  }
-
-  /** Forgets a cached definition (after a write that found it stale). */
-  forget(tenantId: string, name: string): void {
-    this.#cache.delete(`${tenantId}/${name}`);
   }
 
   #remember(c: CompiledCollection): void {
@@ -330,7 +326,7 @@ function keyStatements(
   return out;
 }
 
-function view(c: CompiledCollection): CollectionView {
+function view(c: Pick<CompiledCollection, 'name' | 'version' | 'definition' | 'createdAt' | 'updatedAt'>): CollectionView {
   return {
     name: c.name,
     version: c.version,

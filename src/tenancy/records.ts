@@ -29,6 +29,12 @@ export interface Actor {
   readonly subject: string;
 }
 
+/** Where record reads and writes are counted (`Usage` in production). */
+export interface UsageMeter {
+  recordRead(tenantId: string, rows: number): void;
+  recordWrite(tenantId: string, rows: number): void;
+}
+
 /** A statement and what its failure means. */
 interface Step {
   readonly statement: Statement;
@@ -47,15 +53,18 @@ const RETURNING = 'RETURNING id, data, version, created_at, updated_at';
 export class Records {
   readonly #store: Store;
   readonly #collections: Collections;
+  readonly #usage: UsageMeter;
 
-  constructor(store: Store, collections: Collections) {
+  /** `usage` counts every successful read and write, whoever calls (HTTP, CLI, library). */
+  constructor(store: Store, collections: Collections, usage: UsageMeter) {
     this.#store = store;
     this.#collections = collections;
+    this.#usage = usage;
   }
 
   /** Creates a record; defaults applied, values validated and normalized. */
   async create(actor: Actor, collection: string, fields: unknown): Promise<RecordView> {
-    return this.#retryOnNewVersion(actor.tenantId, collection, async (c) => {
+    return this.#withCurrentDefinition(actor.tenantId, collection, 'RECORD_INVALID', async (c) => {
       const data = c.validator.normalize(fields, true);
       const id = uuidv7();
       const insert: Step = {
@@ -69,6 +78,7 @@ export class Records {
       };
       const steps: Step[] = [versionStep(c), ...referenceSteps(c, data), insert, ...keySteps(c, id, data, Object.keys(data))];
       const results = await this.#run(actor.tenantId, steps);
+      this.#usage.recordWrite(actor.tenantId, 1);
       return toView(results[steps.indexOf(insert)]!.rows[0]!);
     });
   }
@@ -86,40 +96,33 @@ export class Records {
     ]);
     const row = r!.rows[0];
     if (!row) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
+    this.#usage.recordRead(tenantId, 1);
     return toView(row);
   }
 
   /** A page of records matching the filter, in sort order, with a cursor for the next page. */
   async list(tenantId: string, collection: string, request: ListRequest): Promise<RecordPage> {
-    let c = await this.#collections.get(tenantId, collection);
-    let q: ReturnType<typeof compileList>;
-    try {
-      q = compileList(tenantId, c.name, c.definition, request);
-    } catch (error) {
-      // The cached definition may predate a field another process just added: re-read it once.
-      if (!(error instanceof BulkheadError) || error.code !== 'QUERY_INVALID') throw error;
-      const current = await this.#collections.get(tenantId, collection, true);
-      if (current.version === c.version) throw error;
-      c = current;
-      q = compileList(tenantId, c.name, c.definition, request);
-    }
-    const [r] = await this.#store.tenant(tenantId).batch([q.statement]);
-    const rows = r!.rows;
-    const more = rows.length > q.limit;
-    const page = more ? rows.slice(0, q.limit) : rows;
-    const last = page[page.length - 1];
-    return {
-      records: page.map(toView),
-      nextCursor: more && last ? q.cursorAfter({ id: last.id as string, data: last.data as Record<string, unknown> }) : null,
-      fingerprint: q.fingerprint,
-    };
+    return this.#withCurrentDefinition(tenantId, collection, 'QUERY_INVALID', async (c) => {
+      const q = compileList(tenantId, c.name, c.definition, request);
+      const [r] = await this.#store.tenant(tenantId).batch([q.statement]);
+      const rows = r!.rows;
+      const more = rows.length > q.limit;
+      const page = more ? rows.slice(0, q.limit) : rows;
+      this.#usage.recordRead(tenantId, page.length);
+      const last = page[page.length - 1];
+      return {
+        records: page.map(toView),
+        nextCursor: more && last ? q.cursorAfter({ id: last.id as string, data: last.data as Record<string, unknown> }) : null,
+        fingerprint: q.fingerprint,
+      };
+    });
   }
 
   /** Changes some fields (a null clears one); the merged record is validated as a whole. */
   async update(actor: Actor, collection: string, id: string, patch: unknown): Promise<RecordView> {
     if (!isUuid(id)) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
     if (typeof patch !== 'object' || patch === null || Array.isArray(patch)) throw new RecordInvalidError('fields must be a JSON object');
-    return this.#retryOnNewVersion(actor.tenantId, collection, (c) =>
+    return this.#withCurrentDefinition(actor.tenantId, collection, 'RECORD_INVALID', (c) =>
       this.#store.tenant(actor.tenantId).transaction(async (tx) => {
         const [, current] = await tx.batch([
           versionStep(c).statement,
@@ -159,6 +162,7 @@ export class Records {
         } catch (error) {
           throw classify(error, steps);
         }
+        this.#usage.recordWrite(actor.tenantId, 1);
         return toView(results[updateIndex]!.rows[0]!);
       }),
     );
@@ -176,6 +180,7 @@ export class Records {
       },
     ]);
     if (r!.rowCount === 0) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
+    this.#usage.recordWrite(tenantId, 1);
   }
 
   async #run(tenantId: string, steps: readonly Step[]): Promise<StatementResult[]> {
@@ -187,24 +192,26 @@ export class Records {
   }
 
   /**
-   * Runs a write against the cached definition; if storage says the collection changed since,
-   * reloads it and tries once more, so a write is never validated against a stale version.
+   * Runs `fn` against the cached definition of the collection, and once more against the current
+   * one when the cached copy may be stale: always when storage says the version changed
+   * (COLLECTION_CHANGED, from a write), and on `staleCode` (the request failed validation) when
+   * re-reading finds a newer version, since another process may have added a field or dropped a
+   * `required`. So nothing is validated against, or refused by, an outdated definition.
    */
-  async #retryOnNewVersion<T>(tenantId: string, collection: string, fn: (c: CompiledCollection) => Promise<T>): Promise<T> {
+  async #withCurrentDefinition<T>(
+    tenantId: string,
+    collection: string,
+    staleCode: 'RECORD_INVALID' | 'QUERY_INVALID',
+    fn: (c: CompiledCollection) => Promise<T>,
+  ): Promise<T> {
     const c = await this.#collections.get(tenantId, collection);
     try {
       return await fn(c);
     } catch (error) {
-      if (error instanceof BulkheadError && error.code === 'RECORD_INVALID') {
-        // A create is validated before it reaches storage, so a stale cached version can refuse
-        // what the current one allows (a new field, a dropped `required`): check before refusing.
-        const current = await this.#collections.get(tenantId, collection, true);
-        if (current.version === c.version) throw error;
-        return fn(current);
-      }
-      if (!(error instanceof BulkheadError) || error.code !== 'COLLECTION_CHANGED') throw error;
-      this.#collections.forget(tenantId, collection);
-      return fn(await this.#collections.get(tenantId, collection, true));
+      if (!(error instanceof BulkheadError) || (error.code !== 'COLLECTION_CHANGED' && error.code !== staleCode)) throw error;
+      const current = await this.#collections.get(tenantId, collection, true);
+      if (error.code === staleCode && current.version === c.version) throw error;
+      return fn(current);
     }
   }
 }
