@@ -6,15 +6,9 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import { main } from '../src/cli/main.js';
+import { runCli, type Run } from './support/cli.js';
 import { formatBytes } from '../src/cli/usage.js';
 import { BACKENDS, createTenant, openTestBulkhead, request, type TestBulkhead } from './support/backends.js';
-
-interface Run {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
 
 test('formatBytes', () => {
   assert.equal(formatBytes(0), '0 B');
@@ -38,17 +32,8 @@ for (const kind of BACKENDS) {
       await t?.close();
     });
 
-    async function cli(args: readonly string[], env?: Record<string, string>): Promise<Run> {
-      let stdout = '';
-      let stderr = '';
-      const code = await main(['node', 'bulkhead', ...args], {
-        stdout: { write: (s: string) => (stdout += s) },
-        stderr: { write: (s: string) => (stderr += s) },
-        env: env ?? { BULKHEAD_URL: url, BULKHEAD_OPERATOR_TOKEN: t.operatorToken },
-        cwd: process.cwd(),
-      });
-      return { code, stdout, stderr };
-    }
+    const cli = (args: readonly string[], env?: Record<string, string>): Promise<Run> =>
+      runCli(args, env ?? { BULKHEAD_URL: url, BULKHEAD_OPERATOR_TOKEN: t.operatorToken });
 
     function assertError(run: Run, exitCode: number, code: string): void {
       assert.equal(run.code, exitCode, run.stderr);

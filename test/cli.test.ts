@@ -14,18 +14,12 @@ import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { main } from '../src/cli/main.js';
+import { runCli, type Run } from './support/cli.js';
 import { BACKENDS, mintToken, openTestBulkhead, request, type TestBulkhead } from './support/backends.js';
 
 const ENTRY = fileURLToPath(new URL('../src/cli/entry.ts', import.meta.url));
 const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}/;
 const JWT = /eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+/;
-
-interface Run {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
 
 /** A loopback port nothing listens on: bound, then released. */
 async function closedPort(): Promise<number> {
@@ -72,16 +66,9 @@ for (const kind of BACKENDS) {
 
     /** Runs `bulkhead ...args`; by default the server and operator token come from the environment. */
     async function cli(args: readonly string[], env?: Record<string, string>, printsToken = false): Promise<Run> {
-      let stdout = '';
-      let stderr = '';
-      const code = await main(['node', 'bulkhead', ...args], {
-        stdout: { write: (s: string) => (stdout += s) },
-        stderr: { write: (s: string) => (stderr += s) },
-        env: env ?? { BULKHEAD_URL: url, BULKHEAD_OPERATOR_TOKEN: t.operatorToken },
-        cwd: dir,
-      });
-      if (!printsToken) tokenFree.push(stdout, stderr);
-      return { code, stdout, stderr };
+      const run = await runCli(args, env ?? { BULKHEAD_URL: url, BULKHEAD_OPERATOR_TOKEN: t.operatorToken }, dir);
+      if (!printsToken) tokenFree.push(run.stdout, run.stderr);
+      return run;
     }
 
     const slug = (prefix: string) => `${prefix}-${randomBytes(4).toString('hex')}`;

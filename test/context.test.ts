@@ -12,6 +12,7 @@ import { DatabaseError, NotFoundError } from '../src/errors.js';
 import type { Engine, Statement } from '../src/store/engine.js';
 import { Store } from '../src/store/store.js';
 import { BACKENDS, createTestDatabase, type TestDatabase } from './support/backends.js';
+import { rejectsSql } from './support/assertions.js';
 
 /** What a scoped batch sees of its own context; `n` is the number of records RLS lets it see. */
 const PROBE: Statement = {
@@ -102,14 +103,6 @@ async function assertClean(f: Fixture): Promise<void> {
   f.pids.add(Number(row.pid));
 }
 
-async function rejectsSqlState(promise: Promise<unknown>, sqlState: string): Promise<void> {
-  await assert.rejects(promise, (error: unknown) => {
-    assert.ok(error instanceof DatabaseError, `expected a DatabaseError, got ${String(error)}`);
-    assert.equal(error.sqlState, sqlState);
-    return true;
-  });
-}
-
 /** One step of an interleaving: a scoped batch (tenant id, or undefined for the platform), maybe failing. */
 interface Step {
   readonly tenant: string | undefined;
@@ -144,7 +137,7 @@ async function run(f: Fixture, step: Step): Promise<void> {
     assertScoped(f, probe!.rows[0]!, step.tenant);
   } else {
     const statements = step.fail === 'after' ? [PROBE, DIVIDE_BY_ZERO, PROBE] : [DIVIDE_BY_ZERO, PROBE];
-    await rejectsSqlState(scoped.batch(statements), '22012');
+    await rejectsSql(scoped.batch(statements), '22012');
   }
 }
 
@@ -209,7 +202,7 @@ for (const kind of BACKENDS) {
       await assertClean(f);
 
       // A statement that raises in the second batch.
-      await rejectsSqlState(
+      await rejectsSql(
         f.store.tenant(b).transaction(async (tx) => {
           await tx.batch([PROBE]);
           await tx.batch([DIVIDE_BY_ZERO]);
@@ -219,7 +212,7 @@ for (const kind of BACKENDS) {
       await assertClean(f);
 
       // A statement that raises in the first batch, next to the context statement.
-      await rejectsSqlState(f.store.tenant(b).transaction((tx) => tx.batch([DIVIDE_BY_ZERO])), '22012');
+      await rejectsSql(f.store.tenant(b).transaction((tx) => tx.batch([DIVIDE_BY_ZERO])), '22012');
       await assertClean(f);
 
       // Throwing before any batch ran.

@@ -19,6 +19,7 @@ import {
   type TestBulkhead,
   type TestResponse,
 } from './support/backends.js';
+import { assertProblem } from './support/assertions.js';
 
 type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -175,14 +176,6 @@ function sansRequestId(res: TestResponse): string {
   const text = res.text.split(`"requestId":${JSON.stringify(id)}`).join('"requestId":""');
   assert.notEqual(text, res.text);
   return text;
-}
-
-/** Asserts a problem+json answer with `status` and `code`. */
-function assertProblem(res: TestResponse, status: number, code: string, what: string): void {
-  assert.equal(res.status, status, `${what}: expected ${status} ${code}, got ${res.status} ${res.text}`);
-  assert.match(String(res.headers['content-type']), /^application\/problem\+json/, what);
-  assert.equal(res.body?.code, code, `${what}: ${res.text}`);
-  assert.equal(res.body?.status, status, what);
 }
 
 /** Asserts that `actual` is the very answer `reference` got (a request on something that never existed). */

@@ -8,7 +8,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Bulkhead } from '../src/bulkhead.js';
-import { BACKENDS, createTenant, openTestBulkhead, request, type TestBulkhead, type TestResponse } from './support/backends.js';
+import { BACKENDS, createTenant, defineCollection, openTestBulkhead, request, type TestBulkhead, type TestResponse } from './support/backends.js';
 
 type Tenant = { id: string; slug: string; token: string };
 type RecordBody = { id: string; fields: Record<string, unknown>; createdAt: string; updatedAt: string; version: number };
@@ -45,8 +45,7 @@ for (const kind of BACKENDS) {
 
     const tenant = (): Promise<Tenant> => createTenant(t, `rec-${kind}-${++seq}`, ['builder', 'member']);
     const put = async (a: Tenant, name: string, body: unknown): Promise<void> => {
-      const res = await request(t.app, 'PUT', `/v1/collections/${name}`, { token: a.token, body });
-      assert.ok(res.status === 200 || res.status === 201, res.text);
+      await defineCollection(t, a.token, name, body);
     };
     const post = (a: Tenant, name: string, fields: unknown): Promise<TestResponse> =>
       request(t.app, 'POST', `/v1/collections/${name}/records`, { token: a.token, body: { fields } });

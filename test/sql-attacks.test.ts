@@ -8,13 +8,12 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { DatabaseError } from '../src/errors.js';
 import { uuidv7 } from '../src/ids.js';
 import type { Engine, Statement, StatementResult } from '../src/store/engine.js';
+import { CONTEXT_SQL } from '../src/store/store.js';
 import { BACKENDS, createTenant, mintToken, openTestBulkhead, request, tenantSnapshot, type TestBulkhead, type TestResponse } from './support/backends.js';
+import { assertProblem, rejectsSql } from './support/assertions.js';
 
-const CONTEXT_SQL =
-  "SELECT set_config('role', $1, true), set_config('bulkhead.tenant_id', $2, true), set_config('bulkhead.scope', $3, true)";
 
 /** Text a problem document must never carry: SQL, the server's key detail, storage names. */
 const DATABASE_TEXT = /Key \(|duplicate key|violates|constraint|unique_values|index_values|bulkhead\.(?!dev\/)|SQLSTATE|INSERT|SELECT|relation/i;
@@ -66,23 +65,6 @@ async function seedPair(t: TestBulkhead, prefix: string): Promise<Pair> {
 }
 
 const snapshot = (su: Engine, tenantId: string): Promise<string> => tenantSnapshot(su, tenantId);
-
-/** Asserts a failed batch is SQLSTATE `sqlState` with a server message matching `message`. */
-async function rejectsSql(promise: Promise<unknown>, sqlState: string, message: RegExp, what: string): Promise<void> {
-  await assert.rejects(promise, (error: unknown) => {
-    assert.ok(error instanceof DatabaseError, `${what}: expected a DatabaseError, got ${String(error)}`);
-    assert.equal(error.sqlState, sqlState, `${what}: SQLSTATE`);
-    assert.match(String((error.cause as Error).message), message, `${what}: message`);
-    return true;
-  }, what);
-}
-
-/** Asserts a problem+json answer with `status` and `code`. */
-function assertProblem(res: TestResponse, status: number, code: string, what: string): void {
-  assert.equal(res.status, status, `${what}: ${res.text}`);
-  assert.match(String(res.headers['content-type']), /^application\/problem\+json/, what);
-  assert.equal(res.body.code, code, what);
-}
 
 /** A problem document without what differs per request. */
 function comparable(body: Record<string, unknown>): Record<string, unknown> {

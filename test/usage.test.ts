@@ -13,6 +13,7 @@ import { Store } from '../src/store/store.js';
 import { HEALTH_DEFAULTS, skewOf } from '../src/tenancy/health.js';
 import { Usage, parseWindow } from '../src/tenancy/usage.js';
 import { BACKENDS, createTenant, mintToken, openTestBulkhead, request, type TestBulkhead } from './support/backends.js';
+import { CONTEXT_SQL } from '../src/store/store.js';
 
 const NOTES = { fields: { title: { type: 'string', required: true } } };
 const MINUTE = 60_000;
@@ -152,7 +153,7 @@ for (const kind of BACKENDS) {
 
       // A tenant's own scope reads its own usage rows and no other tenant's (the table's read policy).
       const [own] = await su.batch([
-        { text: "SELECT set_config('role', $1, true), set_config('bulkhead.tenant_id', $2, true), set_config('bulkhead.scope', 'tenant', true)", values: [t.db.appRole, b.id] },
+        { text: CONTEXT_SQL, values: [t.db.appRole, b.id, 'tenant'] },
         { text: 'SELECT DISTINCT tenant_id FROM bulkhead.tenant_usage' },
       ]).then((r) => r.slice(1));
       assert.deepEqual(own!.rows.map((r) => r.tenant_id), [b.id]);
@@ -424,7 +425,7 @@ for (const kind of BACKENDS) {
         // As the application role: in the platform scope the functions answer with numbers only ...
         const asApp = async (tenant: string, scope: string, statements: Statement[]) =>
           (await su.batch([
-            { text: "SELECT set_config('role', $1, true), set_config('bulkhead.tenant_id', $2, true), set_config('bulkhead.scope', $3, true)", values: [t.db.appRole, tenant, scope] },
+            { text: CONTEXT_SQL, values: [t.db.appRole, tenant, scope] },
             ...statements,
           ])).slice(1);
         const [stats, sizes, one, direct] = await asApp('', 'platform', [

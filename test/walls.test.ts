@@ -12,13 +12,10 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { DatabaseError } from '../src/errors.js';
 import type { Engine, Statement, StatementResult } from '../src/store/engine.js';
+import { CONTEXT_SQL } from '../src/store/store.js';
 import { BACKENDS, createTenant, openTestBulkhead, request, tenantSnapshot, type TestBulkhead } from './support/backends.js';
-
-/** The Store's context statement, reproduced so a test can run raw SQL in the same context. */
-const CONTEXT_SQL =
-  "SELECT set_config('role', $1, true), set_config('bulkhead.tenant_id', $2, true), set_config('bulkhead.scope', $3, true)";
+import { rejectsSql } from './support/assertions.js';
 
 /** Tables that hold tenant data or the registry; every one must carry forced RLS. */
 const TENANT_TABLES = [
@@ -43,16 +40,6 @@ async function asApp(t: TestBulkhead, su: Engine, context: Context, statements: 
       ? { text: "SELECT set_config('role', $1, true)", values: [t.db.appRole] }
       : { text: CONTEXT_SQL, values: [t.db.appRole, context.tenant, context.scope] };
   return (await su.batch([prefix, ...statements])).slice(1);
-}
-
-/** Asserts that `promise` fails with SQLSTATE `sqlState` and a server message matching `message`. */
-async function rejectsSql(promise: Promise<unknown>, sqlState: string, message: RegExp, what: string): Promise<void> {
-  await assert.rejects(promise, (error: unknown) => {
-    assert.ok(error instanceof DatabaseError, `${what}: expected a DatabaseError, got ${String(error)}`);
-    assert.equal(error.sqlState, sqlState, `${what}: SQLSTATE`);
-    assert.match(String((error.cause as Error).message), message, `${what}: message`);
-    return true;
-  }, what);
 }
 
 const RLS_DENIED = /row-level security/;

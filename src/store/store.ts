@@ -29,7 +29,7 @@ export interface ScopedStore {
  * still prunes partitions at run time from `tenant_id = $1` and keeps the RLS filter, raised the
  * isolated read path from 0.70 to about 0.97 of the baseline.
  */
-const CONTEXT_SQL =
+export const CONTEXT_SQL =
   "SELECT set_config('role', $1, true), set_config('bulkhead.tenant_id', $2, true), set_config('bulkhead.scope', $3, true), " +
   "set_config('plan_cache_mode', 'force_generic_plan', true)";
 

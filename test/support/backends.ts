@@ -207,6 +207,13 @@ export async function createTenant(
   return { id: created.body.id, slug, token };
 }
 
+/** Defines (or changes) a collection through the API; fails unless it answers 201 or 200. */
+export async function defineCollection(t: TestBulkhead, token: string, name: string, body: unknown): Promise<TestResponse> {
+  const res = await request(t.app, 'PUT', `/v1/collections/${name}`, { token, body });
+  if (res.status !== 201 && res.status !== 200) throw new Error(`collection define failed: ${res.status} ${res.text}`);
+  return res;
+}
+
 /** Mints a tenant token through the operator API. */
 export async function mintToken(t: TestBulkhead, tenantId: string, roles: readonly string[], sub = 'user-1'): Promise<string> {
   const minted = await request(t.app, 'POST', `/v1/tenants/${tenantId}/tokens`, { token: t.operatorToken, body: { sub, roles } });
