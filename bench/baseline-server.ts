@@ -6,12 +6,12 @@
  * It must never grow features: it is the floor, not a competitor.
  *
  * Environment: BENCH_DATABASE_URL (required), BENCH_POOL_SIZE (default 10).
- * Started by isolation.bench.ts with `fork`; reports `{ port }` over IPC once listening on 127.0.0.1,
- * answers `{ type: 'cpu' }` with its CPU time and database transactions so far, and exits cleanly on SIGTERM/SIGINT.
+ * Started by isolation.bench.ts with `fork`; speaks the protocol of child-server.ts.
  */
 import Fastify from 'fastify';
 import pg from 'pg';
 import { uuidv7 } from '../src/ids.js';
+import { serveChild } from './child-server.js';
 
 const url = process.env.BENCH_DATABASE_URL;
 if (!url) throw new Error('BENCH_DATABASE_URL is not set');
@@ -59,25 +59,4 @@ app.post<{ Params: { name: string }; Body: { fields: unknown } }>('/v1/collectio
   return view(r.rows[0]!);
 });
 
-await app.listen({ host: '127.0.0.1', port: 0 });
-const address = app.server.address();
-if (address === null || typeof address === 'string') throw new Error('the server has no TCP address');
-
-let stopping = false;
-const stop = async () => {
-  if (stopping) return;
-  stopping = true;
-  await app.close().catch(() => {});
-  await pool.end().catch(() => {});
-  process.exit(0);
-};
-process.on('SIGTERM', () => void stop());
-process.on('SIGINT', () => void stop());
-process.on('disconnect', () => void stop());
-// The benchmark asks for this process's CPU time around each run, to report CPU per request.
-process.on('message', (message: unknown) => {
-  if ((message as { type?: unknown }).type !== 'cpu') return;
-  const { user, system } = process.cpuUsage();
-  process.send?.({ cpuUs: user + system, transactions });
-});
-process.send?.({ port: address.port });
+await serveChild(app, () => pool.end(), () => transactions);

@@ -3,14 +3,13 @@
  * generator: `Bulkhead.open` + `buildServer` exactly as `bulkhead serve` wires them, configured
  * from the environment the benchmark passes (DATABASE_URL, roles, secret, partitions, pool size).
  *
- * Started by isolation.bench.ts with `fork`; it reports `{ port }` over IPC once listening on
- * 127.0.0.1, answers `{ type: 'cpu' }` with its CPU time and database transactions so far, and exits cleanly on SIGTERM/SIGINT
- * (so `--cpu-prof` can write its profile).
+ * Started by isolation.bench.ts with `fork`; speaks the protocol of child-server.ts.
  */
 import { pino } from 'pino';
 import { Bulkhead } from '../src/bulkhead.js';
 import { loadConfig } from '../src/config.js';
 import { buildServer } from '../src/http/server.js';
+import { serveChild } from './child-server.js';
 
 const config = loadConfig({ host: '127.0.0.1', port: 0 }, process.env);
 // As `bulkhead serve` does; stdout is /dev/null when the benchmark starts this process.
@@ -31,25 +30,4 @@ engine.transaction = (fn) => {
   return transaction(fn);
 };
 const app = await buildServer(bh, { logger });
-await app.listen({ host: '127.0.0.1', port: 0 });
-const address = app.server.address();
-if (address === null || typeof address === 'string') throw new Error('the server has no TCP address');
-
-let stopping = false;
-const stop = async () => {
-  if (stopping) return;
-  stopping = true;
-  await app.close().catch(() => {});
-  await bh.close().catch(() => {});
-  process.exit(0);
-};
-process.on('SIGTERM', () => void stop());
-process.on('SIGINT', () => void stop());
-process.on('disconnect', () => void stop());
-// The benchmark asks for this process's CPU time around each run, to report CPU per request.
-process.on('message', (message: unknown) => {
-  if ((message as { type?: unknown }).type !== 'cpu') return;
-  const { user, system } = process.cpuUsage();
-  process.send?.({ cpuUs: user + system, transactions });
-});
-process.send?.({ port: address.port });
+await serveChild(app, () => bh.close(), () => transactions);
