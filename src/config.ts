@@ -23,6 +23,12 @@ export interface Config {
   readonly partitions: number;
   /** Regions this deployment serves; the first is the default for new tenants. */
   readonly regions: readonly string[];
+  /**
+   * Storage cells; the first holds the control plane (tenant registry, placement directory, moves).
+   * Without a `cells` setting: one cell named `local` in the first region, on `databaseUrl` or in
+   * `<dataDir>/store`.
+   */
+  readonly cells: readonly CellConfig[];
   readonly ownerRole: string;
   readonly appRole: string;
   /** Largest request body, in bytes. */
@@ -30,6 +36,18 @@ export interface Config {
   /** Connections in the PostgreSQL pool. */
   readonly poolSize: number;
   readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+}
+
+/**
+ * One storage cell: a PostgreSQL server (`databaseUrl`) or an embedded data directory (`dataDir`),
+ * tagged with the region whose data it may hold. Silo tenants of a cell get their own database on
+ * the cell's server, or their own directory under its data directory.
+ */
+export interface CellConfig {
+  readonly name: string;
+  readonly region: string;
+  readonly databaseUrl?: string;
+  readonly dataDir?: string;
 }
 
 /** Flags from the command line (`bulkhead serve --port ...`). */
@@ -58,8 +76,45 @@ const DEFAULTS = {
 /** Keys a config file may hold (camelCase, as in `Config`). */
 const FILE_KEYS = new Set([
   'port', 'host', 'dataDir', 'databaseUrl', 'jwksUrl', 'jwtIssuer', 'jwtAudience', 'partitions', 'regions',
-  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel',
+  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells',
 ]);
+
+const NAME = /^[a-z0-9][a-z0-9-]{0,31}$/;
+
+/** Parses `cells` (a list from the file, or JSON from BULKHEAD_CELLS) into checked cell settings. */
+function parseCells(raw: unknown, regions: readonly string[]): CellConfig[] {
+  let list = raw;
+  if (typeof raw === 'string') {
+    try {
+      list = JSON.parse(raw);
+    } catch {
+      invalid('BULKHEAD_CELLS must be a JSON list such as [{"name":"eu-1","region":"eu","databaseUrl":"postgres://..."}]');
+    }
+  }
+  if (!Array.isArray(list) || list.length === 0) invalid('cells must be a non-empty list of {name, region, databaseUrl | dataDir}');
+  const names = new Set<string>();
+  return list.map((item: unknown, i) => {
+    if (typeof item !== 'object' || item === null || Array.isArray(item)) invalid(`cells[${i}] must be a mapping of name, region and databaseUrl or dataDir`);
+    const c = item as Record<string, unknown>;
+    for (const key of Object.keys(c)) {
+      if (!['name', 'region', 'databaseUrl', 'dataDir'].includes(key)) invalid(`cells[${i}] has an unknown key "${key.slice(0, 40)}"`);
+    }
+    if (typeof c.name !== 'string' || !NAME.test(c.name)) invalid(`cells[${i}].name must be a lower-case name such as eu-1`);
+    if (names.has(c.name)) invalid(`cells[${i}].name "${c.name}" is used twice`);
+    names.add(c.name);
+    if (typeof c.region !== 'string' || !regions.includes(c.region)) invalid(`cells[${i}].region must be one of the regions (${regions.join(', ')})`);
+    if ((c.databaseUrl === undefined) === (c.dataDir === undefined)) invalid(`cells[${i}] needs exactly one of databaseUrl and dataDir`);
+    if (c.databaseUrl !== undefined && (typeof c.databaseUrl !== 'string' || !/^postgres(ql)?:\/\//.test(c.databaseUrl))) {
+      invalid(`cells[${i}].databaseUrl must be a postgres:// URL`);
+    }
+    if (c.dataDir !== undefined && (typeof c.dataDir !== 'string' || c.dataDir.length === 0)) invalid(`cells[${i}].dataDir must be a directory`);
+    return Object.freeze({
+      name: c.name,
+      region: c.region,
+      ...(c.databaseUrl !== undefined ? { databaseUrl: c.databaseUrl as string } : { dataDir: resolve(c.dataDir as string) }),
+    });
+  });
+}
 
 function invalid(message: string): never {
   throw new BulkheadError('CONFIG_INVALID', message);
@@ -108,8 +163,14 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
   const pick = <T>(flag: T | undefined, envValue: string | undefined, fileValue: unknown, fallback: unknown): unknown =>
     flag ?? (envValue !== undefined && envValue !== '' ? envValue : undefined) ?? fileValue ?? fallback;
 
-  const regionsRaw = pick(undefined, env.BULKHEAD_REGIONS, file.regions, DEFAULTS.regions);
-  const regions = typeof regionsRaw === 'string' ? regionsRaw.split(',').map((r) => r.trim()) : regionsRaw;
+  const cellsRaw = pick(undefined, env.BULKHEAD_CELLS, file.cells, undefined);
+  // Without a regions setting, the regions are those the cells name, in order of first appearance.
+  const cellList = Array.isArray(cellsRaw) ? cellsRaw : typeof cellsRaw === 'string' ? safeJson(cellsRaw) : undefined;
+  const cellRegions = Array.isArray(cellList)
+    ? [...new Set(cellList.map((c) => (c as { region?: unknown } | null)?.region).filter((r): r is string => typeof r === 'string'))]
+    : [];
+  const regionsRaw = pick(undefined, env.BULKHEAD_REGIONS, file.regions, cellRegions.length > 0 ? cellRegions : DEFAULTS.regions);
+  const regions = typeof regionsRaw === 'string' ? regionsRaw.split(',').map((r) => r.trim()) : Array.isArray(regionsRaw) ? [...regionsRaw] : regionsRaw;
   if (!Array.isArray(regions) || regions.length === 0 || !regions.every((r) => typeof r === 'string' && /^[a-z0-9][a-z0-9-]{0,31}$/.test(r))) {
     invalid('regions must be a list of lower-case region names, e.g. BULKHEAD_REGIONS=eu,us');
   }
@@ -121,10 +182,15 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
   if (jwtSecret !== undefined && Buffer.byteLength(jwtSecret) < 32) invalid('BULKHEAD_JWT_SECRET must be at least 32 bytes long');
   const logLevel = String(pick(undefined, env.BULKHEAD_LOG_LEVEL, file.logLevel, DEFAULTS.logLevel));
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) invalid('the log level must be one of fatal, error, warn, info, debug, trace, silent');
+  const dataDir = resolve(str(pick(flags.dataDir, env.BULKHEAD_DATA_DIR, file.dataDir, DEFAULTS.dataDir), 'the data directory'));
+  const cells =
+    cellsRaw === undefined
+      ? [Object.freeze({ name: 'local', region: (regions as string[])[0]!, ...(databaseUrl !== undefined ? { databaseUrl: String(databaseUrl) } : { dataDir: join(dataDir, 'store') }) })]
+      : parseCells(cellsRaw, regions as string[]);
   const config: Config = {
     port: int(pick(flags.port, env.PORT, file.port, DEFAULTS.port), 'the port', 0, 65535),
     host: str(pick(flags.host, env.HOST, file.host, DEFAULTS.host), 'the host'),
-    dataDir: resolve(str(pick(flags.dataDir, env.BULKHEAD_DATA_DIR, file.dataDir, DEFAULTS.dataDir), 'the data directory')),
+    dataDir,
     databaseUrl: databaseUrl === undefined ? undefined : String(databaseUrl),
     operatorToken: env.BULKHEAD_OPERATOR_TOKEN || undefined,
     jwtSecret,
@@ -133,6 +199,7 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
     jwtAudience: str(pick(undefined, env.BULKHEAD_JWT_AUDIENCE, file.jwtAudience, DEFAULTS.jwtAudience), 'the JWT audience'),
     partitions: int(pick(undefined, env.BULKHEAD_PARTITIONS, file.partitions, DEFAULTS.partitions), 'the partition count', 1, 1024),
     regions: Object.freeze([...(regions as string[])]),
+    cells: Object.freeze(cells),
     ownerRole: str(pick(undefined, env.BULKHEAD_OWNER_ROLE, file.ownerRole, DEFAULTS.ownerRole), 'the owner role'),
     appRole: str(pick(undefined, env.BULKHEAD_APP_ROLE, file.appRole, DEFAULTS.appRole), 'the application role'),
     bodyLimit: int(pick(undefined, env.BULKHEAD_BODY_LIMIT, file.bodyLimit, DEFAULTS.bodyLimit), 'the body limit', 1024, 64 * 1024 * 1024),
@@ -140,6 +207,14 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
     logLevel: logLevel as Config['logLevel'],
   };
   return Object.freeze(config);
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
 }
 
 /**

@@ -104,20 +104,20 @@ GRANT EXECUTE ON FUNCTION public.f_leak(text) TO ${t.db.appRole};`);
       const p = await seedPair(t, 'leak');
       const secrets = [p.aMark, p.a.id, p.a.slug, ...p.aIds];
       const queries: Array<{ text: string; values?: unknown[]; seesB: boolean }> = [
-        { text: 'SELECT * FROM bulkhead.records WHERE f_leak(data::text)', seesB: true },
-        { text: 'SELECT * FROM bulkhead.records WHERE tenant_id = $1 AND f_leak(data::text)', values: [p.b.id], seesB: true },
-        { text: 'SELECT * FROM bulkhead.records WHERE f_leak(data::text) AND tenant_id = $1', values: [p.a.id], seesB: false },
-        { text: 'SELECT * FROM bulkhead.records WHERE f_leak(tenant_id::text || id::text || data::text) OR tenant_id = $1', values: [p.a.id], seesB: true },
-        { text: 'SELECT * FROM (SELECT * FROM bulkhead.records OFFSET 0) s WHERE f_leak(s.data::text)', seesB: true },
-        { text: 'SELECT f_leak(data::text) FROM bulkhead.records', seesB: true },
-        { text: 'SELECT r.id FROM bulkhead.records r JOIN bulkhead.unique_values u ON u.record_id = r.id WHERE f_leak(u.key || r.data::text)', seesB: true },
-        { text: 'SELECT * FROM bulkhead.unique_values WHERE f_leak(key || record_id::text)', seesB: true },
-        { text: 'SELECT * FROM bulkhead.index_values WHERE f_leak(key || record_id::text)', seesB: true },
-        { text: 'SELECT * FROM bulkhead.collections WHERE f_leak(tenant_id::text || name || definition::text)', seesB: true },
-        { text: 'SELECT * FROM bulkhead.collection_versions WHERE f_leak(tenant_id::text || definition::text)', seesB: true },
-        { text: 'SELECT * FROM bulkhead.tenants WHERE f_leak(id::text || slug || name)', seesB: true },
-        { text: 'UPDATE bulkhead.records SET version = version WHERE f_leak(tenant_id::text || data::text)', seesB: true },
-        { text: 'DELETE FROM bulkhead.records WHERE NOT f_leak(tenant_id::text || data::text)', seesB: true },
+        { text: 'SELECT * FROM bulkhead.records WHERE public.f_leak(data::text)', seesB: true },
+        { text: 'SELECT * FROM bulkhead.records WHERE tenant_id = $1 AND public.f_leak(data::text)', values: [p.b.id], seesB: true },
+        { text: 'SELECT * FROM bulkhead.records WHERE public.f_leak(data::text) AND tenant_id = $1', values: [p.a.id], seesB: false },
+        { text: 'SELECT * FROM bulkhead.records WHERE public.f_leak(tenant_id::text || id::text || data::text) OR tenant_id = $1', values: [p.a.id], seesB: true },
+        { text: 'SELECT * FROM (SELECT * FROM bulkhead.records OFFSET 0) s WHERE public.f_leak(s.data::text)', seesB: true },
+        { text: 'SELECT public.f_leak(data::text) FROM bulkhead.records', seesB: true },
+        { text: 'SELECT r.id FROM bulkhead.records r JOIN bulkhead.unique_values u ON u.record_id = r.id WHERE public.f_leak(u.key || r.data::text)', seesB: true },
+        { text: 'SELECT * FROM bulkhead.unique_values WHERE public.f_leak(key || record_id::text)', seesB: true },
+        { text: 'SELECT * FROM bulkhead.index_values WHERE public.f_leak(key || record_id::text)', seesB: true },
+        { text: 'SELECT * FROM bulkhead.collections WHERE public.f_leak(tenant_id::text || name || definition::text)', seesB: true },
+        { text: 'SELECT * FROM bulkhead.collection_versions WHERE public.f_leak(tenant_id::text || definition::text)', seesB: true },
+        { text: 'SELECT * FROM bulkhead.tenants WHERE public.f_leak(id::text || slug || name)', seesB: true },
+        { text: 'UPDATE bulkhead.records SET version = version WHERE public.f_leak(tenant_id::text || data::text)', seesB: true },
+        { text: 'DELETE FROM bulkhead.records WHERE NOT public.f_leak(tenant_id::text || data::text)', seesB: true },
       ];
       const readLog = async (): Promise<string[]> => {
         const [, log] = await su.batch([{ text: 'SELECT 1' }, { text: 'SELECT seen FROM public.f_leak_log' }]);
@@ -127,7 +127,7 @@ GRANT EXECUTE ON FUNCTION public.f_leak(text) TO ${t.db.appRole};`);
       await readLog();
 
       // The channel works: run by the superuser (no RLS), f_leak sees A's rows.
-      await su.batch([{ text: 'SELECT * FROM bulkhead.records WHERE f_leak(data::text)' }]);
+      await su.batch([{ text: 'SELECT * FROM bulkhead.records WHERE public.f_leak(data::text)' }]);
       const open = await readLog();
       assert.ok(open.some((s) => s.includes(p.aMark)), 'f_leak saw nothing of A even without RLS; the test would be vacuous');
 
@@ -148,12 +148,12 @@ GRANT EXECUTE ON FUNCTION public.f_leak(text) TO ${t.db.appRole};`);
         client.on('notice', (n) => notices.push(String(n.message)));
         await client.connect();
         try {
-          await client.query('SELECT * FROM bulkhead.records WHERE f_leak(data::text)');
+          await client.query('SELECT * FROM bulkhead.records WHERE public.f_leak(data::text)');
           assert.ok(notices.some((n) => n.startsWith('f_leak => ') && n.includes(p.aMark)), 'no notice as superuser; the test would be vacuous');
           notices.length = 0;
           for (const q of queries) {
             await client.query('BEGIN');
-            await client.query(CONTEXT_SQL, [t.db.appRole, p.b.id, 'tenant']);
+            await client.query(CONTEXT_SQL, [t.db.appRole, p.b.id, 'tenant', 'bulkhead']);
             await client.query(q.text, q.values ?? []);
             await client.query('ROLLBACK');
           }
@@ -260,7 +260,7 @@ GRANT EXECUTE ON FUNCTION public.f_leak(text) TO ${t.db.appRole};`);
       const scoped = (s: Statement): Promise<StatementResult[]> => t.bh.store.tenant(B).batch([s]);
       for (const { name, parent } of partitions) {
         const insert: Statement =
-          parent === 'bulkhead.records'
+          /^(bulkhead\.)?records$/.test(parent)
             ? {
                 text: `INSERT INTO ${name} (tenant_id, collection, id, data, schema_version, created_by, updated_by) VALUES ($1, 'notes', $2, '{}', 1, 'x', 'x')`,
                 values: [B, uuidv7()],

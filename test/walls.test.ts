@@ -19,10 +19,13 @@ import { rejectsSql } from './support/assertions.js';
 
 /** Tables that hold tenant data or the registry; every one must carry forced RLS. */
 const TENANT_TABLES = [
-  'collection_versions', 'collections', 'index_values', 'operator_tokens', 'records', 'tenant_history', 'tenant_usage', 'tenants', 'unique_values',
+  'collection_versions', 'collections', 'index_values', 'moves', 'operator_tokens', 'placements', 'records', 'tenant_history', 'tenant_usage', 'tenants',
+  'unique_values',
 ] as const;
 /** Tables without RLS: they must grant the application role nothing at all. */
 const INTERNAL_TABLES = ['migrations', 'settings'] as const;
+/** Tenant-keyed tables only the platform scope reaches (history, placement directory, moves). */
+const PLATFORM_ONLY = ['moves', 'placements', 'tenant_history'] as const;
 const PARTITIONED = ['index_values', 'records', 'unique_values'] as const;
 const PARTITIONS = 4; // BULKHEAD_PARTITIONS of openTestBulkhead
 const PRIVILEGES = ['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'] as const;
@@ -38,7 +41,7 @@ async function asApp(t: TestBulkhead, su: Engine, context: Context, statements: 
   const prefix: Statement =
     context === 'role-only'
       ? { text: "SELECT set_config('role', $1, true)", values: [t.db.appRole] }
-      : { text: CONTEXT_SQL, values: [t.db.appRole, context.tenant, context.scope] };
+      : { text: CONTEXT_SQL, values: [t.db.appRole, context.tenant, context.scope, 'bulkhead'] };
   return (await su.batch([prefix, ...statements])).slice(1);
 }
 
@@ -173,12 +176,14 @@ for (const kind of BACKENDS) {
         assert.equal(r.relrowsecurity, true, `${r.relname}: RLS not enabled`);
         assert.equal(r.relforcerowsecurity, true, `${r.relname}: RLS not forced`);
         assert.ok(r.quals, `${r.relname}: no policy`);
-        if (r.has_tenant && r.relname !== 'tenant_history') {
+        if ((PLATFORM_ONLY as readonly string[]).includes(r.relname as string)) {
+          assert.equal(r.quals, "(current_setting('bulkhead.scope'::text, true) = 'platform'::text)", `${r.relname}: platform policy`);
+        } else if (r.has_tenant) {
           // NOTES.md: without nullif a reset setting ('') raises instead of matching nothing.
           assert.match(r.quals as string, /tenant_id = \(?NULLIF\(current_setting\('bulkhead\.tenant_id'::text, true\), ''::text\)\)?::uuid/i, `${r.relname}: policy`);
         }
       }
-      for (const p of partitions) assert.match(p.parent as string, /^bulkhead\.(records|unique_values|index_values)$/);
+      for (const p of partitions) assert.match(p.parent as string, /^(bulkhead\.)?(records|unique_values|index_values)$/);
 
       // Not one privilege, table-wide or on any column, on a partition or an internal table.
       const unreachable = rows.filter((r) => r.relispartition || (INTERNAL_TABLES as readonly string[]).includes(r.relname as string));

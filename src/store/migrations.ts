@@ -66,11 +66,11 @@ END
 $roles$;`;
 }
 
-function partitioned(table: string, o: MigrationOptions): string {
+function partitioned(table: string, partitions: number): string {
   const parts: string[] = [];
-  for (let i = 0; i < o.partitions; i++) {
+  for (let i = 0; i < partitions; i++) {
     const p = `bulkhead.${table}_p${i}`;
-    parts.push(`CREATE TABLE ${p} PARTITION OF bulkhead.${table} FOR VALUES WITH (MODULUS ${o.partitions}, REMAINDER ${i});
+    parts.push(`CREATE TABLE ${p} PARTITION OF bulkhead.${table} FOR VALUES WITH (MODULUS ${partitions}, REMAINDER ${i});
 ALTER TABLE ${p} ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ${p} FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON ${p} USING (${TENANT_PREDICATE}) WITH CHECK (${TENANT_PREDICATE});
@@ -80,9 +80,118 @@ REVOKE ALL ON ${p} FROM PUBLIC;`);
 }
 
 function tenantTable(table: string): string {
-  return `ALTER TABLE bulkhead.${table} ENABLE ROW LEVEL SECURITY;
-ALTER TABLE bulkhead.${table} FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON bulkhead.${table} USING (${TENANT_PREDICATE}) WITH CHECK (${TENANT_PREDICATE});`;
+  return `ALTER TABLE ${table} ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ${table} FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON ${table} USING (${TENANT_PREDICATE}) WITH CHECK (${TENANT_PREDICATE});`;
+}
+
+/** The tables that hold a tenant's data, in the order a copy must fill them (parents first). */
+export const DATA_TABLES = ['collections', 'collection_versions', 'records', 'unique_values', 'index_values'] as const;
+
+const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/**
+ * The tenant-data tables in `schema`: one physical layout for every tier. The pool (schema
+ * `bulkhead`) hash-partitions the large tables by tenant; a bridge schema holds one tenant and is
+ * not partitioned (`partitions` undefined). RLS is enabled and FORCED everywhere either way.
+ */
+export function dataTablesSql(schema: string, partitions?: number): string {
+  if (!SCHEMA_NAME.test(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  const s = schema;
+  const byTenant = partitions === undefined ? '' : ' PARTITION BY HASH (tenant_id)';
+  const parts = (table: string) => (partitions === undefined ? '' : partitioned(table, partitions));
+  return `CREATE TABLE ${s}.collections (
+  tenant_id uuid NOT NULL REFERENCES bulkhead.tenants (id),
+  name text NOT NULL CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+  version integer NOT NULL CHECK (version >= 1),
+  definition jsonb NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (tenant_id, name)
+);
+${tenantTable(`${s}.collections`)}
+
+CREATE TABLE ${s}.collection_versions (
+  tenant_id uuid NOT NULL,
+  name text NOT NULL,
+  version integer NOT NULL,
+  definition jsonb NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  created_by text NOT NULL,
+  PRIMARY KEY (tenant_id, name, version),
+  FOREIGN KEY (tenant_id, name) REFERENCES ${s}.collections (tenant_id, name)
+);
+${tenantTable(`${s}.collection_versions`)}
+
+CREATE TABLE ${s}.records (
+  tenant_id uuid NOT NULL,
+  collection text NOT NULL,
+  id uuid NOT NULL,
+  data jsonb NOT NULL,
+  version integer NOT NULL DEFAULT 1,
+  schema_version integer NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  created_by text NOT NULL,
+  updated_by text NOT NULL,
+  PRIMARY KEY (tenant_id, collection, id),
+  FOREIGN KEY (tenant_id, collection) REFERENCES ${s}.collections (tenant_id, name)
+)${byTenant};
+${tenantTable(`${s}.records`)}
+${parts('records')}
+
+-- Values of unique fields: uniqueness is per tenant because the key leads with tenant_id,
+-- so one tenant's value can never collide with, or reveal, another's.
+CREATE TABLE ${s}.unique_values (
+  tenant_id uuid NOT NULL,
+  collection text NOT NULL,
+  field text NOT NULL,
+  key text NOT NULL,
+  record_id uuid NOT NULL,
+  PRIMARY KEY (tenant_id, collection, field, key),
+  FOREIGN KEY (tenant_id, collection, record_id) REFERENCES ${s}.records (tenant_id, collection, id) ON DELETE CASCADE
+)${byTenant};
+${tenantTable(`${s}.unique_values`)}
+${parts('unique_values')}
+
+-- Values of indexed fields (the metadata-driven pivot index of Salesforce's design).
+CREATE TABLE ${s}.index_values (
+  tenant_id uuid NOT NULL,
+  collection text NOT NULL,
+  field text NOT NULL,
+  key text NOT NULL,
+  record_id uuid NOT NULL,
+  PRIMARY KEY (tenant_id, collection, field, key, record_id),
+  FOREIGN KEY (tenant_id, collection, record_id) REFERENCES ${s}.records (tenant_id, collection, id) ON DELETE CASCADE
+)${byTenant};
+${tenantTable(`${s}.index_values`)}
+${parts('index_values')}
+`;
+}
+
+/** The triggers that keep partition and identity keys immutable (SPEC principle 4) on `schema`'s tables. */
+export function dataTriggersSql(schema: string): string {
+  if (!SCHEMA_NAME.test(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  return `CREATE TRIGGER records_keys_immutable BEFORE UPDATE ON ${schema}.records
+  FOR EACH ROW EXECUTE FUNCTION bulkhead.forbid_record_key_change();
+CREATE TRIGGER collections_keys_immutable BEFORE UPDATE ON ${schema}.collections
+  FOR EACH ROW EXECUTE FUNCTION bulkhead.forbid_collection_key_change();`;
+}
+
+/**
+ * The privileges `role` needs on the data tables of `schema`, and on the shared functions and its
+ * own registry row (the active-tenant check) in `bulkhead`. Nothing else: no partition, no other
+ * schema, no platform table.
+ */
+export function dataGrantsSql(schema: string, role: string): string {
+  if (!SCHEMA_NAME.test(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  checkRoleName(role, 'the data role');
+  return `GRANT USAGE ON SCHEMA ${schema} TO ${role};
+GRANT SELECT, INSERT, UPDATE ON ${schema}.collections TO ${role};
+GRANT SELECT, INSERT ON ${schema}.collection_versions TO ${role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON ${schema}.records TO ${role};
+GRANT SELECT, INSERT, DELETE ON ${schema}.unique_values TO ${role};
+GRANT SELECT, INSERT, DELETE ON ${schema}.index_values TO ${role};`;
 }
 
 /** The migrations, in order. Never edit a released one: add a new version. */
@@ -140,73 +249,7 @@ CREATE POLICY operator_tokens_platform ON bulkhead.operator_tokens
   USING (current_setting('bulkhead.scope', true) = 'platform')
   WITH CHECK (current_setting('bulkhead.scope', true) = 'platform');
 
-CREATE TABLE bulkhead.collections (
-  tenant_id uuid NOT NULL REFERENCES bulkhead.tenants (id),
-  name text NOT NULL CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
-  version integer NOT NULL CHECK (version >= 1),
-  definition jsonb NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now(),
-  updated_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (tenant_id, name)
-);
-${tenantTable('collections')}
-
-CREATE TABLE bulkhead.collection_versions (
-  tenant_id uuid NOT NULL,
-  name text NOT NULL,
-  version integer NOT NULL,
-  definition jsonb NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now(),
-  created_by text NOT NULL,
-  PRIMARY KEY (tenant_id, name, version),
-  FOREIGN KEY (tenant_id, name) REFERENCES bulkhead.collections (tenant_id, name)
-);
-${tenantTable('collection_versions')}
-
-CREATE TABLE bulkhead.records (
-  tenant_id uuid NOT NULL,
-  collection text NOT NULL,
-  id uuid NOT NULL,
-  data jsonb NOT NULL,
-  version integer NOT NULL DEFAULT 1,
-  schema_version integer NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now(),
-  updated_at timestamptz NOT NULL DEFAULT now(),
-  created_by text NOT NULL,
-  updated_by text NOT NULL,
-  PRIMARY KEY (tenant_id, collection, id),
-  FOREIGN KEY (tenant_id, collection) REFERENCES bulkhead.collections (tenant_id, name)
-) PARTITION BY HASH (tenant_id);
-${tenantTable('records')}
-${partitioned('records', o)}
-
--- Values of unique fields: uniqueness is per tenant because the key leads with tenant_id,
--- so one tenant's value can never collide with, or reveal, another's.
-CREATE TABLE bulkhead.unique_values (
-  tenant_id uuid NOT NULL,
-  collection text NOT NULL,
-  field text NOT NULL,
-  key text NOT NULL,
-  record_id uuid NOT NULL,
-  PRIMARY KEY (tenant_id, collection, field, key),
-  FOREIGN KEY (tenant_id, collection, record_id) REFERENCES bulkhead.records (tenant_id, collection, id) ON DELETE CASCADE
-) PARTITION BY HASH (tenant_id);
-${tenantTable('unique_values')}
-${partitioned('unique_values', o)}
-
--- Values of indexed fields (the metadata-driven pivot index of Salesforce's design).
-CREATE TABLE bulkhead.index_values (
-  tenant_id uuid NOT NULL,
-  collection text NOT NULL,
-  field text NOT NULL,
-  key text NOT NULL,
-  record_id uuid NOT NULL,
-  PRIMARY KEY (tenant_id, collection, field, key, record_id),
-  FOREIGN KEY (tenant_id, collection, record_id) REFERENCES bulkhead.records (tenant_id, collection, id) ON DELETE CASCADE
-) PARTITION BY HASH (tenant_id);
-${tenantTable('index_values')}
-${partitioned('index_values', o)}
-
+${dataTablesSql('bulkhead', o.partitions)}
 -- Partition and identity keys never change after insert (SPEC principle 4).
 CREATE FUNCTION bulkhead.forbid_record_key_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
@@ -216,8 +259,6 @@ BEGIN
   RETURN NEW;
 END
 $fn$;
-CREATE TRIGGER records_keys_immutable BEFORE UPDATE ON bulkhead.records
-  FOR EACH ROW EXECUTE FUNCTION bulkhead.forbid_record_key_change();
 CREATE FUNCTION bulkhead.forbid_collection_key_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
   IF NEW.tenant_id IS DISTINCT FROM OLD.tenant_id OR NEW.name IS DISTINCT FROM OLD.name THEN
@@ -226,8 +267,7 @@ BEGIN
   RETURN NEW;
 END
 $fn$;
-CREATE TRIGGER collections_keys_immutable BEFORE UPDATE ON bulkhead.collections
-  FOR EACH ROW EXECUTE FUNCTION bulkhead.forbid_collection_key_change();
+${dataTriggersSql('bulkhead')}
 CREATE FUNCTION bulkhead.forbid_tenant_id_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
   IF NEW.id IS DISTINCT FROM OLD.id THEN
@@ -286,11 +326,7 @@ GRANT EXECUTE ON FUNCTION bulkhead.value_key(jsonb), bulkhead.require_reference(
 GRANT SELECT, INSERT, UPDATE ON bulkhead.tenants TO ${o.appRole};
 GRANT SELECT, INSERT ON bulkhead.tenant_history TO ${o.appRole};
 GRANT SELECT, INSERT ON bulkhead.operator_tokens TO ${o.appRole};
-GRANT SELECT, INSERT, UPDATE ON bulkhead.collections TO ${o.appRole};
-GRANT SELECT, INSERT ON bulkhead.collection_versions TO ${o.appRole};
-GRANT SELECT, INSERT, UPDATE, DELETE ON bulkhead.records TO ${o.appRole};
-GRANT SELECT, INSERT, DELETE ON bulkhead.unique_values TO ${o.appRole};
-GRANT SELECT, INSERT, DELETE ON bulkhead.index_values TO ${o.appRole};
+${dataGrantsSql('bulkhead', o.appRole)}
 `,
   },
   {
@@ -387,6 +423,56 @@ REVOKE ALL ON bulkhead.tenant_usage FROM PUBLIC;
 REVOKE ALL ON FUNCTION bulkhead.partition_stats(), bulkhead.tenant_sizes(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bulkhead.partition_stats(), bulkhead.tenant_sizes(uuid) TO ${o.appRole};
 GRANT SELECT, INSERT, UPDATE, DELETE ON bulkhead.tenant_usage TO ${o.appRole};
+`,
+  },
+  {
+    version: 3,
+    name: 'placement directory and tenant moves',
+    sql: (o) => `
+-- Where each tenant lives: the placement directory of the control plane. A tenant without a row
+-- (created before this migration) is backfilled on start as pool tier in the control cell.
+CREATE TABLE bulkhead.placements (
+  tenant_id uuid PRIMARY KEY REFERENCES bulkhead.tenants (id),
+  tier text NOT NULL CHECK (tier IN ('pool', 'bridge', 'silo')),
+  cell text NOT NULL CHECK (cell ~ '^[a-z0-9][a-z0-9-]{0,31}$'),
+  location text NOT NULL CHECK (location ~ '^[a-z_][a-z0-9_]{0,62}$'),
+  -- Set while a move switches the tenant over: writes are refused (503 + Retry-After) until then.
+  writes_paused_until timestamptz,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE bulkhead.placements ENABLE ROW LEVEL SECURITY;
+ALTER TABLE bulkhead.placements FORCE ROW LEVEL SECURITY;
+CREATE POLICY placements_platform ON bulkhead.placements
+  USING (current_setting('bulkhead.scope', true) = 'platform')
+  WITH CHECK (current_setting('bulkhead.scope', true) = 'platform');
+
+-- Tenant moves: a persisted state machine, resumed from its state after a crash.
+CREATE TABLE bulkhead.moves (
+  id uuid PRIMARY KEY,
+  tenant_id uuid NOT NULL REFERENCES bulkhead.tenants (id),
+  state text NOT NULL CHECK (state IN ('planned', 'copying', 'verifying', 'switching', 'cleaning', 'done', 'failed', 'rolled_back')),
+  source jsonb NOT NULL,
+  target jsonb NOT NULL,
+  legal_basis text CHECK (legal_basis IS NULL OR length(legal_basis) BETWEEN 10 AND 2000),
+  progress jsonb NOT NULL DEFAULT '{}',
+  checksums jsonb,
+  error text,
+  actor text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  finished_at timestamptz
+);
+-- At most one unfinished move per tenant, enforced by the database.
+CREATE UNIQUE INDEX moves_one_open ON bulkhead.moves (tenant_id) WHERE state NOT IN ('done', 'rolled_back');
+ALTER TABLE bulkhead.moves ENABLE ROW LEVEL SECURITY;
+ALTER TABLE bulkhead.moves FORCE ROW LEVEL SECURITY;
+CREATE POLICY moves_platform ON bulkhead.moves
+  USING (current_setting('bulkhead.scope', true) = 'platform')
+  WITH CHECK (current_setting('bulkhead.scope', true) = 'platform');
+
+REVOKE ALL ON bulkhead.placements, bulkhead.moves FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE ON bulkhead.placements TO ${o.appRole};
+GRANT SELECT, INSERT, UPDATE ON bulkhead.moves TO ${o.appRole};
 `,
   },
 ];

@@ -31,7 +31,15 @@ export interface ScopedStore {
  */
 export const CONTEXT_SQL =
   "SELECT set_config('role', $1, true), set_config('bulkhead.tenant_id', $2, true), set_config('bulkhead.scope', $3, true), " +
-  "set_config('plan_cache_mode', 'force_generic_plan', true)";
+  "set_config('search_path', $4, true), set_config('plan_cache_mode', 'force_generic_plan', true)";
+
+/**
+ * The schema the pool tier's data tables live in, and the session's default search path. Tenant
+ * statements name data tables unqualified and every tenant batch sets the search path to its
+ * placement's schema, so one SQL text (and one prepared statement) serves every tier. PostgreSQL
+ * re-analyzes a cached statement when the search path differs from the one it was planned under.
+ */
+export const POOL_SCHEMA = 'bulkhead';
 
 /**
  * Runs right after the context, as the application role: the tenant must exist and be active, or
@@ -43,6 +51,10 @@ const ACTIVE_SQL =
 
 /** Options of a tenant scope. */
 export interface TenantScopeOptions {
+  /** The role the batch runs as (default: the application role). */
+  readonly role?: string;
+  /** The schema of the tenant's data tables (default: the pool's). */
+  readonly schema?: string;
   /**
    * Require the tenant to be active (default true). Only platform work on a tenant that is not
    * active (reading its status, later: moves, erasure) turns it off.
@@ -74,12 +86,12 @@ export class Store {
   tenant(tenantId: string, options: TenantScopeOptions = {}): ScopedStore {
     // The tenant id is bound as a parameter, but an invalid one is a bug upstream: refuse it.
     if (!isUuid(tenantId)) throw new BulkheadError('INTERNAL', 'a tenant scope needs a validated tenant id');
-    return this.#scoped(tenantId, 'tenant', options.requireActive ?? true);
+    return this.#scoped(tenantId, 'tenant', options);
   }
 
   /** A store scoped to the platform registry (tenants, operator tokens); sees no tenant's data. */
   platform(): ScopedStore {
-    return this.#scoped('', 'platform', false);
+    return this.#scoped('', 'platform', { requireActive: false });
   }
 
   /** Creates the roles and applies pending migrations, as the owner role, under an advisory lock. */
@@ -144,9 +156,11 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
     await this.engine.close();
   }
 
-  #scoped(tenantId: string, scope: 'tenant' | 'platform', requireActive: boolean): ScopedStore {
-    const preamble: Statement[] = [{ name: 'bh_ctx', text: CONTEXT_SQL, values: [this.options.appRole, tenantId, scope] }];
-    if (requireActive) preamble.push({ name: 'bh_active', text: ACTIVE_SQL, values: [tenantId] });
+  #scoped(tenantId: string, scope: 'tenant' | 'platform', options: TenantScopeOptions): ScopedStore {
+    const role = options.role ?? this.options.appRole;
+    const schema = options.schema ?? POOL_SCHEMA;
+    const preamble: Statement[] = [{ name: 'bh_ctx', text: CONTEXT_SQL, values: [role, tenantId, scope, schema] }];
+    if (options.requireActive ?? true) preamble.push({ name: 'bh_active', text: ACTIVE_SQL, values: [tenantId] });
     const skip = preamble.length;
     const engine = this.engine;
     return {

@@ -77,11 +77,11 @@ export class Collections {
       const [current, found] = await tx.batch([
         {
           name: 'bh_collection_lock',
-          text: 'SELECT version, definition, created_at, updated_at FROM bulkhead.collections WHERE tenant_id = $1 AND name = $2 FOR UPDATE',
+          text: 'SELECT version, definition, created_at, updated_at FROM collections WHERE tenant_id = $1 AND name = $2 FOR UPDATE',
           values: [tenantId, name],
         },
         {
-          text: 'SELECT name FROM bulkhead.collections WHERE tenant_id = $1 AND name IN (SELECT jsonb_array_elements_text($2::text::jsonb))',
+          text: 'SELECT name FROM collections WHERE tenant_id = $1 AND name IN (SELECT jsonb_array_elements_text($2::text::jsonb))',
           values: [tenantId, JSON.stringify(targets)],
         },
       ]);
@@ -104,15 +104,15 @@ export class Collections {
       const statements: Statement[] = [
         previous
           ? {
-              text: 'UPDATE bulkhead.collections SET version = $3, definition = $4::text::jsonb, updated_at = now() WHERE tenant_id = $1 AND name = $2 RETURNING created_at, updated_at',
+              text: 'UPDATE collections SET version = $3, definition = $4::text::jsonb, updated_at = now() WHERE tenant_id = $1 AND name = $2 RETURNING created_at, updated_at',
               values: [tenantId, name, version, json],
             }
           : {
-              text: 'INSERT INTO bulkhead.collections (tenant_id, name, version, definition) VALUES ($1, $2, $3, $4::text::jsonb) RETURNING created_at, updated_at',
+              text: 'INSERT INTO collections (tenant_id, name, version, definition) VALUES ($1, $2, $3, $4::text::jsonb) RETURNING created_at, updated_at',
               values: [tenantId, name, version, json],
             },
         {
-          text: 'INSERT INTO bulkhead.collection_versions (tenant_id, name, version, definition, created_by) VALUES ($1, $2, $3, $4::text::jsonb, $5)',
+          text: 'INSERT INTO collection_versions (tenant_id, name, version, definition, created_by) VALUES ($1, $2, $3, $4::text::jsonb, $5)',
           values: [tenantId, name, version, json, actor],
         },
       ];
@@ -172,7 +172,7 @@ export class Collections {
     const [r] = await this.#store.tenant(tenantId).batch([
       {
         name: 'bh_collection_get',
-        text: 'SELECT version, definition, created_at, updated_at FROM bulkhead.collections WHERE tenant_id = $1 AND name = $2',
+        text: 'SELECT version, definition, created_at, updated_at FROM collections WHERE tenant_id = $1 AND name = $2',
         values: [tenantId, name],
       },
     ]);
@@ -205,7 +205,7 @@ export class Collections {
     const [r] = await this.#store.tenant(tenantId).batch([
       {
         name: 'bh_collection_list',
-        text: 'SELECT name, version, definition, created_at, updated_at FROM bulkhead.collections WHERE tenant_id = $1 ORDER BY name',
+        text: 'SELECT name, version, definition, created_at, updated_at FROM collections WHERE tenant_id = $1 ORDER BY name',
         values: [tenantId],
       },
     ]);
@@ -241,7 +241,7 @@ export class Collections {
     after: CollectionDefinition,
   ): Promise<void> {
     const checks: { field: string; reason: string; statement: Statement }[] = [];
-    const base = 'SELECT EXISTS (SELECT 1 FROM bulkhead.records WHERE tenant_id = $1 AND collection = $2 AND ';
+    const base = 'SELECT EXISTS (SELECT 1 FROM records WHERE tenant_id = $1 AND collection = $2 AND ';
     for (const [field, old] of Object.entries(before.fields)) {
       const next = after.fields[field];
       if (!next || next.type !== old.type) {
@@ -299,7 +299,7 @@ function keyStatements(
 ): { field: string; statement: Statement }[] {
   const out: { field: string; statement: Statement }[] = [];
   for (const kind of ['unique', 'indexed'] as const) {
-    const table = kind === 'unique' ? 'bulkhead.unique_values' : 'bulkhead.index_values';
+    const table = kind === 'unique' ? 'unique_values' : 'index_values';
     const has = (f: FieldDefinition | undefined) => f !== undefined && isKeyable(f.type) && f[kind];
     for (const field of new Set([...Object.keys(before.fields), ...Object.keys(after.fields)])) {
       const was = has(before.fields[field]);
@@ -315,7 +315,7 @@ function keyStatements(
           statement: {
             text:
               `INSERT INTO ${table} (tenant_id, collection, field, key, record_id) ` +
-              'SELECT tenant_id, collection, $3, bulkhead.value_key(data -> $3::text), id FROM bulkhead.records ' +
+              'SELECT tenant_id, collection, $3, bulkhead.value_key(data -> $3::text), id FROM records ' +
               'WHERE tenant_id = $1 AND collection = $2 AND data ? $3::text',
             values: [tenantId, name, field],
           },

@@ -97,7 +97,7 @@ export function compileList(
   const dir = sort.descending ? 'DESC' : 'ASC';
   const order = sortKey === null ? `r.id ${dir}` : `${sortKey} ${dir}, r.id ${dir}`;
   const text =
-    'SELECT r.id, r.data, r.version, r.created_at, r.updated_at FROM bulkhead.records r ' +
+    'SELECT r.id, r.data, r.version, r.created_at, r.updated_at FROM records r ' +
     `WHERE ${where.join(' AND ')} ORDER BY ${order} LIMIT ${param(limit + 1)}`;
   return {
     statement: { text, values },
@@ -188,7 +188,7 @@ function condition(name: string, field: FieldDefinition, op: string, arg: unknow
 /** For unique and indexed fields, an equality also goes through the per-tenant value index. */
 function keyLookup(field: FieldDefinition, f: string, jsonValue: string): string {
   if (!isKeyable(field.type) || !(field.unique || field.indexed)) return '';
-  const table = field.unique ? 'bulkhead.unique_values' : 'bulkhead.index_values';
+  const table = field.unique ? 'unique_values' : 'index_values';
   return ` AND r.id IN (SELECT k.record_id FROM ${table} k WHERE k.tenant_id = $1 AND k.collection = $2 AND k.field = ${f} AND k.key = bulkhead.value_key(${jsonValue}))`;
 }
 

@@ -71,7 +71,7 @@ export class Records {
         statement: {
           name: 'bh_record_insert',
           text:
-            'INSERT INTO bulkhead.records (tenant_id, collection, id, data, schema_version, created_by, updated_by) ' +
+            'INSERT INTO records (tenant_id, collection, id, data, schema_version, created_by, updated_by) ' +
             `VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $6) ${RETURNING}`,
           values: [c.tenantId, c.name, id, JSON.stringify(data), c.version, actor.subject],
         },
@@ -90,7 +90,7 @@ export class Records {
     const [r] = await this.#store.tenant(tenantId).batch([
       {
         name: 'bh_record_get',
-        text: 'SELECT id, data, version, created_at, updated_at FROM bulkhead.records WHERE tenant_id = $1 AND collection = $2 AND id = $3',
+        text: 'SELECT id, data, version, created_at, updated_at FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3',
         values: [tenantId, c.name, id],
       },
     ]);
@@ -128,7 +128,7 @@ export class Records {
           versionStep(c).statement,
           {
             name: 'bh_record_lock',
-            text: 'SELECT id, data, version, created_at, updated_at FROM bulkhead.records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE',
+            text: 'SELECT id, data, version, created_at, updated_at FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE',
             values: [c.tenantId, c.name, id],
           },
         ]).catch((e: unknown) => {
@@ -148,7 +148,7 @@ export class Records {
             statement: {
               name: 'bh_record_update',
               text:
-                'UPDATE bulkhead.records SET data = $4::text::jsonb, version = version + 1, schema_version = $5, updated_at = now(), updated_by = $6 ' +
+                'UPDATE records SET data = $4::text::jsonb, version = version + 1, schema_version = $5, updated_at = now(), updated_by = $6 ' +
                 `WHERE tenant_id = $1 AND collection = $2 AND id = $3 ${RETURNING}`,
               values: [c.tenantId, c.name, id, JSON.stringify(data), c.version, actor.subject],
             },
@@ -175,7 +175,7 @@ export class Records {
     const [r] = await this.#store.tenant(tenantId).batch([
       {
         name: 'bh_record_delete',
-        text: 'DELETE FROM bulkhead.records WHERE tenant_id = $1 AND collection = $2 AND id = $3',
+        text: 'DELETE FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3',
         values: [tenantId, c.name, id],
       },
     ]);
@@ -223,7 +223,7 @@ function versionStep(c: CompiledCollection): Step {
     statement: {
       name: 'bh_collection_version',
       text:
-        'SELECT bulkhead.require_collection_version(EXISTS (SELECT 1 FROM bulkhead.collections ' +
+        'SELECT bulkhead.require_collection_version(EXISTS (SELECT 1 FROM collections ' +
         'WHERE tenant_id = $1 AND name = $2 AND version = $3 FOR SHARE))',
       values: [c.tenantId, c.name, c.version],
     },
@@ -240,7 +240,7 @@ function referenceSteps(c: CompiledCollection, data: Record<string, unknown>): S
       statement: {
         name: 'bh_reference_check',
         text:
-          'SELECT bulkhead.require_reference(EXISTS (SELECT 1 FROM bulkhead.records ' +
+          'SELECT bulkhead.require_reference(EXISTS (SELECT 1 FROM records ' +
           'WHERE tenant_id = $1 AND collection = $2 AND id = $3::uuid))',
         values: [c.tenantId, def.collection, data[field]],
       },
@@ -255,7 +255,7 @@ function keySteps(c: CompiledCollection, id: string, data: Record<string, unknow
   for (const field of fields) {
     const def = c.definition.fields[field];
     if (!def || !isKeyable(def.type) || !(def.unique || def.indexed)) continue;
-    const table = def.unique ? 'bulkhead.unique_values' : 'bulkhead.index_values';
+    const table = def.unique ? 'unique_values' : 'index_values';
     const tag = def.unique ? 'unique' : 'index';
     if (replace) {
       steps.push({

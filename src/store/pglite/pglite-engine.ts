@@ -26,6 +26,8 @@ export class PgliteEngine implements Engine {
   static async open(options: PgliteEngineOptions): Promise<PgliteEngine> {
     if (!options.dataDir.startsWith('memory://')) mkdirSync(options.dataDir, { recursive: true });
     const db = await PGlite.create(options.dataDir);
+    // As on PostgreSQL (see PostgresEngineOptions.searchPath): the pool schema unless a batch says otherwise.
+    await db.exec('SET search_path TO bulkhead, public');
     return new PgliteEngine(db);
   }
 

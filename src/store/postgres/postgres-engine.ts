@@ -11,6 +11,13 @@ export interface PostgresEngineOptions {
   readonly maxConnections?: number;
   /** Statement timeout in milliseconds applied to every connection (default 30 s). */
   readonly statementTimeoutMs?: number;
+  /**
+   * The search path sessions start with (default `bulkhead,public`: the schema the migrations
+   * create first).
+   * Named statements are parsed once per connection outside any batch, so the unqualified table
+   * names of tenant statements must resolve there; each batch then sets its tier's own path.
+   */
+  readonly searchPath?: string;
 }
 
 /**
@@ -29,6 +36,7 @@ export class PostgresEngine implements Engine {
       max: options.maxConnections ?? 10,
       statement_timeout: options.statementTimeoutMs ?? 30_000,
       application_name: 'bulkhead',
+      options: `-c search_path=${checkSearchPath(options.searchPath ?? 'bulkhead,public')}`,
     });
     // An idle client losing its server must not crash the process; the pool replaces it.
     this.#pool.on('error', () => {});
@@ -105,6 +113,11 @@ export class PostgresEngine implements Engine {
       throw wrap(error);
     }
   }
+}
+
+function checkSearchPath(path: string): string {
+  if (!/^[a-z_][a-z0-9_]{0,62}(,[a-z_][a-z0-9_]{0,62})*$/.test(path)) throw new TypeError('the search path must list plain lower-case schema names');
+  return path;
 }
 
 async function runPipeline(client: pg.PoolClient, statements: readonly Statement[]): Promise<StatementResult[]> {
