@@ -4,10 +4,10 @@ import type { Action, Principal, Resource, Decision, TenantRole } from './access
 import { TokenVerifier, generateJwtSecret, mintTenantToken } from './access/tokens.js';
 import { resolveJwtSecret, type Config } from './config.js';
 import { AccessDeniedError, AuthenticationError, BulkheadError } from './errors.js';
+import { Cells } from './placement/cells.js';
+import { Placements } from './placement/placements.js';
 import type { Engine } from './store/engine.js';
-import { PgliteEngine } from './store/pglite/pglite-engine.js';
-import { PostgresEngine } from './store/postgres/postgres-engine.js';
-import { Store } from './store/store.js';
+import type { Store } from './store/store.js';
 import { Collections } from './tenancy/collections.js';
 import { Health } from './tenancy/health.js';
 import { Records } from './tenancy/records.js';
@@ -16,7 +16,7 @@ import { Usage } from './tenancy/usage.js';
 
 /** What `Bulkhead.open` may be given besides the configuration (tests inject an engine). */
 export interface OpenOptions {
-  /** Use this engine instead of the one the configuration names. */
+  /** Use this engine for the control cell's main database instead of the one the configuration names. */
   readonly engine?: Engine;
   /** Called once with an operator token generated on first start (nothing configured, none stored). */
   readonly onOperatorTokenGenerated?: (token: string) => void;
@@ -28,7 +28,10 @@ export interface OpenOptions {
  */
 export class Bulkhead {
   readonly config: Config;
+  /** The control cell's store: tenant registry, placement directory, moves, usage. */
   readonly store: Store;
+  /** The storage cells and the router that sends each tenant's operations to its placement. */
+  readonly placements: Placements;
   readonly tenants: Tenants;
   readonly collections: Collections;
   readonly records: Records;
@@ -42,31 +45,30 @@ export class Bulkhead {
   #operators: OperatorTokenVerifier;
   #operatorsLoadedAt = 0;
 
-  private constructor(config: Config, store: Store, authorizer: Authorizer, tokens: TokenVerifier, jwtSecret: Uint8Array | undefined, operators: OperatorTokenVerifier) {
+  private constructor(config: Config, placements: Placements, authorizer: Authorizer, tokens: TokenVerifier, jwtSecret: Uint8Array | undefined, operators: OperatorTokenVerifier) {
     this.config = config;
+    this.placements = placements;
+    const store = placements.control.store;
     this.store = store;
     this.authorizer = authorizer;
     this.#tokens = tokens;
     this.#jwtSecret = jwtSecret;
     this.#operators = operators;
     this.#operatorsLoadedAt = Date.now();
-    this.tenants = new Tenants(store, { regions: config.regions });
-    this.collections = new Collections(store);
+    this.tenants = new Tenants(store, placements, { regions: config.regions });
+    this.collections = new Collections(placements);
     this.usage = new Usage(store);
-    this.records = new Records(store, this.collections, this.usage);
+    this.records = new Records(placements, this.collections, this.usage);
     this.health = new Health(store, this.usage);
   }
 
   /** Opens the store the configuration names, applies migrations and loads the access policies. */
   static async open(config: Config, options: OpenOptions = {}): Promise<Bulkhead> {
-    const engine =
-      options.engine ??
-      (config.databaseUrl
-        ? new PostgresEngine({ connectionString: config.databaseUrl, maxConnections: config.poolSize })
-        : await PgliteEngine.open({ dataDir: `${config.dataDir}/store` }));
-    const store = new Store(engine, { ownerRole: config.ownerRole, appRole: config.appRole, partitions: config.partitions });
+    const cells = await Cells.open(config, options.engine ? { controlEngine: options.engine } : {});
+    const placements = new Placements(cells);
+    const store = cells.control.store;
     try {
-      await store.migrate();
+      await placements.backfill();
       const authorizer = await Authorizer.create();
       // With a JWKS URL the identity provider signs tenant tokens; a secret is still kept for minting in development.
       const jwtSecret = config.jwksUrl && !config.jwtSecret ? undefined : resolveJwtSecret(config, generateJwtSecret);
@@ -86,9 +88,9 @@ export class Bulkhead {
         options.onOperatorTokenGenerated?.(token);
       }
       if (config.operatorToken !== undefined) hashes.push(hashOperatorToken(config.operatorToken));
-      return new Bulkhead(config, store, authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes));
+      return new Bulkhead(config, placements, authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes));
     } catch (error) {
-      await store.close().catch(() => {});
+      await cells.close().catch(() => {});
       throw error;
     }
   }
@@ -136,7 +138,7 @@ export class Bulkhead {
   async close(): Promise<void> {
     // A store that cannot take the last counts must not keep the process from closing.
     await this.usage.close().catch(() => {});
-    await this.store.close();
+    await this.placements.cells.close();
   }
 
   async #verifyOperator(token: string): Promise<Principal> {

@@ -131,6 +131,16 @@ function str(value: unknown, name: string): string {
   return value;
 }
 
+/**
+ * A deployment role name: at most 28 characters, so the per-tenant roles derived from it (the
+ * name, a tier letter and the 32 hex digits of a tenant id) stay within PostgreSQL's 63 bytes.
+ */
+function role(value: unknown, name: string): string {
+  const text = str(value, name);
+  if (!/^[a-z_][a-z0-9_]{0,27}$/.test(text)) invalid(`${name} must be a lower-case identifier of at most 28 characters`);
+  return text;
+}
+
 function readFile(path: string): Record<string, unknown> {
   let text: string;
   try {
@@ -200,8 +210,8 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
     partitions: int(pick(undefined, env.BULKHEAD_PARTITIONS, file.partitions, DEFAULTS.partitions), 'the partition count', 1, 1024),
     regions: Object.freeze([...(regions as string[])]),
     cells: Object.freeze(cells),
-    ownerRole: str(pick(undefined, env.BULKHEAD_OWNER_ROLE, file.ownerRole, DEFAULTS.ownerRole), 'the owner role'),
-    appRole: str(pick(undefined, env.BULKHEAD_APP_ROLE, file.appRole, DEFAULTS.appRole), 'the application role'),
+    ownerRole: role(pick(undefined, env.BULKHEAD_OWNER_ROLE, file.ownerRole, DEFAULTS.ownerRole), 'the owner role'),
+    appRole: role(pick(undefined, env.BULKHEAD_APP_ROLE, file.appRole, DEFAULTS.appRole), 'the application role'),
     bodyLimit: int(pick(undefined, env.BULKHEAD_BODY_LIMIT, file.bodyLimit, DEFAULTS.bodyLimit), 'the body limit', 1024, 64 * 1024 * 1024),
     poolSize: int(pick(undefined, env.BULKHEAD_POOL_SIZE, file.poolSize, DEFAULTS.poolSize), 'the pool size', 1, 1000),
     logLevel: logLevel as Config['logLevel'],

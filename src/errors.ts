@@ -29,6 +29,15 @@ export const ERROR_CODES = {
   RECORD_REFERENCE_NOT_FOUND: 'A reference field names no record of the tenant',
   QUERY_INVALID: 'The query is invalid',
   QUERY_CURSOR_INVALID: 'The cursor is invalid',
+  PLACEMENT_CELL_UNKNOWN: 'No such storage cell',
+  PLACEMENT_NO_CELL: 'No storage cell serves the region',
+  RESIDENCY_VIOLATION: 'The placement is outside the tenant region',
+  RESIDENCY_LEGAL_BASIS_REQUIRED: 'A region change needs a legal basis',
+  TENANT_WRITES_PAUSED: 'Writes to the tenant are paused for a moment',
+  MOVE_INVALID: 'The move request is invalid',
+  MOVE_IN_PROGRESS: 'The tenant is already being moved',
+  MOVE_NOT_FOUND: 'No such move',
+  MOVE_CHECKSUM_MISMATCH: 'The copied data does not match the source',
   STORE_UNAVAILABLE: 'The store is unavailable',
   CONFIG_INVALID: 'The configuration is invalid',
   INTERNAL: 'Internal error',
@@ -48,6 +57,16 @@ export class BulkheadError extends Error {
     this.name = 'BulkheadError';
     this.code = code;
     this.details = options?.details ? Object.freeze({ ...options.details }) : undefined;
+  }
+}
+
+/** Writes to a tenant are paused while a move switches it over; retry after `retryAfterSeconds`. */
+export class WritesPausedError extends BulkheadError {
+  readonly retryAfterSeconds: number;
+
+  constructor(retryAfterSeconds: number) {
+    super('TENANT_WRITES_PAUSED', 'the tenant is being moved and takes no writes for a moment; retry after the Retry-After delay');
+    this.retryAfterSeconds = Math.max(1, Math.ceil(retryAfterSeconds));
   }
 }
 
@@ -74,7 +93,7 @@ export class AccessDeniedError extends BulkheadError {
 
 /** A thing that does not exist, or that the caller may not know exists (same answer either way). */
 export class NotFoundError extends BulkheadError {
-  constructor(code: 'TENANT_NOT_FOUND' | 'COLLECTION_NOT_FOUND' | 'RECORD_NOT_FOUND' | 'ROUTE_NOT_FOUND', message: string) {
+  constructor(code: 'TENANT_NOT_FOUND' | 'COLLECTION_NOT_FOUND' | 'RECORD_NOT_FOUND' | 'ROUTE_NOT_FOUND' | 'MOVE_NOT_FOUND', message: string) {
     super(code, message);
   }
 }

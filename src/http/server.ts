@@ -2,7 +2,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, t
 import type { Logger } from 'pino';
 import type { Action, Principal } from '../access/principal.js';
 import type { Bulkhead } from '../bulkhead.js';
-import { BulkheadError, InvalidRequestError, NotFoundError } from '../errors.js';
+import { BulkheadError, InvalidRequestError, NotFoundError, WritesPausedError } from '../errors.js';
 import { uuidv7 } from '../ids.js';
 import { checkCollectionName } from '../tenancy/collections.js';
 import { findUnstorableValue } from '../tenancy/validation.js';
@@ -276,7 +276,7 @@ function sendProblem(req: FastifyRequest, reply: FastifyReply, error: unknown): 
     reply.header('www-authenticate', problem.code === 'AUTH_REQUIRED' ? 'Bearer realm="bulkhead"' : 'Bearer realm="bulkhead", error="invalid_token"');
   }
   // A store that could not answer is worth retrying shortly; say when (RFC 9110 §10.2.3).
-  if (problem.status === 503) reply.header('retry-after', '1');
+  if (problem.status === 503) reply.header('retry-after', String(error instanceof WritesPausedError ? error.retryAfterSeconds : 1));
   reply.code(problem.status).type('application/problem+json');
   return reply.send(problem);
 }

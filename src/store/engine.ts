@@ -40,3 +40,25 @@ export interface Engine {
   /** Releases connections. */
   close(): Promise<void>;
 }
+
+/**
+ * Where a storage cell's databases live: its main database (pool and bridge tenants) and the
+ * silo databases beside it (a database on the same PostgreSQL server, or a PGlite directory).
+ */
+export interface DatabaseHost {
+  readonly kind: 'pglite' | 'postgres';
+  /** The engine on the cell's main database. */
+  main(): Promise<Engine>;
+  /** An engine on database `name` beside the main one; `create` makes it first when absent (idempotent). */
+  database(name: string, options: { readonly create: boolean }): Promise<Engine>;
+  /** Closes and removes database `name`; nothing happens when it does not exist. */
+  dropDatabase(name: string): Promise<void>;
+  /** Closes every engine this host opened. */
+  close(): Promise<void>;
+}
+
+/** Refuses a database name that is not a plain lower-case identifier (it ends up in DDL or a path). */
+export function checkDatabaseName(name: string): string {
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(name)) throw new TypeError('a database name must be a plain lower-case identifier');
+  return name;
+}

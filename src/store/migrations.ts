@@ -23,7 +23,7 @@ export interface Migration {
   readonly sql: (o: MigrationOptions) => string;
 }
 
-const ROLE_NAME = /^[a-z_][a-z0-9_]{0,47}$/;
+const ROLE_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 
 /** Refuses anything but a plain lower-case identifier (role names end up in DDL). */
 export function checkRoleName(name: string, what: string): string {

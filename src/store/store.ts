@@ -1,7 +1,7 @@
 import { AuthenticationError, BulkheadError, DatabaseError } from '../errors.js';
 import { isUuid } from '../ids.js';
 import type { Engine, EngineTransaction, Statement, StatementResult } from './engine.js';
-import { MIGRATIONS, checkPartitions, checkRoleName, rolesSql, type MigrationOptions } from './migrations.js';
+import { DATA_TABLES, MIGRATIONS, checkPartitions, checkRoleName, rolesSql, type MigrationOptions } from './migrations.js';
 
 /** Options of a store. */
 export interface StoreOptions {
@@ -149,6 +149,24 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
       ]),
     );
     return Number(r!.rows[0]?.value ?? this.options.partitions);
+  }
+
+  /**
+   * Deletes every row of one tenant from the data tables in `schema`, as the owner role and still
+   * under RLS in that tenant's context (the owner is subject to the FORCEd policies too), so no
+   * other tenant's row can be touched whatever the statements say. Used once a move has verified
+   * the tenant's copy elsewhere.
+   */
+  async purgeTenant(tenantId: string, schema: string): Promise<Record<string, number>> {
+    if (!isUuid(tenantId)) throw new BulkheadError('INTERNAL', 'a purge needs a validated tenant id');
+    if (!/^[a-z_][a-z0-9_]{0,62}$/.test(schema)) throw new BulkheadError('INTERNAL', 'a purge needs a plain schema name');
+    const tables = [...DATA_TABLES].reverse();
+    const results = await this.engine.batch([
+      { text: `SET LOCAL ROLE ${this.options.ownerRole}` },
+      { text: "SELECT set_config('bulkhead.tenant_id', $1, true), set_config('bulkhead.scope', 'tenant', true)", values: [tenantId] },
+      ...tables.map((t) => ({ text: `DELETE FROM ${schema}.${t} WHERE tenant_id = $1`, values: [tenantId] })),
+    ]);
+    return Object.fromEntries(tables.map((t, i) => [t, results[i + 2]!.rowCount]));
   }
 
   /** Releases the engine. */

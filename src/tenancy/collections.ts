@@ -1,6 +1,6 @@
 import { BulkheadError, DatabaseError, NotFoundError } from '../errors.js';
 import type { Statement, StatementResult } from '../store/engine.js';
-import type { Store } from '../store/store.js';
+import type { TenantScopes } from '../placement/placements.js';
 import { COLLECTION_NAME, isKeyable, parseCollectionDefinition, type CollectionDefinition, type FieldDefinition } from './fields.js';
 import { RecordValidator } from './validation.js';
 
@@ -51,13 +51,13 @@ export function checkCollectionName(name: string): string {
  * metadata-driven design of Salesforce's universal data dictionary.
  */
 export class Collections {
-  readonly #store: Store;
+  readonly #store: TenantScopes;
   readonly #ttl: number;
   readonly #size: number;
   readonly #cache = new Map<string, CacheEntry>();
   readonly #refreshing = new Set<string>();
 
-  constructor(store: Store, options: CollectionsOptions = {}) {
+  constructor(store: TenantScopes, options: CollectionsOptions = {}) {
     this.#store = store;
     this.#ttl = options.cacheTtlMs ?? 30_000;
     this.#size = options.cacheSize ?? 10_000;
@@ -73,7 +73,7 @@ export class Collections {
     const validator = new RecordValidator(definition);
     const targets = [...new Set(Object.values(definition.fields).flatMap((f) => (f.collection && f.collection !== name ? [f.collection] : [])))];
 
-    const result = await this.#store.tenant(tenantId).transaction(async (tx) => {
+    const result = await this.#store.tenant(tenantId, { write: true }).transaction(async (tx) => {
       const [current, found] = await tx.batch([
         {
           name: 'bh_collection_lock',

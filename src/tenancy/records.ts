@@ -1,11 +1,14 @@
 import { BulkheadError, DatabaseError, NotFoundError, RecordInvalidError } from '../errors.js';
 import { isUuid, uuidv7 } from '../ids.js';
 import type { Statement, StatementResult } from '../store/engine.js';
-import type { Store } from '../store/store.js';
+import type { TenantScopes } from '../placement/placements.js';
 import type { Collections, CompiledCollection } from './collections.js';
 import { isKeyable } from './fields.js';
 import { compileList, type ListRequest } from './query.js';
 
+
+/** Scope options of a batch that changes data: refused while a move switches the tenant over. */
+const WRITE = { write: true } as const;
 /** A record as the API shows it (the shape of Airtable's API). */
 export interface RecordView {
   readonly id: string;
@@ -51,12 +54,12 @@ const RETURNING = 'RETURNING id, data, version, created_at, updated_at';
  * references, sent in one round trip where the engine can.
  */
 export class Records {
-  readonly #store: Store;
+  readonly #store: TenantScopes;
   readonly #collections: Collections;
   readonly #usage: UsageMeter;
 
   /** `usage` counts every successful read and write, whoever calls (HTTP, CLI, library). */
-  constructor(store: Store, collections: Collections, usage: UsageMeter) {
+  constructor(store: TenantScopes, collections: Collections, usage: UsageMeter) {
     this.#store = store;
     this.#collections = collections;
     this.#usage = usage;
@@ -123,7 +126,7 @@ export class Records {
     if (!isUuid(id)) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
     if (typeof patch !== 'object' || patch === null || Array.isArray(patch)) throw new RecordInvalidError('fields must be a JSON object');
     return this.#withCurrentDefinition(actor.tenantId, collection, 'RECORD_INVALID', (c) =>
-      this.#store.tenant(actor.tenantId).transaction(async (tx) => {
+      this.#store.tenant(actor.tenantId, WRITE).transaction(async (tx) => {
         const [, current] = await tx.batch([
           versionStep(c).statement,
           {
@@ -172,7 +175,7 @@ export class Records {
   async delete(tenantId: string, collection: string, id: string): Promise<void> {
     const c = await this.#collections.get(tenantId, collection);
     if (!isUuid(id)) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
-    const [r] = await this.#store.tenant(tenantId).batch([
+    const [r] = await this.#store.tenant(tenantId, WRITE).batch([
       {
         name: 'bh_record_delete',
         text: 'DELETE FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3',
@@ -185,7 +188,7 @@ export class Records {
 
   async #run(tenantId: string, steps: readonly Step[]): Promise<StatementResult[]> {
     try {
-      return await this.#store.tenant(tenantId).batch(steps.map((s) => s.statement));
+      return await this.#store.tenant(tenantId, WRITE).batch(steps.map((s) => s.statement));
     } catch (error) {
       throw classify(error, steps);
     }

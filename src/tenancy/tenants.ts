@@ -1,15 +1,16 @@
 import { BulkheadError, DatabaseError, NotFoundError } from '../errors.js';
 import { isUuid, uuidv7 } from '../ids.js';
+import type { Placements } from '../placement/placements.js';
+import { TIERS, type TierName } from '../placement/tier.js';
 import type { Store } from '../store/store.js';
 
 /** Lifecycle states of a tenant (SPEC section 1). */
 export const TENANT_STATUSES = ['active', 'suspended', 'quarantined', 'migrating', 'offboarding', 'erased'] as const;
 /** A lifecycle state. */
 export type TenantStatus = (typeof TENANT_STATUSES)[number];
-/** Isolation tiers. Only `pool` is served by this version; bridge and silo come with tenant moves. */
-export const TIERS = ['pool', 'bridge', 'silo'] as const;
+export { TIERS };
 /** An isolation tier. */
-export type Tier = (typeof TIERS)[number];
+export type Tier = TierName;
 
 /** A tenant as the API shows it. */
 export interface TenantView {
@@ -60,25 +61,35 @@ export class Tenants {
   readonly #status = new Map<string, { status: TenantStatus | null; at: number }>();
   readonly #refreshing = new Set<string>();
 
-  constructor(store: Store, options: TenantsOptions) {
+  readonly #placements: Placements;
+
+  constructor(store: Store, placements: Placements, options: TenantsOptions) {
     if (options.regions.length === 0) throw new TypeError('at least one region is needed');
     this.#store = store;
+    this.#placements = placements;
     this.#regions = Object.freeze([...options.regions]);
     this.#ttl = options.statusTtlMs ?? 30_000;
   }
 
-  /** Creates an active tenant on the pool tier in the given (or default) region. */
+  /**
+   * Creates an active tenant on its tier (default pool) in its region (default the first), in the
+   * named cell or the least-filled cell of the region. The storage is provisioned first and the
+   * registry row and placement are recorded together after, so a tenant never exists without its
+   * storage; a failed registration removes what was provisioned.
+   */
   async create(input: unknown, actor: string): Promise<TenantView> {
     if (typeof input !== 'object' || input === null || Array.isArray(input)) invalid('the body must be a JSON object', 'body');
-    const { slug, name, tier = 'pool', region = this.#regions[0], ...rest } = input as Record<string, unknown>;
+    const { slug, name, tier = 'pool', region = this.#regions[0], cell, ...rest } = input as Record<string, unknown>;
     const unknown = Object.keys(rest)[0];
     if (unknown !== undefined) invalid(`unknown property "${/^[A-Za-z0-9_]{1,40}$/.test(unknown) ? unknown : '(invalid name)'}"`, 'body');
     if (typeof slug !== 'string' || !SLUG.test(slug)) invalid('slug must be 1-63 lower-case letters, digits and inner hyphens', 'slug');
     if (typeof name !== 'string' || name.trim().length === 0 || name.length > 200) invalid('name must be a non-empty string of at most 200 characters', 'name');
     if (typeof tier !== 'string' || !(TIERS as readonly string[]).includes(tier)) invalid(`tier must be one of ${TIERS.join(', ')}`, 'tier');
-    if (tier !== 'pool') invalid(`tier ${tier} is not available in this version; use pool`, 'tier');
     if (typeof region !== 'string' || !this.#regions.includes(region)) invalid(`region must be one of ${this.#regions.join(', ')}`, 'region');
+    if (cell !== undefined && (typeof cell !== 'string' || !/^[a-z0-9][a-z0-9-]{0,31}$/.test(cell))) invalid('cell must be the name of a configured cell', 'cell');
     const id = uuidv7();
+    const row = { id, slug, name, status: 'active', tier: tier as TierName, region };
+    const placement = await this.#placements.provision(row, cell as string | undefined);
     try {
       const [r] = await this.#store.platform().batch([
         {
@@ -91,10 +102,12 @@ export class Tenants {
           text: "INSERT INTO bulkhead.tenant_history (tenant_id, event, from_status, to_status, actor) VALUES ($1, 'created', NULL, 'active', $2)",
           values: [id, actor],
         },
+        this.#placements.recordStatement(id, placement),
       ]);
       this.#status.set(id, { status: 'active', at: Date.now() });
       return toView(r!.rows[0]!);
     } catch (error) {
+      await this.#placements.drop(id, placement).catch(() => {});
       if (error instanceof DatabaseError && error.kind === 'unique' && error.statementIndex === 0) {
         throw new BulkheadError('TENANT_SLUG_TAKEN', 'a tenant with this slug exists; choose another slug', { details: { field: 'slug' } });
       }
@@ -168,7 +181,10 @@ export class Tenants {
     const row = r!.rows[0];
     if (!row) throw new BulkheadError('TENANT_INVALID', 'the tenant changed concurrently; retry', { details: { field: 'status' } });
     this.#status.set(tenant.id, { status: status as TenantStatus, at: Date.now() });
-    return toView(row);
+    const view = toView(row);
+    // A placement outside the control plane checks the tenant's status against its own copy.
+    await this.#placements.mirror(view);
+    return view;
   }
 
   /**

@@ -102,13 +102,11 @@ export async function createTestDatabase(kind: BackendKind): Promise<TestDatabas
       await c.connect();
       try {
         await c.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
-        for (const role of [appRole, ownerRole]) {
-          const exists = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role]);
-          if (exists.rowCount) await c.query(`DROP ROLE ${role}`);
-        }
       } finally {
         await c.end();
       }
+      // Silo tenants' databases and the per-tenant roles of bridge and silo tenants carry the app role's name.
+      await dropDeploymentObjects(admin, appRole, ownerRole);
     },
   };
 }
@@ -124,10 +122,72 @@ export interface TestBulkhead {
   close(): Promise<void>;
 }
 
-/** Opens Bulkhead on a fresh database of `kind`; `env` overrides configuration variables. */
-export async function openTestBulkhead(kind: BackendKind, env: Record<string, string> = {}): Promise<TestBulkhead> {
+/** A storage cell a test asks for besides the control cell (which is the test database itself). */
+export interface TestCell {
+  readonly name: string;
+  readonly region: string;
+  /** PostgreSQL URL of another server (default: a throw-away database on the test server). */
+  readonly serverUrl?: string;
+}
+
+/** A throw-away database for an extra cell: on `serverUrl` (default the test server), or an embedded directory. */
+async function createCellDatabase(kind: BackendKind, serverUrl?: string): Promise<{ setting: Record<string, string>; drop(): Promise<void> }> {
+  if (kind === 'pglite') {
+    const dir = mkdtempSync(join(tmpdir(), 'bulkhead-cell-'));
+    return { setting: { dataDir: join(dir, 'store') }, drop: async () => rmSync(dir, { recursive: true, force: true }) };
+  }
+  const admin = serverUrl ?? TEST_DATABASE_URL!;
+  const database = `bhc_${randomBytes(5).toString('hex')}`;
+  const client = new pg.Client({ connectionString: admin });
+  await client.connect();
+  await client.query(`CREATE DATABASE ${database}`);
+  await client.end();
+  return {
+    setting: { databaseUrl: withDatabase(admin, database) },
+    async drop() {
+      const c = new pg.Client({ connectionString: admin });
+      await c.connect();
+      try {
+        await c.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+      } finally {
+        await c.end();
+      }
+    },
+  };
+}
+
+/** Drops what a deployment with application role `appRole` made on another server: silo databases, per-tenant roles, its roles. */
+export async function dropDeploymentObjects(serverUrl: string, appRole: string, ownerRole: string): Promise<void> {
+  const c = new pg.Client({ connectionString: serverUrl });
+  await c.connect();
+  try {
+    const silos = await c.query("SELECT datname FROM pg_database WHERE datname LIKE $1 || '\\_%'", [appRole]);
+    for (const row of silos.rows) await c.query(`DROP DATABASE IF EXISTS ${row.datname} WITH (FORCE)`);
+    const roles = await c.query("SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '\\_%' ORDER BY rolname LIKE '%\\_bridge'", [appRole]);
+    for (const row of roles.rows) await c.query(`DROP ROLE IF EXISTS ${row.rolname}`);
+    for (const role of [appRole, ownerRole]) await c.query(`DROP ROLE IF EXISTS ${role}`);
+  } finally {
+    await c.end();
+  }
+}
+
+/**
+ * Opens Bulkhead on a fresh database of `kind`; `env` overrides configuration variables. `cells`
+ * adds storage cells after the control cell (named `local` in the first region unless `env` says).
+ */
+export async function openTestBulkhead(
+  kind: BackendKind,
+  env: Record<string, string> = {},
+  options: { readonly cells?: readonly TestCell[]; readonly controlRegion?: string } = {},
+): Promise<TestBulkhead> {
   const db = await createTestDatabase(kind);
   const dataDir = mkdtempSync(join(tmpdir(), 'bulkhead-test-'));
+  const extra: Array<{ cell: TestCell; setting: Record<string, string>; drop(): Promise<void> }> = [];
+  for (const cell of options.cells ?? []) extra.push({ cell, ...(await createCellDatabase(kind, cell.serverUrl)) });
+  if (extra.length > 0) {
+    const control = { name: 'local', region: options.controlRegion ?? 'local', ...(db.url ? { databaseUrl: db.url } : { dataDir: join(dataDir, 'store') }) };
+    env = { BULKHEAD_CELLS: JSON.stringify([control, ...extra.map((e) => ({ name: e.cell.name, region: e.cell.region, ...e.setting }))]), ...env };
+  }
   const operatorToken = generateOperatorToken();
   const config = loadConfig(
     {},
@@ -139,6 +199,8 @@ export async function openTestBulkhead(kind: BackendKind, env: Record<string, st
       BULKHEAD_PARTITIONS: '4',
       BULKHEAD_JWT_SECRET: randomBytes(32).toString('base64url'),
       BULKHEAD_LOG_LEVEL: 'silent',
+      // Silo tenants get databases on the same server (postgres) or directories beside the store.
+      ...(db.url ? { DATABASE_URL: db.url } : {}),
       ...env,
     },
   );
@@ -154,6 +216,11 @@ export async function openTestBulkhead(kind: BackendKind, env: Record<string, st
     async close() {
       await app.close();
       await bh.close().catch(() => {});
+      // Extra cells first: the roles dropped with the test database may hold privileges in them.
+      for (const e of extra) {
+        await e.drop().catch(() => {});
+        if (e.cell.serverUrl) await dropDeploymentObjects(e.cell.serverUrl, db.appRole, db.ownerRole).catch(() => {});
+      }
       await db.drop();
       rmSync(dataDir, { recursive: true, force: true });
     },

@@ -1,0 +1,219 @@
+import { BulkheadError, WritesPausedError } from '../errors.js';
+import { isUuid } from '../ids.js';
+import type { Statement } from '../store/engine.js';
+import type { ScopedStore, TenantScopeOptions } from '../store/store.js';
+import { BridgeTier } from './bridge-tier.js';
+import type { Cell, Cells } from './cells.js';
+import { PoolTier } from './pool-tier.js';
+import { SiloTier } from './silo-tier.js';
+import type { Placement, TenantRow, Tier, TierName } from './tier.js';
+
+/** A tenant scope the router hands out: `write` marks a batch that changes data (paused during a move's switch). */
+export interface RoutedScopeOptions {
+  readonly requireActive?: boolean;
+  readonly write?: boolean;
+}
+
+/** Anything that hands out tenant scopes: the router, or a single store (tests, tools). */
+export interface TenantScopes {
+  tenant(tenantId: string, options?: RoutedScopeOptions): ScopedStore;
+}
+
+/** A directory entry with what routing needs besides the placement. */
+export interface ResolvedPlacement extends Placement {
+  readonly region: string;
+  readonly writesPausedUntil: number | null;
+}
+
+interface CacheEntry {
+  readonly value: ResolvedPlacement | null;
+  readonly at: number;
+  readonly scopes: Map<string, ScopedStore>;
+}
+
+/** Options of the router. */
+export interface PlacementsOptions {
+  /** How long a directory entry is trusted (default 5 s); a move in this process invalidates at once. */
+  readonly cacheTtlMs?: number;
+}
+
+/**
+ * The placement directory and the router. Every tenant operation is sent to the tenant's
+ * placement (tier, cell, location), and refused when that placement's cell is outside the
+ * tenant's region: residency is checked on every route, not only when a tenant is placed.
+ */
+export class Placements implements TenantScopes {
+  readonly cells: Cells;
+  readonly tiers: Readonly<Record<TierName, Tier>>;
+  readonly #ttl: number;
+  readonly #cache = new Map<string, CacheEntry>();
+
+  constructor(cells: Cells, options: PlacementsOptions = {}) {
+    this.cells = cells;
+    this.tiers = Object.freeze({ pool: new PoolTier(), bridge: new BridgeTier(), silo: new SiloTier() });
+    this.#ttl = options.cacheTtlMs ?? 5_000;
+  }
+
+  /** The control plane's store (registry, directory, moves). */
+  get control(): Cell {
+    return this.cells.control;
+  }
+
+  /**
+   * Chooses a cell for a new tenant (the named one, or the least-filled cell of its region),
+   * refuses a cell outside the region, and provisions the tier's storage there.
+   */
+  async provision(tenant: TenantRow, cellName?: string): Promise<Placement> {
+    const cell = cellName === undefined ? await this.#leastFilled(tenant.region) : this.cells.get(cellName);
+    checkResidency(cell, tenant.region);
+    const tier = this.tiers[tenant.tier];
+    const placement: Placement = { tier: tenant.tier, cell: cell.name, location: tier.locationOf(cell, tenant.id) };
+    await tier.provision(cell, tenant);
+    return placement;
+  }
+
+  /** The statement that records a placement (run in the same transaction as the registry change). */
+  recordStatement(tenantId: string, p: Placement): Statement {
+    return {
+      text:
+        'INSERT INTO bulkhead.placements (tenant_id, tier, cell, location) VALUES ($1, $2, $3, $4) ' +
+        'ON CONFLICT (tenant_id) DO UPDATE SET tier = EXCLUDED.tier, cell = EXCLUDED.cell, location = EXCLUDED.location, ' +
+        'writes_paused_until = NULL, updated_at = now()',
+      values: [tenantId, p.tier, p.cell, p.location],
+    };
+  }
+
+  /** Copies a changed registry row (a status change) to the tenant's placement, when that is outside the control plane. */
+  async mirror(tenant: TenantRow): Promise<void> {
+    const p = await this.resolve(tenant.id);
+    if (p) await this.tiers[p.tier].mirror(this.cells.get(p.cell), tenant, p.location);
+  }
+
+  /** Removes a placement's storage (a creation that failed after provisioning, or a move's source). */
+  async drop(tenantId: string, p: Placement): Promise<void> {
+    await this.tiers[p.tier].drop(this.cells.get(p.cell), tenantId, p.location);
+  }
+
+  /** Records every tenant created before the directory existed as pool tenants of the control cell. */
+  async backfill(): Promise<number> {
+    const [r] = await this.control.store.platform().batch([
+      {
+        text:
+          "INSERT INTO bulkhead.placements (tenant_id, tier, cell, location) SELECT id, 'pool', $1, 'bulkhead' FROM bulkhead.tenants t " +
+          'WHERE NOT EXISTS (SELECT 1 FROM bulkhead.placements p WHERE p.tenant_id = t.id)',
+        values: [this.control.name],
+      },
+    ]);
+    return r!.rowCount;
+  }
+
+  /** The directory entry of a tenant (cached), or null when it has none. */
+  async resolve(tenantId: string): Promise<ResolvedPlacement | null> {
+    const hit = this.#cache.get(tenantId);
+    if (hit && Date.now() - hit.at < this.#ttl) return hit.value;
+    return (await this.#load(tenantId)).value;
+  }
+
+  /** Forgets a cached entry (after a move or a pause changed it). */
+  invalidate(tenantId: string): void {
+    this.#cache.delete(tenantId);
+  }
+
+  /** The whole directory, for operators. */
+  async list(): Promise<Array<ResolvedPlacement & { tenantId: string }>> {
+    const [r] = await this.control.store.platform().batch([
+      {
+        text:
+          'SELECT p.tenant_id, p.tier, p.cell, p.location, p.writes_paused_until, t.region FROM bulkhead.placements p ' +
+          'JOIN bulkhead.tenants t ON t.id = p.tenant_id ORDER BY p.tenant_id',
+      },
+    ]);
+    return r!.rows.map((row) => ({ tenantId: row.tenant_id as string, ...toResolved(row) }));
+  }
+
+  /**
+   * The tenant's scoped store at its placement. Resolution is deferred to the first batch (the
+   * directory lookup is cached), so this stays synchronous like `Store.tenant`.
+   */
+  tenant(tenantId: string, options: RoutedScopeOptions = {}): ScopedStore {
+    if (!isUuid(tenantId)) throw new BulkheadError('INTERNAL', 'a tenant scope needs a validated tenant id');
+    const scope = () => this.#scope(tenantId, options);
+    return {
+      batch: async (statements) => (await scope()).batch(statements),
+      transaction: async (fn) => (await scope()).transaction(fn),
+    };
+  }
+
+  async #scope(tenantId: string, options: RoutedScopeOptions): Promise<ScopedStore> {
+    let entry = this.#cache.get(tenantId);
+    if (!entry || Date.now() - entry.at >= this.#ttl) entry = await this.#load(tenantId);
+    const p = entry.value;
+    // No directory entry: an unknown tenant. The pool scope's active-tenant check refuses it.
+    if (!p) return this.control.store.tenant(tenantId, scopeOptions(options));
+    if (options.write && p.writesPausedUntil !== null) {
+      const wait = p.writesPausedUntil - Date.now();
+      if (wait > 0) throw new WritesPausedError(wait / 1000);
+    }
+    const key = options.requireActive === false ? 'inactive-ok' : 'active';
+    let scoped = entry.scopes.get(key);
+    if (!scoped) {
+      const cell = this.cells.get(p.cell);
+      checkResidency(cell, p.region);
+      scoped = await this.tiers[p.tier].scope(cell, tenantId, p.location, scopeOptions(options));
+      entry.scopes.set(key, scoped);
+    }
+    return scoped;
+  }
+
+  async #load(tenantId: string): Promise<CacheEntry> {
+    const [r] = await this.control.store.platform().batch([
+      {
+        name: 'bh_placement',
+        text:
+          'SELECT p.tier, p.cell, p.location, p.writes_paused_until, t.region FROM bulkhead.placements p ' +
+          'JOIN bulkhead.tenants t ON t.id = p.tenant_id WHERE p.tenant_id = $1',
+        values: [tenantId],
+      },
+    ]);
+    const row = r!.rows[0];
+    const entry: CacheEntry = { value: row ? toResolved(row) : null, at: Date.now(), scopes: new Map() };
+    if (this.#cache.size > 100_000) this.#cache.clear();
+    this.#cache.set(tenantId, entry);
+    return entry;
+  }
+
+  async #leastFilled(region: string): Promise<Cell> {
+    const cells = this.cells.inRegion(region);
+    if (cells.length === 0) {
+      throw new BulkheadError('PLACEMENT_NO_CELL', `no storage cell serves region ${region}; add one to the cells setting`, { details: { field: 'region' } });
+    }
+    if (cells.length === 1) return cells[0]!;
+    const [r] = await this.control.store.platform().batch([{ text: 'SELECT cell, count(*)::int AS n FROM bulkhead.placements GROUP BY cell' }]);
+    const count = new Map(r!.rows.map((row) => [row.cell as string, row.n as number]));
+    return cells.reduce((best, c) => ((count.get(c.name) ?? 0) < (count.get(best.name) ?? 0) ? c : best));
+  }
+}
+
+/** Refuses a cell outside the tenant's region (SPEC section 3): data never lands or is read there. */
+export function checkResidency(cell: Cell, region: string): void {
+  if (cell.region !== region) {
+    throw new BulkheadError('RESIDENCY_VIOLATION', `cell ${cell.name} is in region ${cell.region}, the tenant's data must stay in region ${region}`, {
+      details: { field: 'cell' },
+    });
+  }
+}
+
+function scopeOptions(options: RoutedScopeOptions): TenantScopeOptions {
+  return options.requireActive === undefined ? {} : { requireActive: options.requireActive };
+}
+
+function toResolved(row: Record<string, unknown>): ResolvedPlacement {
+  const paused = row.writes_paused_until as Date | null;
+  return {
+    tier: row.tier as TierName,
+    cell: row.cell as string,
+    location: row.location as string,
+    region: row.region as string,
+    writesPausedUntil: paused ? paused.getTime() : null,
+  };
+}
