@@ -5,6 +5,7 @@ import { TokenVerifier, generateJwtSecret, mintTenantToken } from './access/toke
 import { resolveJwtSecret, type Config } from './config.js';
 import { AccessDeniedError, AuthenticationError, BulkheadError } from './errors.js';
 import { Cells } from './placement/cells.js';
+import { Moves, type MovesOptions } from './placement/moves.js';
 import { Placements } from './placement/placements.js';
 import type { Engine } from './store/engine.js';
 import type { Store } from './store/store.js';
@@ -18,6 +19,8 @@ import { Usage } from './tenancy/usage.js';
 export interface OpenOptions {
   /** Use this engine for the control cell's main database instead of the one the configuration names. */
   readonly engine?: Engine;
+  /** Options of the tenant mover (batch size, a step observer for progress or crash tests). */
+  readonly moves?: MovesOptions;
   /** Called once with an operator token generated on first start (nothing configured, none stored). */
   readonly onOperatorTokenGenerated?: (token: string) => void;
 }
@@ -33,6 +36,8 @@ export class Bulkhead {
   /** The storage cells and the router that sends each tenant's operations to its placement. */
   readonly placements: Placements;
   readonly tenants: Tenants;
+  /** Online tenant moves between tiers, cells and regions. */
+  readonly moves: Moves;
   readonly collections: Collections;
   readonly records: Records;
   /** Per-tenant usage counters (reads, writes, rows), flushed in batches. */
@@ -45,9 +50,10 @@ export class Bulkhead {
   #operators: OperatorTokenVerifier;
   #operatorsLoadedAt = 0;
 
-  private constructor(config: Config, placements: Placements, authorizer: Authorizer, tokens: TokenVerifier, jwtSecret: Uint8Array | undefined, operators: OperatorTokenVerifier) {
+  private constructor(config: Config, placements: Placements, moves: Moves, authorizer: Authorizer, tokens: TokenVerifier, jwtSecret: Uint8Array | undefined, operators: OperatorTokenVerifier) {
     this.config = config;
     this.placements = placements;
+    this.moves = moves;
     const store = placements.control.store;
     this.store = store;
     this.authorizer = authorizer;
@@ -88,7 +94,10 @@ export class Bulkhead {
         options.onOperatorTokenGenerated?.(token);
       }
       if (config.operatorToken !== undefined) hashes.push(hashOperatorToken(config.operatorToken));
-      return new Bulkhead(config, placements, authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes));
+      const bh = new Bulkhead(config, placements, new Moves(placements, options.moves), authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes));
+      // A move interrupted by a crash or a restart goes on from the state it was in.
+      await bh.moves.resume();
+      return bh;
     } catch (error) {
       await cells.close().catch(() => {});
       throw error;
@@ -134,8 +143,15 @@ export class Bulkhead {
     });
   }
 
-  /** Flushes the usage counters and closes the store. */
+  /** Plans and starts a move of a tenant (by id or slug); the move runs in the background. */
+  async moveTenant(idOrSlug: string, input: unknown, actor: string) {
+    const tenant = await this.tenants.get(idOrSlug);
+    return this.moves.start(tenant, input, actor);
+  }
+
+  /** Stops the movers at a persisted step, flushes the usage counters and closes the cells. */
   async close(): Promise<void> {
+    await this.moves.close();
     // A store that cannot take the last counts must not keep the process from closing.
     await this.usage.close().catch(() => {});
     await this.placements.cells.close();

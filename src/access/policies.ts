@@ -53,8 +53,8 @@ namespace Bulkhead {
   action "tenant.create", "tenant.read", "tenant.list", "tenant.update", "tenant.mintToken" in ["tenant-registry"]
     appliesTo { principal: [TenantUser, Operator], resource: [Platform] };
 
-  // Operator views across tenants: usage per tenant and partition health (aggregates, no tenant data).
-  action "tenant.usage", "tenant.partitions" in ["tenant-registry"]
+  // Operator views across tenants (usage, partition health: aggregates, no tenant data) and tenant moves.
+  action "tenant.usage", "tenant.partitions", "tenant.move" in ["tenant-registry"]
     appliesTo { principal: [TenantUser, Operator], resource: [Platform] };
 
   action "collection.define", "collection.read", "collection.list" in ["tenant-data"]

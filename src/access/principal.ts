@@ -34,6 +34,7 @@ export const ACTIONS = [
   'tenant.mintToken',
   'tenant.usage',
   'tenant.partitions',
+  'tenant.move',
   'collection.define',
   'collection.read',
   'collection.list',

@@ -132,6 +132,25 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
     const body = objectBody(req.body, ['status']);
     return bh.tenants.setStatus(req.params.id, body.status, actor);
   });
+  app.post<{ Params: { id: string } }>('/v1/tenants/:id/moves', async (req, reply) => {
+    const actor = operator(req, 'tenant.move');
+    reply.code(202);
+    return bh.moveTenant(req.params.id, req.body, actor);
+  });
+  app.get<{ Params: { id: string } }>('/v1/tenants/:id/moves', async (req) => {
+    operator(req, 'tenant.read');
+    const tenant = await bh.tenants.get(req.params.id);
+    return { moves: await bh.moves.list(tenant.id) };
+  });
+  app.get<{ Params: { id: string; moveId: string } }>('/v1/tenants/:id/moves/:moveId', async (req) => {
+    operator(req, 'tenant.read');
+    const tenant = await bh.tenants.get(req.params.id);
+    return bh.moves.get(tenant.id, req.params.moveId);
+  });
+  app.get('/v1/placements', async (req) => {
+    operator(req, 'tenant.partitions');
+    return { placements: await bh.placements.list(), cells: bh.placements.cells.all().map((c) => ({ name: c.name, region: c.region, kind: c.host.kind, control: c.control })) };
+  });
   app.get<{ Params: { id: string } }>('/v1/tenants/:id/history', async (req) => {
     operator(req, 'tenant.read');
     return { history: await bh.tenants.history(req.params.id) };

@@ -47,6 +47,10 @@ export class Placements implements TenantScopes {
   readonly tiers: Readonly<Record<TierName, Tier>>;
   readonly #ttl: number;
   readonly #cache = new Map<string, CacheEntry>();
+  /** Writes under way per tenant, so a pause can wait for them to finish. */
+  readonly #inflight = new Map<string, number>();
+  /** Pauses this process set itself (effective at once, before the directory says so). */
+  readonly #paused = new Map<string, number>();
 
   constructor(cells: Cells, options: PlacementsOptions = {}) {
     this.cells = cells;
@@ -138,10 +142,68 @@ export class Placements implements TenantScopes {
   tenant(tenantId: string, options: RoutedScopeOptions = {}): ScopedStore {
     if (!isUuid(tenantId)) throw new BulkheadError('INTERNAL', 'a tenant scope needs a validated tenant id');
     const scope = () => this.#scope(tenantId, options);
+    if (!options.write) {
+      return {
+        batch: async (statements) => (await scope()).batch(statements),
+        transaction: async (fn) => (await scope()).transaction(fn),
+      };
+    }
     return {
-      batch: async (statements) => (await scope()).batch(statements),
-      transaction: async (fn) => (await scope()).transaction(fn),
+      batch: (statements) => this.#tracked(tenantId, async () => (await scope()).batch(statements)),
+      transaction: (fn) => this.#tracked(tenantId, async () => (await scope()).transaction(fn)),
     };
+  }
+
+  /**
+   * Pauses the tenant's writes for at most `maxMs` and waits until the writes already under way
+   * have finished, so that nothing changes the source while a move switches. Reads go on.
+   * Other processes see the pause through the directory within their cache time.
+   */
+  async pauseWrites(tenantId: string, maxMs: number): Promise<void> {
+    const until = Date.now() + maxMs;
+    this.#paused.set(tenantId, until);
+    await this.control.store.platform().batch([
+      {
+        text: "UPDATE bulkhead.placements SET writes_paused_until = now() + make_interval(secs => $2::double precision / 1000) WHERE tenant_id = $1",
+        values: [tenantId, maxMs],
+      },
+    ]);
+    while ((this.#inflight.get(tenantId) ?? 0) > 0) {
+      if (Date.now() > until) throw new WritesPausedError(1);
+      await new Promise((resolve) => setTimeout(resolve, 2));
+    }
+  }
+
+  /** Lifts a pause (the switch clears the directory's pause itself; a rollback calls this). */
+  async resumeWrites(tenantId: string): Promise<void> {
+    this.#paused.delete(tenantId);
+    await this.control.store.platform().batch([
+      { text: 'UPDATE bulkhead.placements SET writes_paused_until = NULL WHERE tenant_id = $1', values: [tenantId] },
+    ]);
+    this.invalidate(tenantId);
+  }
+
+  /** Forgets this process's own pause once the switch has recorded the new placement. */
+  releasePause(tenantId: string): void {
+    this.#paused.delete(tenantId);
+    this.invalidate(tenantId);
+  }
+
+  async #tracked<T>(tenantId: string, run: () => Promise<T>): Promise<T> {
+    const until = this.#paused.get(tenantId);
+    if (until !== undefined) {
+      const wait = until - Date.now();
+      if (wait > 0) throw new WritesPausedError(wait / 1000);
+      this.#paused.delete(tenantId);
+    }
+    this.#inflight.set(tenantId, (this.#inflight.get(tenantId) ?? 0) + 1);
+    try {
+      return await run();
+    } finally {
+      const n = (this.#inflight.get(tenantId) ?? 1) - 1;
+      if (n > 0) this.#inflight.set(tenantId, n);
+      else this.#inflight.delete(tenantId);
+    }
   }
 
   async #scope(tenantId: string, options: RoutedScopeOptions): Promise<ScopedStore> {
