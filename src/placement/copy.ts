@@ -21,7 +21,15 @@ interface TableSpec {
    * is then replaced by delete and insert rather than by an upsert.
    */
   readonly updatable: boolean;
+  /**
+   * The condition (on row `r`) that the row's parent exists at the target. Writes go on during
+   * the copy, so a child can be read after its parent's table was done: such a row waits for the
+   * sync, which handles parents first, instead of breaking a foreign key.
+   */
+  readonly parent?: string;
 }
+
+const RECORD_EXISTS = 'EXISTS (SELECT 1 FROM records p WHERE p.tenant_id = r.tenant_id AND p.collection = r.collection AND p.id = r.record_id)';
 
 /** The data tables in the order a copy fills them (parents first). */
 export const COPY_TABLES: readonly TableSpec[] = [
@@ -32,6 +40,7 @@ export const COPY_TABLES: readonly TableSpec[] = [
     columns: ['definition', 'created_at', 'created_by'],
     collectionColumn: 'name',
     updatable: false,
+    parent: 'EXISTS (SELECT 1 FROM collections p WHERE p.tenant_id = r.tenant_id AND p.name = r.name)',
   },
   {
     name: 'records',
@@ -39,6 +48,7 @@ export const COPY_TABLES: readonly TableSpec[] = [
     columns: ['data', 'version', 'schema_version', 'created_at', 'updated_at', 'created_by', 'updated_by'],
     collectionColumn: 'collection',
     updatable: true,
+    parent: 'EXISTS (SELECT 1 FROM collections p WHERE p.tenant_id = r.tenant_id AND p.name = r.collection)',
   },
   {
     name: 'unique_values',
@@ -46,6 +56,7 @@ export const COPY_TABLES: readonly TableSpec[] = [
     columns: ['record_id'],
     collectionColumn: 'collection',
     updatable: false,
+    parent: RECORD_EXISTS,
   },
   {
     name: 'index_values',
@@ -53,6 +64,7 @@ export const COPY_TABLES: readonly TableSpec[] = [
     columns: [],
     collectionColumn: 'collection',
     updatable: false,
+    parent: RECORD_EXISTS,
   },
 ];
 
@@ -102,7 +114,8 @@ function insert(table: TableSpec, rowsJson: string, replace: boolean): Statement
   const onConflict = replace && table.columns.length > 0 ? `UPDATE SET ${table.columns.map((c) => `${c} = EXCLUDED.${c}`).join(', ')}` : 'NOTHING';
   return {
     text:
-      `INSERT INTO ${table.name} SELECT * FROM jsonb_populate_recordset(NULL::${table.name}, $1::text::jsonb) ` +
+      `INSERT INTO ${table.name} SELECT * FROM jsonb_populate_recordset(NULL::${table.name}, $1::text::jsonb) r` +
+      (table.parent ? ` WHERE ${table.parent} ` : ' ') +
       `ON CONFLICT (tenant_id, ${keyList(table)}) DO ${onConflict}`,
     values: [rowsJson],
   };

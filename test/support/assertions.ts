@@ -21,7 +21,7 @@ export async function rejectsSql(promise: Promise<unknown>, sqlState: string, me
 }
 
 /** Asserts a problem+json answer with `status` and `code`. */
-export function assertProblem(res: TestResponse, status: number, code: string, what: string): void {
+export function assertProblem(res: TestResponse, status: number, code: string, what = ''): void {
   assert.equal(res.status, status, `${what}: expected ${status} ${code}, got ${res.status} ${res.text}`);
   assert.match(String(res.headers['content-type']), /^application\/problem\+json/, what);
   assert.equal(res.body?.code, code, `${what}: ${res.text}`);

@@ -1,0 +1,266 @@
+/**
+ * Online tenant moves (SPEC section 2): every pair of tiers on every backend, under concurrent
+ * reads and writes; the other tenants counted before and after, as Citus'
+ * `multi_tenant_isolation.sql` does; the refusals (bad input, a tenant already moving or not
+ * active, a region change without a legal basis) each changing nothing.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { BACKENDS, createTenant, defineCollection, openTestBulkhead, request, type TestBulkhead } from './support/backends.js';
+import { assertProblem } from './support/assertions.js';
+import { SEED_COLLECTION, finished, seedRecords, tenantChecksums } from './support/moves.js';
+
+const TIERS = ['pool', 'bridge', 'silo'] as const;
+
+for (const kind of BACKENDS) {
+  describe(`tenant moves (${kind})`, () => {
+    let t: TestBulkhead;
+    let bystanders: Array<{ id: string; token: string }>;
+    let seq = 0;
+    const slug = (p: string) => `${p}-${++seq}-${kind}`;
+    const op = (method: 'GET' | 'POST' | 'PATCH', url: string, body?: unknown) =>
+      request(t.app, method, url, { token: t.operatorToken, ...(body === undefined ? {} : { body }) });
+
+    /** A tenant of `tier` with the seed collection and `count` records. */
+    async function seeded(tier: string, count: number): Promise<{ id: string; token: string }> {
+      const s = slug(`mv-${tier}`);
+      const created = await op('POST', '/v1/tenants', { slug: s, name: s, tier });
+      assert.equal(created.status, 201, created.text);
+      const token = (await request(t.app, 'POST', `/v1/tenants/${created.body.id}/tokens`, { token: t.operatorToken, body: { sub: 'u', roles: ['tenant_admin'] } })).body.token;
+      await defineCollection(t, token, 'items', SEED_COLLECTION);
+      await seedRecords(t.bh, created.body.id, count, `${s}-`);
+      return { id: created.body.id, token };
+    }
+
+    before(async () => {
+      t = await openTestBulkhead(kind);
+      // Other tenants on every tier, which no move may touch.
+      bystanders = [];
+      for (const tier of TIERS) bystanders.push(await seeded(tier, 120));
+    });
+    after(async () => {
+      await t?.close();
+    });
+
+    for (const from of TIERS) {
+      for (const to of TIERS) {
+        if (from === to) continue;
+        it(`moves a tenant from ${from} to ${to} while it is read and written, losing and duplicating nothing`, async () => {
+          const tenant = await seeded(from, 1500);
+          const others = await Promise.all(bystanders.map((b) => tenantChecksums(t.bh, b.id)));
+          const before = await tenantChecksums(t.bh, tenant.id);
+
+          const move = await op('POST', `/v1/tenants/${tenant.id}/moves`, { tier: to });
+          assert.equal(move.status, 202, move.text);
+          assert.ok(['planned', 'copying'].includes(move.body.state));
+          assert.deepEqual(move.body.source.tier, from);
+          assert.deepEqual(move.body.target.tier, to);
+
+          // Writes and reads while the move runs: every write that succeeded must be there after;
+          // a write may only fail as paused (503 with Retry-After); a read never fails.
+          const written: string[] = [];
+          let reads = 0;
+          let running = true;
+          const watcher = finished(t.bh, tenant.id, move.body.id).finally(() => {
+            running = false;
+          });
+          let i = 0;
+          while (running || i < 5) {
+            const title = `live-${i++}`;
+            const w = await request(t.app, 'POST', '/v1/collections/items/records', { token: tenant.token, body: { fields: { title, n: -i } } });
+            if (w.status === 201) written.push(w.body.id);
+            else {
+              assertProblem(w, 503, 'TENANT_WRITES_PAUSED');
+              assert.ok(Number(w.headers['retry-after']) >= 1);
+            }
+            const r = await request(t.app, 'GET', '/v1/collections/items/records?limit=5', { token: tenant.token });
+            assert.equal(r.status, 200, r.text);
+            reads += 1;
+          }
+          const done = await watcher;
+          assert.equal(done.state, 'done', JSON.stringify(done));
+          assert.ok(reads > 0 && written.length > 0);
+          // How long the pause lasts is measured by bench/moves.bench.ts; here: it was recorded, and lifted.
+          assert.equal(typeof done.progress.pauseMs, 'number');
+          const lifted = await request(t.app, 'POST', '/v1/collections/items/records', { token: tenant.token, body: { fields: { title: 'after-move', n: 1 } } });
+          assert.equal(lifted.status, 201, lifted.text);
+          assert.equal(done.progress.copied >= done.progress.total, true);
+
+          // The checksums recorded at the switch agree, and the tenant's data now is its data
+          // before the move plus exactly the writes that succeeded.
+          assert.deepEqual(done.checksums!.source, done.checksums!.target);
+          const placed = await t.bh.placements.resolve(tenant.id);
+          assert.equal(placed!.tier, to);
+          assert.equal((await op('GET', `/v1/tenants/${tenant.id}`)).body.tier, to);
+          const list = await request(t.app, 'GET', `/v1/collections/items/records?limit=500&filter=${encodeURIComponent(JSON.stringify({ n: { lt: 0 } }))}`, { token: tenant.token });
+          assert.deepEqual(list.body.records.map((r: { id: string }) => r.id).sort(), [...written].sort());
+          const count = await request(t.app, 'GET', `/v1/collections/items/records?limit=1&filter=${encodeURIComponent(JSON.stringify({ title: { eq: 'mv-x' } }))}`, { token: tenant.token });
+          assert.equal(count.status, 200);
+          const after = await tenantChecksums(t.bh, tenant.id);
+          assert.equal(after['records/items']!.rows, before['records/items']!.rows + written.length + 1);
+          assert.equal(after['unique_values/items']!.rows, before['unique_values/items']!.rows + written.length + 1);
+          // A unique value copied over is still enforced at the new placement.
+          const dup = await request(t.app, 'POST', '/v1/collections/items/records', { token: tenant.token, body: { fields: { title: 'live-0', n: 1 } } });
+          assertProblem(dup, 409, 'RECORD_UNIQUE_VIOLATION');
+
+          // Nothing of any other tenant changed.
+          assert.deepEqual(await Promise.all(bystanders.map((b) => tenantChecksums(t.bh, b.id))), others);
+          // The history names the move.
+          const history = await op('GET', `/v1/tenants/${tenant.id}/history`);
+          assert.ok(history.body.history.some((h: { event: string }) => h.event === 'moved'));
+        });
+      }
+    }
+
+    it('removes the source only after the switch: no row of the tenant is left where it was', async () => {
+      const tenant = await seeded('bridge', 50);
+      const source = (await t.bh.placements.resolve(tenant.id))!;
+      const move = await op('POST', `/v1/tenants/${tenant.id}/moves`, { tier: 'pool' });
+      const done = await finished(t.bh, tenant.id, move.body.id);
+      assert.equal(done.state, 'done');
+      const [r] = await t.bh.store.engine.batch([{ text: 'SELECT to_regnamespace($1) IS NULL AS gone', values: [source.location] }]);
+      assert.equal(r!.rows[0]!.gone, true, 'the bridge schema is dropped');
+      // And moved back: the pool rows are purged when it leaves the pool again.
+      const back = await op('POST', `/v1/tenants/${tenant.id}/moves`, { tier: 'bridge' });
+      assert.equal((await finished(t.bh, tenant.id, back.body.id)).state, 'done');
+      const [left] = await t.bh.store.engine.batch([
+        { text: `SET LOCAL ROLE ${t.db.ownerRole}` },
+        { text: "SELECT set_config('bulkhead.tenant_id', $1, true)", values: [tenant.id] },
+        { text: 'SELECT count(*)::int AS n FROM bulkhead.records WHERE tenant_id = $1', values: [tenant.id] },
+      ]).then((rs) => [rs[2]]);
+      assert.equal(left!.rows[0]!.n, 0);
+    });
+
+    it('refuses bad input with a clear error and changes nothing', async () => {
+      const tenant = await seeded('pool', 10);
+      const before = await tenantChecksums(t.bh, tenant.id);
+      const cases: Array<[unknown, number, string, string]> = [
+        [{ tier: 'gold' }, 400, 'MOVE_INVALID', 'tier'],
+        [{}, 400, 'MOVE_INVALID', 'tier'],
+        [{ tier: 'bridge', cell: 'nowhere' }, 400, 'PLACEMENT_CELL_UNKNOWN', 'cell'],
+        [{ tier: 'bridge', cell: 'Bad Cell' }, 400, 'MOVE_INVALID', 'cell'],
+        [{ tier: 'bridge', region: 'mars' }, 409, 'PLACEMENT_NO_CELL', 'region'],
+        [{ tier: 'bridge', legalBasis: 'short' }, 400, 'MOVE_INVALID', 'legalBasis'],
+        [{ tier: 'bridge', extra: 1 }, 400, 'MOVE_INVALID', 'body'],
+        [{ tier: 'pool' }, 400, 'MOVE_INVALID', 'tier'],
+        [[{ tier: 'bridge' }], 400, 'MOVE_INVALID', 'body'],
+      ];
+      for (const [body, status, code, field] of cases) {
+        const res = await op('POST', `/v1/tenants/${tenant.id}/moves`, body);
+        assertProblem(res, status, code);
+        assert.equal(res.body.field, field, JSON.stringify(body));
+      }
+      assert.deepEqual((await op('GET', `/v1/tenants/${tenant.id}/moves`)).body.moves, []);
+      assertProblem(await op('POST', '/v1/tenants/no-such-tenant/moves', { tier: 'bridge' }), 404, 'TENANT_NOT_FOUND');
+      assertProblem(await op('GET', `/v1/tenants/${tenant.id}/moves/not-a-uuid`), 404, 'MOVE_NOT_FOUND');
+      assertProblem(await op('GET', `/v1/tenants/${tenant.id}/moves/${tenant.id}`), 404, 'MOVE_NOT_FOUND');
+      assert.deepEqual(await tenantChecksums(t.bh, tenant.id), before);
+      assert.equal((await t.bh.placements.resolve(tenant.id))!.tier, 'pool');
+    });
+
+    it('refuses to move a tenant already moving, or one that is not active', async () => {
+      const tenant = await seeded('pool', 10);
+      // An unfinished move (as a crashed process leaves one, before any restart resumes it).
+      await t.bh.store.platform().batch([
+        {
+          text:
+            "INSERT INTO bulkhead.moves (id, tenant_id, state, source, target, progress, actor) VALUES (gen_random_uuid(), $1, 'copying', '{}', '{}', '{}', 'test')",
+          values: [tenant.id],
+        },
+      ]);
+      assertProblem(await op('POST', `/v1/tenants/${tenant.id}/moves`, { tier: 'bridge' }), 409, 'MOVE_IN_PROGRESS');
+      assert.equal((await t.bh.placements.resolve(tenant.id))!.tier, 'pool');
+      await t.bh.store.platform().batch([{ text: "UPDATE bulkhead.moves SET state = 'rolled_back' WHERE tenant_id = $1", values: [tenant.id] }]);
+
+      for (const status of ['suspended', 'quarantined', 'offboarding']) {
+        await t.bh.store.platform().batch([{ text: 'UPDATE bulkhead.tenants SET status = $2 WHERE id = $1', values: [tenant.id, status] }]);
+        const res = await op('POST', `/v1/tenants/${tenant.id}/moves`, { tier: 'bridge' });
+        assertProblem(res, 400, 'MOVE_INVALID');
+        assert.match(res.body.detail, new RegExp(status));
+      }
+      await t.bh.store.platform().batch([{ text: "UPDATE bulkhead.tenants SET status = 'active' WHERE id = $1", values: [tenant.id] }]);
+      assert.equal((await op('GET', `/v1/tenants/${tenant.id}/moves`)).body.moves.length, 1);
+      assert.equal((await t.bh.placements.resolve(tenant.id))!.tier, 'pool');
+    });
+
+    it('keeps the tenant on its source when the copy fails, and rolls the target back', async () => {
+      const tenant = await seeded('pool', 30);
+      const before = await tenantChecksums(t.bh, tenant.id);
+      // A target that cannot take the rows: a bridge schema squatted by a table of the wrong shape.
+      const bridge = t.bh.placements.tiers.bridge;
+      const cell = t.bh.placements.cells.control;
+      const schema = bridge.locationOf(cell, tenant.id);
+      await t.bh.store.engine.script(`CREATE SCHEMA ${schema} AUTHORIZATION ${t.db.ownerRole}; SET LOCAL ROLE ${t.db.ownerRole}; CREATE TABLE ${schema}.index_values (x int);`);
+      const move = await op('POST', `/v1/tenants/${tenant.id}/moves`, { tier: 'bridge' });
+      const done = await finished(t.bh, tenant.id, move.body.id);
+      assert.equal(done.state, 'rolled_back');
+      assert.match(done.error!, /^(planned|copying): /);
+      assert.equal((await t.bh.placements.resolve(tenant.id))!.tier, 'pool');
+      assert.deepEqual(await tenantChecksums(t.bh, tenant.id), before);
+      const w = await request(t.app, 'POST', '/v1/collections/items/records', { token: tenant.token, body: { fields: { title: 'after-rollback', n: 1 } } });
+      assert.equal(w.status, 201, 'writes are not left paused');
+    });
+  });
+
+  describe(`moves across regions (${kind})`, () => {
+    let t: TestBulkhead;
+    before(async () => {
+      t = await openTestBulkhead(kind, { BULKHEAD_REGIONS: 'eu,us' }, { controlRegion: 'eu', cells: [{ name: 'us-1', region: 'us' }, { name: 'eu-2', region: 'eu' }] });
+    });
+    after(async () => {
+      await t?.close();
+    });
+    const op = (method: 'GET' | 'POST', url: string, body?: unknown) =>
+      request(t.app, method, url, { token: t.operatorToken, ...(body === undefined ? {} : { body }) });
+
+    it('moves between cells of a region without a legal basis, and refuses a region change without one', async () => {
+      const a = await createTenant(t, `eu-${kind}-a`);
+      await defineCollection(t, a.token, 'items', SEED_COLLECTION);
+      await seedRecords(t.bh, a.id, 200, 'a-');
+      const before = await tenantChecksums(t.bh, a.id);
+
+      for (const body of [{ tier: 'pool', region: 'us' }, { tier: 'pool', cell: 'us-1' }, { tier: 'silo', cell: 'us-1' }]) {
+        const res = await op('POST', `/v1/tenants/${a.id}/moves`, body);
+        assertProblem(res, 400, 'RESIDENCY_LEGAL_BASIS_REQUIRED');
+        assert.equal(res.body.field, 'legalBasis');
+      }
+      assertProblem(await op('POST', `/v1/tenants/${a.id}/moves`, { tier: 'pool', region: 'eu', cell: 'us-1' }), 409, 'RESIDENCY_VIOLATION');
+      assert.deepEqual((await op('GET', `/v1/tenants/${a.id}/moves`)).body.moves, []);
+
+      const within = await op('POST', `/v1/tenants/${a.id}/moves`, { tier: 'bridge', cell: 'eu-2' });
+      assert.equal(within.status, 202, within.text);
+      const done = await finished(t.bh, a.id, within.body.id);
+      assert.equal(done.state, 'done', JSON.stringify(done));
+      assert.deepEqual(await t.bh.placements.resolve(a.id), { tier: 'bridge', cell: 'eu-2', location: done.target.location, region: 'eu', writesPausedUntil: null });
+      assert.deepEqual(await tenantChecksums(t.bh, a.id), before);
+      const read = await request(t.app, 'GET', '/v1/collections/items/records?limit=1', { token: a.token });
+      assert.equal(read.status, 200);
+    });
+
+    it('moves a tenant to another region with a legal basis, and records it', async () => {
+      const b = await createTenant(t, `eu-${kind}-b`);
+      await defineCollection(t, b.token, 'items', SEED_COLLECTION);
+      await seedRecords(t.bh, b.id, 200, 'b-');
+      const before = await tenantChecksums(t.bh, b.id);
+      const legalBasis = 'GDPR Art. 46(2)(c): standard contractual clauses, contract ref. TEST-1';
+      const res = await op('POST', `/v1/tenants/${b.id}/moves`, { tier: 'silo', region: 'us', legalBasis });
+      assert.equal(res.status, 202, res.text);
+      const done = await finished(t.bh, b.id, res.body.id);
+      assert.equal(done.state, 'done', JSON.stringify(done));
+      assert.equal(done.legalBasis, legalBasis);
+      assert.equal(done.source.region, 'eu');
+      assert.equal(done.target.region, 'us');
+      assert.equal(done.target.cell, 'us-1');
+      const tenant = (await op('GET', `/v1/tenants/${b.id}`)).body;
+      assert.equal(tenant.region, 'us');
+      assert.equal(tenant.tier, 'silo');
+      assert.deepEqual(await tenantChecksums(t.bh, b.id), before);
+      const read = await request(t.app, 'GET', '/v1/collections/items/records?limit=1', { token: b.token });
+      assert.equal(read.status, 200);
+      // The directory lists it in us-1; the API lists the cells with their regions.
+      const dir = (await op('GET', '/v1/placements')).body;
+      assert.equal(dir.placements.find((p: { tenantId: string }) => p.tenantId === b.id).cell, 'us-1');
+      assert.deepEqual(dir.cells.map((c: { name: string; region: string }) => `${c.name}:${c.region}`), ['local:eu', 'us-1:us', 'eu-2:eu']);
+    });
+  });
+}
