@@ -138,7 +138,7 @@ for (const kind of BACKENDS) {
       assert.equal(stored.body.slug, s2);
 
       assertError(await cli(['tenants', 'create', '--slug', s2, '--name', 'Again']), 1, 'TENANT_SLUG_TAKEN');
-      assertError(await cli(['tenants', 'create', '--slug', slug('bad'), '--name', 'X', '--tier', 'silo']), 1, 'TENANT_INVALID');
+      assertError(await cli(['tenants', 'create', '--slug', slug('bad'), '--name', 'X', '--tier', 'gold']), 1, 'TENANT_INVALID');
       assertError(await cli(['tenants', 'create', '--slug', slug('bad')]), 2, null); // --name missing
     });
 

@@ -4,7 +4,7 @@ import { BulkheadError } from '../errors.js';
 import { CliError, DEFAULT_URL, oneLine, type CliIO } from './client.js';
 import { collectionsCommand } from './collections.js';
 import { serve } from './serve.js';
-import { tenantsCommand } from './tenants.js';
+import { placementsCommand, tenantsCommand } from './tenants.js';
 import { tokenCommand } from './token.js';
 import { usageCommands } from './usage.js';
 
@@ -46,6 +46,7 @@ export function program(io: CliIO = processIO()): Command {
   tokenCommand(cli, io);
   collectionsCommand(cli, io);
   usageCommands(cli, tenants, io);
+  placementsCommand(cli, io);
   return cli;
 }
 
