@@ -12,6 +12,8 @@ import { ERROR_CODES, type ErrorCode } from '../errors.js';
 import { CLASSIFICATIONS, COLLECTION_NAME, FIELD_NAME, FIELD_TYPES, LIMITS, type FieldType } from '../tenancy/fields.js';
 import { OPERATORS, QUERY_LIMITS, type Operator } from '../tenancy/query.js';
 import { HEALTH_DEFAULTS } from '../tenancy/health.js';
+import { COPY_TABLES } from '../placement/copy.js';
+import { MOVE_STATES } from '../placement/moves.js';
 import { TENANT_STATUSES, TIERS } from '../tenancy/tenants.js';
 import { USAGE_DEFAULTS, USAGE_WINDOW_PATTERN } from '../tenancy/usage.js';
 import { MAX_JSON_DEPTH } from '../tenancy/validation.js';
@@ -29,6 +31,12 @@ const SLUG_PATTERN = '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$';
 /** The pattern an incoming `x-request-id` must match to be kept, as `src/http/server.ts` checks it. */
 const REQUEST_ID_PATTERN = '^[A-Za-z0-9._-]{1,64}$';
 const UUID_PATTERN = '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
+/** The pattern of cell and region names, as `src/config.ts`, `src/tenancy/tenants.ts` and `src/placement/moves.ts` check them. */
+const PLACE_NAME_PATTERN = '^[a-z0-9][a-z0-9-]{0,31}$';
+/** A placement's location: the pool schema, a bridge schema or a silo database (the directory's CHECK). */
+const LOCATION_PATTERN = '^[a-z_][a-z0-9_]{0,62}$';
+/** Bounds of a move's legal basis, as `src/placement/moves.ts` and migration 3 check it. */
+const LEGAL_BASIS = { min: 10, max: 2000 } as const;
 const NEEDLE_MAX = 1000;
 
 /** What a value of each field type looks like in a record (the JSON Schema `src/tenancy/validation.ts` compiles). */
@@ -68,6 +76,16 @@ const BODY: readonly ErrorCode[] = ['REQUEST_INVALID', 'REQUEST_INVALID_JSON', '
 const COLLECTION_PATH: readonly ErrorCode[] = ['COLLECTION_INVALID', 'COLLECTION_NOT_FOUND'];
 /** Codes of a record write. */
 const RECORD_WRITE: readonly ErrorCode[] = ['RECORD_INVALID', 'RECORD_UNIQUE_VIOLATION', 'RECORD_REFERENCE_NOT_FOUND', 'COLLECTION_CHANGED'];
+/** Codes of every route the router sends to a tenant's placement: residency is checked on each. */
+const ROUTED: readonly ErrorCode[] = ['RESIDENCY_VIOLATION'];
+/** Codes of a route that changes a tenant's data: refused while a move switches the tenant over. */
+const DATA_WRITE: readonly ErrorCode[] = [...ROUTED, 'TENANT_WRITES_PAUSED'];
+/** Codes of choosing a placement (a tenant's creation, a move's target). */
+const PLACING: readonly ErrorCode[] = ['PLACEMENT_CELL_UNKNOWN', 'PLACEMENT_NO_CELL', 'RESIDENCY_VIOLATION'];
+/** What a data write route says about moves. */
+const PAUSE_NOTE =
+  'While a move switches the tenant to its new placement, writes are refused with 503 `TENANT_WRITES_PAUSED` and a ' +
+  '`Retry-After` header (whole seconds until the pause ends); reads go on.';
 
 /**
  * The error responses of an operation: one per HTTP status, whose `code` enum lists exactly the
@@ -84,7 +102,8 @@ function problems(...groups: (readonly ErrorCode[])[]): JsonObject {
     const codes = byStatus.get(status)!.sort();
     out[String(status)] = {
       description: codes.map((c) => `\`${c}\`: ${ERROR_CODES[c]}.`).join(' '),
-      headers: { 'x-request-id': ref('headers', 'RequestId') },
+      // The server names a delay on every 503 (src/http/server.ts): a paused tenant's, else 1 s.
+      headers: { 'x-request-id': ref('headers', 'RequestId'), ...(status === 503 ? { 'retry-after': ref('headers', 'RetryAfter') } : {}) },
       content: { 'application/problem+json': { schema: { ...schema('Problem'), type: 'object', properties: { code: { enum: codes } } } } },
     };
   }
@@ -182,8 +201,22 @@ const schemas: JsonObject = {
     properties: {
       slug: { type: 'string', pattern: SLUG_PATTERN, maxLength: 63, description: 'Unique across the platform.' },
       name: { type: 'string', minLength: 1, maxLength: 200 },
-      tier: { type: 'string', enum: [...TIERS], default: 'pool', description: 'Only `pool` is served by this version; the others are refused with `TENANT_INVALID`.' },
-      region: { type: 'string', description: 'One of the regions the deployment serves (`BULKHEAD_REGIONS`); the first by default.' },
+      tier: {
+        type: 'string',
+        enum: [...TIERS],
+        default: 'pool',
+        description:
+          '`pool`: the shared, hash-partitioned tables of a cell; `bridge`: a schema and a database role of the tenant\'s own; ' +
+          '`silo`: a database of the tenant\'s own (a data directory of its own on the embedded store).',
+      },
+      region: { type: 'string', pattern: PLACE_NAME_PATTERN, description: 'One of the regions the deployment serves (`BULKHEAD_REGIONS`, or those of the cells); the first by default. Another is `TENANT_INVALID`.' },
+      cell: {
+        type: 'string',
+        pattern: PLACE_NAME_PATTERN,
+        description:
+          'The storage cell to place the tenant in (`BULKHEAD_CELLS`); by default the cell of the region holding the fewest tenants. ' +
+          'An unknown cell is `PLACEMENT_CELL_UNKNOWN`, a cell of another region `RESIDENCY_VIOLATION`.',
+      },
     },
   },
   TenantStatusChange: {
@@ -201,7 +234,7 @@ const schemas: JsonObject = {
     properties: {
       seq: { type: 'integer', minimum: 1 },
       at: { type: 'string', format: 'date-time' },
-      event: { type: 'string', examples: ['created', 'status'] },
+      event: { type: 'string', examples: ['created', 'status', 'moved'], description: '`moved`: a move switched the tenant to a new placement (the status is unchanged).' },
       fromStatus: { enum: [...TENANT_STATUSES, null] },
       toStatus: { type: 'string', enum: [...TENANT_STATUSES] },
       actor: { type: 'string' },
@@ -327,6 +360,145 @@ const schemas: JsonObject = {
       meanRows: { type: 'number', minimum: 0 },
       maxRows: { type: 'integer', minimum: 0 },
       skew: { anyOf: [{ type: 'number', minimum: 1 }, { type: 'null' }], description: 'max/mean of the rows per partition; `null` when the pool holds no record.' },
+    },
+  },
+  MoveRequest: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['tier'],
+    properties: {
+      tier: { type: 'string', enum: [...TIERS], description: 'The tier to move to; the same tier in the same cell is `MOVE_INVALID`.' },
+      cell: {
+        type: 'string',
+        pattern: PLACE_NAME_PATTERN,
+        description: 'The target cell; by default the tenant\'s current cell, or the first cell of the target region. Unknown: `PLACEMENT_CELL_UNKNOWN`; in another region than the target\'s: `RESIDENCY_VIOLATION`.',
+      },
+      region: {
+        type: 'string',
+        pattern: PLACE_NAME_PATTERN,
+        description: 'The target region; by default the tenant\'s region, or that of `cell`. A region no cell serves is `PLACEMENT_NO_CELL`; another region than the tenant\'s needs `legalBasis`.',
+      },
+      legalBasis: {
+        type: 'string',
+        minLength: LEGAL_BASIS.min,
+        maxLength: LEGAL_BASIS.max,
+        description:
+          `Why the tenant's data may leave its region, e.g. "GDPR Art. 46(2)(c) standard contractual clauses, ref. DPA-2026-14" ` +
+          `(${LEGAL_BASIS.min} to ${LEGAL_BASIS.max} characters, surrounding spaces not counted); recorded with the move. ` +
+          'Required for a region change (`RESIDENCY_LEGAL_BASIS_REQUIRED`).',
+      },
+    },
+  },
+  MoveEnd: {
+    type: 'object',
+    required: ['tier', 'cell', 'location', 'region'],
+    properties: {
+      tier: { type: 'string', enum: [...TIERS] },
+      cell: { type: 'string', pattern: PLACE_NAME_PATTERN },
+      location: { type: 'string', pattern: LOCATION_PATTERN, description: 'The pool schema `bulkhead`, the tenant\'s bridge schema `tenant_<32 hex>`, or its silo database.' },
+      region: { type: 'string', pattern: PLACE_NAME_PATTERN },
+    },
+  },
+  MoveProgress: {
+    type: 'object',
+    required: ['copied', 'total', 'table', 'cursor', 'percent'],
+    properties: {
+      copied: { type: 'integer', minimum: 0, description: 'Rows copied so far, all data tables together (a resumed batch counts again).' },
+      total: { type: 'integer', minimum: 0, description: 'Rows the source held when the copy started.' },
+      table: {
+        type: 'integer',
+        minimum: 0,
+        maximum: COPY_TABLES.length,
+        description: `The table being copied, in copy order (parents first): ${COPY_TABLES.map((t, i) => `${i} \`${t.name}\``).join(', ')}; ${COPY_TABLES.length} when the copy is done.`,
+      },
+      cursor: {
+        anyOf: [{ type: 'array', items: { type: 'string' } }, { type: 'null' }],
+        description: 'The key of the last row copied in `table` (persisted after every batch, so a resumed copy starts there); null at the start of a table.',
+      },
+      percent: { type: 'integer', minimum: 0, maximum: 100 },
+      synced: { type: 'integer', minimum: 0, description: 'Rows brought in line after the bulk copy (changed by writes made during it).' },
+      pauseMs: { type: 'integer', minimum: 0, description: 'How long the tenant\'s writes were paused at the switch, in ms.' },
+    },
+  },
+  TableChecksum: {
+    type: 'object',
+    required: ['rows', 'digest'],
+    properties: {
+      rows: { type: 'integer', minimum: 0 },
+      digest: { type: 'string', pattern: '^[0-9]+$', description: 'Sum, modulo 2^64, of the first 60 bits of the MD5 of each row\'s canonical jsonb text (in UTC), in decimal: independent of row order and layout.' },
+    },
+  },
+  Checksums: {
+    type: 'object',
+    description: 'By `<table>/<collection>`: every data table of every collection.',
+    propertyNames: { pattern: `^(${COPY_TABLES.map((t) => t.name).join('|')})/` },
+    additionalProperties: schema('TableChecksum'),
+  },
+  Move: {
+    type: 'object',
+    required: ['id', 'tenantId', 'state', 'source', 'target', 'legalBasis', 'progress', 'checksums', 'error', 'actor', 'createdAt', 'updatedAt', 'finishedAt'],
+    properties: {
+      id: { type: 'string', format: 'uuid', description: 'A UUIDv7.' },
+      tenantId: { type: 'string', format: 'uuid' },
+      state: {
+        type: 'string',
+        enum: [...MOVE_STATES],
+        description:
+          '`planned` → `copying` → `verifying` → `switching` → `cleaning` → `done`; a failure before the switch goes to `failed` → `rolled_back` ' +
+          '(the tenant stays on its source). Persisted: a restarted server resumes an unfinished move from its state.',
+      },
+      source: schema('MoveEnd'),
+      target: schema('MoveEnd'),
+      legalBasis: { type: ['string', 'null'] },
+      progress: schema('MoveProgress'),
+      checksums: {
+        anyOf: [
+          { type: 'object', required: ['source', 'target'], properties: { source: schema('Checksums'), target: schema('Checksums') } },
+          { type: 'null' },
+        ],
+        description: 'Compared at the switch with writes paused and recorded with it; null until then.',
+      },
+      error: {
+        type: ['string', 'null'],
+        description: 'Why a move failed: the state it failed in and a stable code (e.g. `switching: MOVE_CHECKSUM_MISMATCH`), with a SQLSTATE for a database error; never data.',
+      },
+      actor: { type: 'string' },
+      ...timestamps,
+      finishedAt: { type: ['string', 'null'], format: 'date-time', description: 'When the move reached `done` or `rolled_back`.' },
+    },
+  },
+  MoveList: { type: 'object', required: ['moves'], properties: { moves: { type: 'array', items: schema('Move'), description: 'Newest first.' } } },
+  Placement: {
+    type: 'object',
+    required: ['tenantId', 'tier', 'cell', 'location', 'region', 'writesPausedUntil'],
+    properties: {
+      tenantId: { type: 'string', format: 'uuid' },
+      tier: { type: 'string', enum: [...TIERS] },
+      cell: { type: 'string', pattern: PLACE_NAME_PATTERN },
+      location: { type: 'string', pattern: LOCATION_PATTERN, description: '`bulkhead` for the pool, the tenant\'s schema for the bridge tier, its database for a silo.' },
+      region: { type: 'string', pattern: PLACE_NAME_PATTERN, description: 'The tenant\'s region (from the registry).' },
+      writesPausedUntil: {
+        type: ['integer', 'null'],
+        description: 'While a move switches the tenant: the end of the write pause, in milliseconds since the epoch; null otherwise.',
+      },
+    },
+  },
+  Cell: {
+    type: 'object',
+    required: ['name', 'region', 'kind', 'control'],
+    properties: {
+      name: { type: 'string', pattern: PLACE_NAME_PATTERN },
+      region: { type: 'string', pattern: PLACE_NAME_PATTERN },
+      kind: { type: 'string', enum: ['pglite', 'postgres'] },
+      control: { type: 'boolean', description: 'The first cell: it also holds the tenant registry, the placement directory and the moves.' },
+    },
+  },
+  PlacementDirectory: {
+    type: 'object',
+    required: ['placements', 'cells'],
+    properties: {
+      placements: { type: 'array', items: schema('Placement'), description: 'Every tenant\'s placement, by tenant id.' },
+      cells: { type: 'array', items: schema('Cell'), description: 'The configured cells, in configuration order.' },
     },
   },
   ...Object.fromEntries(FIELD_TYPES.map((t) => [`FieldValue.${t}`, { title: `Values of ${t} fields`, ...FIELD_VALUES[t] }])),
@@ -465,6 +637,13 @@ const parameters: JsonObject = {
     description: 'The tenant\'s id or slug.',
     schema: { type: 'string', anyOf: [{ format: 'uuid' }, { pattern: SLUG_PATTERN }] },
   },
+  MoveId: {
+    name: 'moveId',
+    in: 'path',
+    required: true,
+    description: 'A move id of this tenant; anything else (another tenant\'s move, a value that is not a UUID) is `MOVE_NOT_FOUND`.',
+    schema: { type: 'string', format: 'uuid' },
+  },
   CollectionName: {
     name: 'name',
     in: 'path',
@@ -543,9 +722,11 @@ const paths: JsonObject = {
     post: operatorOperation('tenant.create', {
       operationId: 'createTenant',
       summary: 'Create a tenant',
-      description: 'Creates an active tenant on the pool tier, pinned to a region.',
+      description:
+        'Creates an active tenant on its tier (pool by default), pinned to a region, in the named cell or the cell of the region ' +
+        'holding the fewest tenants. Its storage is provisioned before it is registered; a failed creation leaves neither.',
       requestBody: jsonBody(schema('TenantCreate')),
-      responses: { 201: ok('The tenant.', schema('Tenant')), ...problems(AUTHENTICATED, BODY, ['TENANT_INVALID', 'TENANT_SLUG_TAKEN']) },
+      responses: { 201: ok('The tenant.', schema('Tenant')), ...problems(AUTHENTICATED, BODY, PLACING, ['TENANT_INVALID', 'TENANT_SLUG_TAKEN']) },
     }),
     get: operatorOperation('tenant.list', {
       operationId: 'listTenants',
@@ -574,6 +755,40 @@ const paths: JsonObject = {
       operationId: 'getTenantHistory',
       summary: 'A tenant\'s lifecycle history',
       responses: { 200: ok('The history, oldest first.', schema('TenantHistory')), ...problems(AUTHENTICATED, ['TENANT_NOT_FOUND']) },
+    }),
+  },
+  '/v1/tenants/{id}/moves': {
+    parameters: [ref('parameters', 'TenantId')],
+    post: operatorOperation('tenant.move', {
+      tags: ['placement'],
+      operationId: 'moveTenant',
+      summary: 'Move a tenant to another tier, cell or region, online',
+      description:
+        'Plans the move and runs it in the background: the tenant is copied in batches while it keeps serving, the copy is brought in ' +
+        'line with the writes made meanwhile, and at the switch writes are paused, the last changes synced, row counts and digests of ' +
+        'every collection compared on both sides, and the new placement recorded in one transaction; the source is removed after. ' +
+        'Follow it with `GET /v1/tenants/{id}/moves/{moveId}`. Only an active tenant moves, one move at a time. ' +
+        'The body is checked here; none of the refusals changes anything.',
+      requestBody: jsonBody(schema('MoveRequest')),
+      responses: {
+        202: ok('The move, as planned (or already copying).', schema('Move')),
+        ...problems(AUTHENTICATED, BODY, PLACING, ['TENANT_NOT_FOUND', 'MOVE_INVALID', 'MOVE_IN_PROGRESS', 'RESIDENCY_LEGAL_BASIS_REQUIRED']),
+      },
+    }),
+    get: operatorOperation('tenant.read', {
+      tags: ['placement'],
+      operationId: 'listTenantMoves',
+      summary: 'A tenant\'s moves',
+      responses: { 200: ok('Every move of the tenant, newest first.', schema('MoveList')), ...problems(AUTHENTICATED, ['TENANT_NOT_FOUND']) },
+    }),
+  },
+  '/v1/tenants/{id}/moves/{moveId}': {
+    parameters: [ref('parameters', 'TenantId'), ref('parameters', 'MoveId')],
+    get: operatorOperation('tenant.read', {
+      tags: ['placement'],
+      operationId: 'getTenantMove',
+      summary: 'One move: its state, progress and checksums',
+      responses: { 200: ok('The move.', schema('Move')), ...problems(AUTHENTICATED, ['TENANT_NOT_FOUND', 'MOVE_NOT_FOUND']) },
     }),
   },
   '/v1/tenants/{id}/tokens': {
@@ -623,11 +838,20 @@ const paths: JsonObject = {
       responses: { 200: ok('The partitions of the records table.', schema('PartitionHealth')), ...problems(AUTHENTICATED, ['REQUEST_INVALID']) },
     }),
   },
+  '/v1/placements': {
+    get: operatorOperation('tenant.partitions', {
+      tags: ['placement'],
+      operationId: 'getPlacements',
+      summary: 'The placement directory and the storage cells',
+      description: 'Where every tenant\'s data lives (tier, cell, location) and the cells of the deployment; tenant ids only, no tenant data.',
+      responses: { 200: ok('The directory and the cells.', schema('PlacementDirectory')), ...problems(AUTHENTICATED) },
+    }),
+  },
   '/v1/collections': {
     get: tenantOperation('collection.list', 'collections', READERS, {
       operationId: 'listCollections',
       summary: 'List the tenant\'s collections',
-      responses: { 200: ok('Every collection, by name.', schema('CollectionList')), ...problems(AUTHENTICATED) },
+      responses: { 200: ok('Every collection, by name.', schema('CollectionList')), ...problems(AUTHENTICATED, ROUTED) },
     }),
   },
   '/v1/collections/{name}': {
@@ -637,18 +861,18 @@ const paths: JsonObject = {
       summary: 'Create or change a collection',
       description:
         'An identical definition changes nothing (200, same version). A change that stored records would violate ' +
-        '(a removed or retyped field, a new required field, a new unique field with duplicates) is refused.',
+        `(a removed or retyped field, a new required field, a new unique field with duplicates) is refused. ${PAUSE_NOTE}`,
       requestBody: jsonBody(schema('CollectionDefinition')),
       responses: {
         200: ok('The collection, unchanged or at its new version.', schema('Collection')),
         201: ok('The new collection, version 1.', schema('Collection')),
-        ...problems(AUTHENTICATED, BODY, ['COLLECTION_INVALID', 'RECORD_UNIQUE_VIOLATION']),
+        ...problems(AUTHENTICATED, BODY, DATA_WRITE, ['COLLECTION_INVALID', 'RECORD_UNIQUE_VIOLATION']),
       },
     }),
     get: tenantOperation('collection.read', 'collections', READERS, {
       operationId: 'getCollection',
       summary: 'Read a collection',
-      responses: { 200: ok('The collection at its current version.', schema('Collection')), ...problems(AUTHENTICATED, COLLECTION_PATH) },
+      responses: { 200: ok('The collection at its current version.', schema('Collection')), ...problems(AUTHENTICATED, ROUTED, COLLECTION_PATH) },
     }),
   },
   '/v1/collections/{name}/records': {
@@ -656,8 +880,9 @@ const paths: JsonObject = {
     post: tenantOperation('record.create', 'records', RECORD_WRITERS, {
       operationId: 'createRecord',
       summary: 'Create a record',
+      description: PAUSE_NOTE,
       requestBody: jsonBody(schema('RecordWrite')),
-      responses: { 201: ok('The record, with defaults applied.', schema('Record')), ...problems(AUTHENTICATED, BODY, COLLECTION_PATH, RECORD_WRITE) },
+      responses: { 201: ok('The record, with defaults applied.', schema('Record')), ...problems(AUTHENTICATED, BODY, DATA_WRITE, COLLECTION_PATH, RECORD_WRITE) },
     }),
     get: tenantOperation('record.list', 'records', RECORD_READERS, {
       operationId: 'listRecords',
@@ -666,7 +891,7 @@ const paths: JsonObject = {
       parameters: [ref('parameters', 'Filter'), ref('parameters', 'Sort'), ref('parameters', 'Limit'), ref('parameters', 'Cursor')],
       responses: {
         200: ok('A page of records.', schema('RecordPage')),
-        ...problems(AUTHENTICATED, COLLECTION_PATH, ['REQUEST_INVALID', 'QUERY_INVALID', 'QUERY_CURSOR_INVALID']),
+        ...problems(AUTHENTICATED, ROUTED, COLLECTION_PATH, ['REQUEST_INVALID', 'QUERY_INVALID', 'QUERY_CURSOR_INVALID']),
       },
     }),
   },
@@ -676,21 +901,22 @@ const paths: JsonObject = {
       operationId: 'getRecord',
       summary: 'Read a record',
       description: 'Another tenant\'s record is `RECORD_NOT_FOUND`, exactly like one that does not exist.',
-      responses: { 200: ok('The record.', schema('Record')), ...problems(AUTHENTICATED, COLLECTION_PATH, ['RECORD_NOT_FOUND']) },
+      responses: { 200: ok('The record.', schema('Record')), ...problems(AUTHENTICATED, ROUTED, COLLECTION_PATH, ['RECORD_NOT_FOUND']) },
     }),
     patch: tenantOperation('record.update', 'records', RECORD_WRITERS, {
       operationId: 'updateRecord',
       summary: 'Change some fields of a record',
-      description: 'The merged record is validated as a whole; `null` clears a field.',
+      description: `The merged record is validated as a whole; \`null\` clears a field. ${PAUSE_NOTE}`,
       requestBody: jsonBody(schema('RecordWrite')),
-      responses: { 200: ok('The record.', schema('Record')), ...problems(AUTHENTICATED, BODY, COLLECTION_PATH, RECORD_WRITE, ['RECORD_NOT_FOUND']) },
+      responses: { 200: ok('The record.', schema('Record')), ...problems(AUTHENTICATED, BODY, DATA_WRITE, COLLECTION_PATH, RECORD_WRITE, ['RECORD_NOT_FOUND']) },
     }),
     delete: tenantOperation('record.delete', 'records', RECORD_WRITERS, {
       operationId: 'deleteRecord',
       summary: 'Delete a record',
+      description: PAUSE_NOTE,
       responses: {
         204: { description: 'Deleted.', headers: { 'x-request-id': ref('headers', 'RequestId') } },
-        ...problems(AUTHENTICATED, COLLECTION_PATH, ['RECORD_NOT_FOUND', 'REQUEST_INVALID_JSON', 'REQUEST_BODY_TOO_LARGE', 'REQUEST_UNSUPPORTED_MEDIA_TYPE']),
+        ...problems(AUTHENTICATED, DATA_WRITE, COLLECTION_PATH, ['RECORD_NOT_FOUND', 'REQUEST_INVALID_JSON', 'REQUEST_BODY_TOO_LARGE', 'REQUEST_UNSUPPORTED_MEDIA_TYPE']),
       },
     }),
   },
@@ -705,19 +931,22 @@ const document: JsonObject = {
     summary: 'The data plane for multi-tenant low-code platforms.',
     description:
       'Tenants, tenant-defined collections and records behind two independent isolation walls. Every call but ' +
-      '`GET /healthz` needs `Authorization: Bearer <token>`: the operator token for `/v1/tenants*`, `/v1/usage*` and `/v1/partitions`, a tenant token for ' +
+      '`GET /healthz` needs `Authorization: Bearer <token>`: the operator token for `/v1/tenants*`, `/v1/usage*`, `/v1/partitions` and `/v1/placements`, a tenant token for ' +
       'collections and records. Errors are RFC 9457 `application/problem+json` with a stable `code` (docs/errors.md); ' +
       'an unknown path or method is `ROUTE_NOT_FOUND` (404). Request bodies are `application/json` ' +
       '(anything else is `REQUEST_UNSUPPORTED_MEDIA_TYPE`) no larger than the configured body limit (1 MiB by default), ' +
       `nested at most ${MAX_JSON_DEPTH} levels, ` +
       'without U+0000, unpaired surrogates or numbers beyond ±1.8e308 (`REQUEST_INVALID`). A URL the ' +
-      'router cannot read (a malformed %-escape, a path segment over 200 characters) is `REQUEST_INVALID` on any route.',
+      'router cannot read (a malformed %-escape, a path segment over 200 characters) is `REQUEST_INVALID` on any route. ' +
+      'Every tenant is served from its placement (a tier in a storage cell of its region); a placement outside the tenant\'s region ' +
+      'is refused with `RESIDENCY_VIOLATION` on every route that reaches tenant data.',
     license: { name: 'Apache-2.0', identifier: 'Apache-2.0' },
   },
   tags: [
     { name: 'health', description: 'Liveness and this document.' },
     { name: 'tenants', description: 'The platform\'s tenant registry (operator token).' },
     { name: 'usage', description: 'Per-tenant usage, partition health and promotion candidates (operator token).' },
+    { name: 'placement', description: 'The placement directory, the storage cells and online tenant moves (operator token).' },
     { name: 'collections', description: 'Tenant-defined collections: the low-code data model.' },
     { name: 'records', description: 'Records of a collection, in the shape of Airtable\'s API.' },
   ],
@@ -727,6 +956,10 @@ const document: JsonObject = {
     parameters,
     headers: {
       RequestId: { description: 'The request id: the caller\'s `x-request-id` when acceptable, else a generated UUIDv7.', schema: { type: 'string' } },
+      RetryAfter: {
+        description: 'Whole seconds to wait before retrying (RFC 9110 §10.2.3): until a paused tenant takes writes again (`TENANT_WRITES_PAUSED`), else 1.',
+        schema: { type: 'integer', minimum: 1 },
+      },
     },
     securitySchemes: {
       tenantToken: {
@@ -741,7 +974,7 @@ const document: JsonObject = {
         type: 'http',
         scheme: 'bearer',
         bearerFormat: 'bho_<43 base64url characters>',
-        description: 'An opaque operator token for the tenant registry (`BULKHEAD_OPERATOR_TOKEN`, or the one generated on first start). It reaches no tenant\'s collections or records.',
+        description: 'An opaque operator token for the tenant registry, usage, placements and moves (`BULKHEAD_OPERATOR_TOKEN`, or the one generated on first start). It reaches no tenant\'s collections or records.',
       },
     },
   },
