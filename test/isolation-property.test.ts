@@ -457,7 +457,10 @@ async function startRun(t: TestBulkhead, count: number): Promise<Run> {
   runNumber++;
   const tenants: RunTenant[] = [];
   for (let i = 0; i < count; i++) {
-    const created = await createTenant(t, `prop-${runNumber}-${i}-${randomBytes(3).toString('hex')}`, ['tenant_admin']);
+    // Tenants of every tier side by side: pool and bridge in every run, a silo in every fifth
+    // (a silo is a database or PGlite instance of its own, too heavy for every run).
+    const tier = i === 2 && runNumber % 5 === 0 ? 'silo' : i % 2 === 1 ? 'bridge' : 'pool';
+    const created = await createTenant(t, `prop-${runNumber}-${i}-${randomBytes(3).toString('hex')}`, ['tenant_admin'], tier);
     const defined = await request(t.app, 'PUT', '/v1/collections/things', { token: created.token, body: THINGS });
     assert.equal(defined.status, 201, defined.text);
     // 'pm' never occurs in a title, code, status or UUID, so a marker in an answer can only come from a record.

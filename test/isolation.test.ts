@@ -86,9 +86,9 @@ function expectStatus(res: TestResponse, status: number, what: string): void {
  * Creates a tenant with two owners, three items referencing them, and a record in a collection
  * of its own. Every string it stores contains its marker, so a leak shows up in any response text.
  */
-async function seedTenant(t: TestBulkhead, label: string, onlyCollection: string): Promise<World> {
+async function seedTenant(t: TestBulkhead, label: string, onlyCollection: string, tier: Tier): Promise<World> {
   const marker = `${label}mark${hex()}`;
-  const tenant = await createTenant(t, `${label}-${hex()}`, ['tenant_admin']);
+  const tenant = await createTenant(t, `${label}-${hex()}`, ['tenant_admin'], tier);
   const token = tenant.token;
   expectStatus(await request(t.app, 'PUT', '/v1/collections/owners', { token, body: ownersDefinition(marker) }), 201, 'define owners');
   expectStatus(await request(t.app, 'PUT', '/v1/collections/items', { token, body: itemsDefinition(marker) }), 201, 'define items');
@@ -139,12 +139,28 @@ async function seedTenant(t: TestBulkhead, label: string, onlyCollection: string
   };
 }
 
-/** Two fresh tenants: A, the victim, and B, the attacker. A has a collection B never defined. */
-async function seedPair(t: TestBulkhead): Promise<{ a: World; b: World }> {
-  const a = await seedTenant(t, 'a', `aonly_${hex()}`);
-  const b = await seedTenant(t, 'b', `bonly_${hex()}`);
+/** Two fresh tenants on the given tiers: A, the victim, and B, the attacker. A has a collection B never defined. */
+async function seedPair(t: TestBulkhead, tiers: TierPair): Promise<{ a: World; b: World }> {
+  const a = await seedTenant(t, 'a', `aonly_${hex()}`, tiers[0]);
+  const b = await seedTenant(t, 'b', `bonly_${hex()}`, tiers[1]);
   return { a, b };
 }
+
+type Tier = 'pool' | 'bridge' | 'silo';
+type TierPair = readonly [victim: Tier, attacker: Tier];
+
+/**
+ * The tiers of victim and attacker the whole suite runs with: each tier against itself, and each
+ * tier as victim of another (a pool token against a silo tenant's ids and back, and so on).
+ */
+const TIER_PAIRS: readonly TierPair[] = [
+  ['pool', 'pool'],
+  ['bridge', 'bridge'],
+  ['silo', 'silo'],
+  ['silo', 'pool'],
+  ['pool', 'bridge'],
+  ['bridge', 'silo'],
+];
 
 /** Every record id of a tenant, in every collection. */
 function allIds(w: World): string[] {
@@ -252,8 +268,8 @@ function dataRoutes(recordId: string, marker: string): { method: Method; url: st
   ];
 }
 
-for (const kind of BACKENDS) {
-  describe(`tenant isolation over HTTP (${kind})`, () => {
+for (const kind of BACKENDS) for (const tiers of TIER_PAIRS) {
+  describe(`tenant isolation over HTTP (${kind}, victim ${tiers[0]}, attacker ${tiers[1]})`, () => {
     let t: TestBulkhead;
     before(async () => {
       t = await openTestBulkhead(kind);
@@ -263,7 +279,7 @@ for (const kind of BACKENDS) {
     });
 
     it("answers B's GET, PATCH and DELETE of each of A's record ids exactly like a never-existing id", async () => {
-      const { a, b } = await seedPair(t);
+      const { a, b } = await seedPair(t, tiers);
       await unchanged(t, a, async () => {
         const collections = [
           { name: 'items', ids: a.itemIds },
@@ -299,7 +315,7 @@ for (const kind of BACKENDS) {
     });
 
     it('answers B on a collection only A defined exactly like a never-existing collection', async () => {
-      const { a, b } = await seedPair(t);
+      const { a, b } = await seedPair(t, tiers);
       await unchanged(t, a, async () => {
         const missing = `never_${hex()}`;
         const aRecord = a.onlyIds[0]!;
@@ -374,7 +390,7 @@ for (const kind of BACKENDS) {
     });
 
     it("never lets B's filters and sorts reach A's rows", async () => {
-      const { a, b } = await seedPair(t);
+      const { a, b } = await seedPair(t, tiers);
       const [a1, a2] = a.itemIds.map((id) => a.items.get(id)!);
       type Item = Record<string, unknown>;
       const none = (): boolean => false;
@@ -438,7 +454,7 @@ for (const kind of BACKENDS) {
     });
 
     it("never lets a cursor from A's listing, or one crafted from A's ids, yield A's rows to B", async () => {
-      const { a, b } = await seedPair(t);
+      const { a, b } = await seedPair(t, tiers);
       await unchanged(t, a, async () => {
         const sorts = ['id', '-id', 'title', '-title', 'code', 'amount', '-amount', 'owner', 'status', 'due'];
         for (const sort of sorts) {
@@ -495,7 +511,7 @@ for (const kind of BACKENDS) {
     });
 
     it("keeps unique values per tenant: B may reuse A's, and B's own duplicate reveals nothing of A", async () => {
-      const { a, b } = await seedPair(t);
+      const { a, b } = await seedPair(t, tiers);
       const a1 = a.items.get(a.itemIds[0]!)!;
       await unchanged(t, a, async () => {
         // B takes A's unique values (code and e-mail) for a record of its own.
@@ -571,7 +587,7 @@ for (const kind of BACKENDS) {
     });
 
     it("refuses a reference from B's record to A's record like a reference to nothing", async () => {
-      const { a, b } = await seedPair(t);
+      const { a, b } = await seedPair(t, tiers);
       await unchanged(t, a, async () => {
         for (const target of [...a.ownerIds, a.itemIds[0]!, a.onlyIds[0]!]) {
           const reference = await request(t.app, 'POST', '/v1/collections/items/records', {
@@ -612,7 +628,7 @@ for (const kind of BACKENDS) {
     });
 
     it('takes the tenant only from the token: headers, query parameters and body fields naming A reach nothing of A', async () => {
-      const { a, b } = await seedPair(t);
+      const { a, b } = await seedPair(t, tiers);
       const smuggleHeaders = {
         'x-tenant-id': a.id,
         'x-bulkhead-tenant': a.id,
@@ -720,7 +736,7 @@ for (const kind of BACKENDS) {
     });
 
     it("refuses the operator token on every tenant-data route, and every tenant token on every /v1/tenants route", async () => {
-      const { a, b } = await seedPair(t);
+      const { a, b } = await seedPair(t, tiers);
       await unchanged(t, a, async () => {
         const headerSets: Record<string, string>[] = [{}, { 'x-tenant-id': a.id }];
         for (const headers of headerSets) {
@@ -759,7 +775,7 @@ for (const kind of BACKENDS) {
     });
 
     it("turns A's token away everywhere while A is suspended, and lets it back in after resuming", async () => {
-      const { a, b } = await seedPair(t);
+      const { a, b } = await seedPair(t, tiers);
       const before = await snapshot(t, a);
       const suspended = await request(t.app, 'PATCH', `/v1/tenants/${a.id}`, { token: t.operatorToken, body: { status: 'suspended' } });
       expectStatus(suspended, 200, 'suspend A');
@@ -796,7 +812,7 @@ for (const kind of BACKENDS) {
     });
 
     it('enforces the tenant roles on every route', async () => {
-      const { a } = await seedPair(t);
+      const { a } = await seedPair(t, tiers);
       const token = async (role: string) => mintToken(t, a.id, [role], `${role}-user`);
       const viewer = await token('viewer');
       const builder = await token('builder');

@@ -262,13 +262,14 @@ export async function request(
   return { status: res.statusCode, headers: res.headers, body, text: res.body };
 }
 
-/** Creates a tenant through the API and mints a token with `roles` for it. */
+/** Creates a tenant (on the pool tier unless `tier` says) through the API and mints a token with `roles` for it. */
 export async function createTenant(
   t: TestBulkhead,
   slug: string,
   roles: readonly string[] = ['tenant_admin'],
+  tier: 'pool' | 'bridge' | 'silo' = 'pool',
 ): Promise<{ id: string; slug: string; token: string }> {
-  const created = await request(t.app, 'POST', '/v1/tenants', { token: t.operatorToken, body: { slug, name: slug } });
+  const created = await request(t.app, 'POST', '/v1/tenants', { token: t.operatorToken, body: { slug, name: slug, tier } });
   if (created.status !== 201) throw new Error(`tenant create failed: ${created.status} ${created.text}`);
   const token = await mintToken(t, created.body.id, roles);
   return { id: created.body.id, slug, token };
