@@ -65,7 +65,7 @@ export class Bulkhead {
     this.collections = new Collections(placements);
     this.usage = new Usage(store);
     this.records = new Records(placements, this.collections, this.usage);
-    this.health = new Health(store, this.usage);
+    this.health = new Health(store, this.usage, {}, placements);
   }
 
   /** Opens the store the configuration names, applies migrations and loads the access policies. */

@@ -92,10 +92,16 @@ for (const kind of BACKENDS) {
           const placed = await t.bh.placements.resolve(tenant.id);
           assert.equal(placed!.tier, to);
           assert.equal((await op('GET', `/v1/tenants/${tenant.id}`)).body.tier, to);
-          const list = await request(t.app, 'GET', `/v1/collections/items/records?limit=500&filter=${encodeURIComponent(JSON.stringify({ n: { lt: 0 } }))}`, { token: tenant.token });
-          assert.deepEqual(list.body.records.map((r: { id: string }) => r.id).sort(), [...written].sort());
-          const count = await request(t.app, 'GET', `/v1/collections/items/records?limit=1&filter=${encodeURIComponent(JSON.stringify({ title: { eq: 'mv-x' } }))}`, { token: tenant.token });
-          assert.equal(count.status, 200);
+          // Every live write is there (paged: the loop may have written more than a page).
+          const live: string[] = [];
+          let cursor: string | null = null;
+          do {
+            const page = await request(t.app, 'GET', `/v1/collections/items/records?limit=200&filter=${encodeURIComponent(JSON.stringify({ n: { lt: 0 } }))}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`, { token: tenant.token });
+            assert.equal(page.status, 200, page.text);
+            live.push(...page.body.records.map((r: { id: string }) => r.id));
+            cursor = page.body.nextCursor;
+          } while (cursor);
+          assert.deepEqual(live.sort(), [...written].sort());
           const after = await tenantChecksums(t.bh, tenant.id);
           assert.equal(after['records/items']!.rows, before['records/items']!.rows + written.length + 1);
           assert.equal(after['unique_values/items']!.rows, before['unique_values/items']!.rows + written.length + 1);
@@ -129,6 +135,16 @@ for (const kind of BACKENDS) {
         { text: 'SELECT count(*)::int AS n FROM bulkhead.records WHERE tenant_id = $1', values: [tenant.id] },
       ]).then((rs) => [rs[2]]);
       assert.equal(left!.rows[0]!.n, 0);
+    });
+
+    it('reports the size of a tenant outside the pool, counted at its placement', async () => {
+      for (const tier of ['bridge', 'silo'] as const) {
+        const tenant = await seeded(tier, 40);
+        const usage = await op('GET', `/v1/tenants/${tenant.id}/usage`);
+        assert.equal(usage.status, 200, usage.text);
+        assert.equal(usage.body.size.rows, 40, tier);
+        assert.ok(usage.body.size.bytes > 0, tier);
+      }
     });
 
     it('refuses bad input with a clear error and changes nothing', async () => {

@@ -35,7 +35,8 @@ export async function mirrorTenantRow(store: Store, tenant: TenantRow): Promise<
     {
       text:
         'INSERT INTO bulkhead.tenants (id, slug, name, status, tier, region) VALUES ($1, $2, $3, $4, $5, $6) ' +
-        'ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, tier = EXCLUDED.tier, name = EXCLUDED.name, updated_at = now()',
+        'ON CONFLICT (id) DO UPDATE SET slug = EXCLUDED.slug, name = EXCLUDED.name, status = EXCLUDED.status, tier = EXCLUDED.tier, ' +
+        'region = EXCLUDED.region, updated_at = now()',
       values: [tenant.id, tenant.slug, tenant.name, tenant.status, tenant.tier, tenant.region],
     },
   ]);

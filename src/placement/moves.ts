@@ -50,7 +50,10 @@ export interface MoveView {
 export interface MovesOptions {
   /** Rows per copy batch (default 2,000). */
   readonly batchSize?: number;
-  /** Longest write pause at the switch before the move gives up and retries (default 5 s). */
+  /**
+   * Longest write pause at the switch (default 5 s): writes under way that do not finish within it
+   * fail the move, which then rolls back and leaves the tenant where it was.
+   */
   readonly maxPauseMs?: number;
   /**
    * Called after every persisted step (state change or copy batch), with the move as stored. A

@@ -219,12 +219,21 @@ export class Placements implements TenantScopes {
     const key = options.requireActive === false ? 'inactive-ok' : 'active';
     let scoped = entry.scopes.get(key);
     if (!scoped) {
-      const cell = this.cells.get(p.cell);
+      const cell = this.#cellOf(p.cell);
       checkResidency(cell, p.region);
       scoped = await this.tiers[p.tier].scope(cell, tenantId, p.location, scopeOptions(options));
       entry.scopes.set(key, scoped);
     }
     return scoped;
+  }
+
+  /** A directory entry naming a cell the configuration no longer lists is the operator's error, not the caller's. */
+  #cellOf(name: string): Cell {
+    try {
+      return this.cells.get(name);
+    } catch {
+      throw new BulkheadError('CONFIG_INVALID', `the placement directory names cell ${name}, which the cells setting does not list`);
+    }
   }
 
   async #load(tenantId: string): Promise<CacheEntry> {

@@ -9,6 +9,7 @@
  * request path never runs as the owner, and `pg_class.reltuples` is only an estimate.
  */
 import { InvalidRequestError } from '../errors.js';
+import type { TenantScopes } from '../placement/placements.js';
 import type { Store } from '../store/store.js';
 import type { Tier } from './tenants.js';
 import { parseWindow, sum, type Usage, type UsageBucket, type UsageCounts } from './usage.js';
@@ -112,11 +113,17 @@ export function skewOf(values: readonly number[]): number | null {
 export class Health {
   readonly #store: Store;
   readonly #usage: Usage;
+  readonly #scopes: TenantScopes | undefined;
   readonly #thresholds: PromotionThresholds;
 
-  constructor(store: Store, usage: Usage, thresholds: Partial<PromotionThresholds> = {}) {
+  /**
+   * `scopes` reaches tenants outside the pool (bridge schemas, silos) for their sizes; without it
+   * only pool tenants have one.
+   */
+  constructor(store: Store, usage: Usage, thresholds: Partial<PromotionThresholds> = {}, scopes?: TenantScopes) {
     this.#store = store;
     this.#usage = usage;
+    this.#scopes = scopes;
     this.#thresholds = Object.freeze({
       share: checkShare(thresholds.share ?? HEALTH_DEFAULTS.share, 'share'),
       rows: checkRows(thresholds.rows ?? HEALTH_DEFAULTS.rows, 'rows'),
@@ -156,12 +163,27 @@ export class Health {
     return new Map(r!.rows.map((row) => [row.tenant_id as string, { rows: Number(row.row_count), bytes: Number(row.data_bytes) }]));
   }
 
+  /**
+   * Records and data bytes of one tenant outside the pool, counted at its placement in its own
+   * scope (RLS applies; the same numbers `tenant_sizes()` gives for the pool).
+   */
+  async placedSize(tenantId: string): Promise<TenantSize> {
+    if (!this.#scopes) return { rows: 0, bytes: 0 };
+    const [r] = await this.#scopes.tenant(tenantId, { requireActive: false }).batch([
+      { text: 'SELECT count(*)::bigint AS n, coalesce(sum(pg_column_size(data)), 0)::bigint AS bytes FROM records WHERE tenant_id = $1', values: [tenantId] },
+    ]);
+    return { rows: Number(r!.rows[0]!.n), bytes: Number(r!.rows[0]!.bytes) };
+  }
+
   /** One tenant's usage buckets over `window` (default 1h), with its size. Counts of this process are flushed first. */
-  async tenantUsage(tenant: { readonly id: string; readonly slug: string }, window: unknown = HEALTH_DEFAULTS.window): Promise<TenantUsageReport> {
+  async tenantUsage(tenant: { readonly id: string; readonly slug: string; readonly tier?: Tier }, window: unknown = HEALTH_DEFAULTS.window): Promise<TenantUsageReport> {
     const seconds = parseWindow(window, this.#usage.retentionSeconds);
     await this.#usage.flush();
     const since = this.#usage.windowStart(seconds);
-    const [{ buckets, totals }, sizes] = await Promise.all([this.#usage.buckets(tenant.id, since), this.tenantSizes(tenant.id)]);
+    const [{ buckets, totals }, sizes] = await Promise.all([
+      this.#usage.buckets(tenant.id, since),
+      tenant.tier === undefined || tenant.tier === 'pool' ? this.tenantSizes(tenant.id) : this.placedSize(tenant.id).then((s) => new Map([[tenant.id, s]])),
+    ]);
     return {
       tenant: { id: tenant.id, slug: tenant.slug },
       window: window as string,
@@ -218,6 +240,10 @@ export class Health {
       });
     }
     const byUsage = [...all].sort((a, b) => b.reads + b.writes - (a.reads + a.writes) || b.rows - a.rows || compare(a.id, b.id));
+    // Tenants outside the pool are not in tenant_sizes(): count the ones shown at their placement.
+    const shown = await Promise.all(
+      byUsage.slice(0, limit).map(async (t) => (t.tier === 'pool' ? t : { ...t, ...(await this.placedSize(t.id)) })),
+    );
     const candidates: PromotionCandidate[] = [];
     for (const t of all) {
       if (t.tier !== 'pool') continue;
@@ -233,7 +259,7 @@ export class Health {
       since: new Date(since).toISOString(),
       totals: { ...totalUsage, rows: totalRows, bytes: totalBytes },
       thresholds,
-      tenants: byUsage.slice(0, limit),
+      tenants: shown,
       candidates: candidates.slice(0, limit),
     };
   }

@@ -160,7 +160,11 @@ export class Tenants {
       invalid(`status must be one of ${TENANT_STATUSES.join(', ')}`, 'status');
     }
     const tenant = await this.get(idOrSlug);
-    if (tenant.status === status) return tenant;
+    if (tenant.status === status) {
+      // Nothing changes, but a copy of the row that a failed status change left stale is repaired.
+      await this.#placements.mirror(tenant);
+      return tenant;
+    }
     if (!MANUAL_TRANSITIONS[tenant.status]?.includes(status as TenantStatus)) {
       invalid(`the tenant is ${tenant.status}; it cannot be made ${status} here`, 'status');
     }
