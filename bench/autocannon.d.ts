@@ -57,6 +57,11 @@ declare module 'autocannon' {
     '5xx': number;
   }
 
-  function autocannon(options: AutocannonOptions): Promise<AutocannonResult>;
+  /** The running load is also an event emitter: `response` carries each answer's latency in ms, unrounded. */
+  export interface AutocannonEvents {
+    on(event: 'response', listener: (client: unknown, statusCode: number, resBytes: number, responseTime: number) => void): unknown;
+  }
+
+  function autocannon(options: AutocannonOptions): Promise<AutocannonResult> & AutocannonEvents;
   export default autocannon;
 }

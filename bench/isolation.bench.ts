@@ -14,7 +14,7 @@
  * All traffic goes to 127.0.0.1.
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
 import { availableParallelism, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -116,7 +116,7 @@ function parseOptions(): Options {
 }
 
 /** Cleanup steps run once, last added first: on success, on error and on Ctrl-C alike. */
-class Cleanup {
+export class Cleanup {
   readonly #steps: (() => Promise<unknown>)[] = [];
   #running: Promise<void> | undefined;
 
@@ -138,7 +138,8 @@ class Cleanup {
 type ServerKind = 'isolated' | 'baseline';
 type Op = 'read' | 'write';
 
-interface Server {
+/** A benchmark server running in a child process. */
+export interface Server {
   readonly kind: ServerKind;
   readonly url: string;
   /** The `application_name` of the server's database connections, to find its backends. */
@@ -151,7 +152,7 @@ interface Server {
 const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
 
 /** Forks a server script under tsx and waits for it to report its port. */
-function startServer(kind: ServerKind, env: Record<string, string>, extraExecArgv: readonly string[]): Promise<Server> {
+export function startServer(kind: ServerKind, env: Record<string, string>, extraExecArgv: readonly string[]): Promise<Server> {
   const script = here(kind === 'isolated' ? './product-server.ts' : './baseline-server.ts');
   const child: ChildProcess = fork(script, [], {
     execArgv: ['--import', 'tsx', ...extraExecArgv],
@@ -208,8 +209,18 @@ function headersOf(ds: Dataset, op: Op): Record<string, string>[] {
 /** Bodies for writes, built once: the cost of building them must not land on the load generator. */
 const WRITE_BODIES = Array.from({ length: 1_000 }, (_, k) => JSON.stringify({ fields: recordFields(1_000_000 + k) }));
 
-/** One autocannon run: each request picks a random record (reads) or tenant (writes) and that tenant's token. */
-function load(server: Server, op: Op, ds: Dataset, seconds: number, connections: number): Promise<AutocannonResult> {
+/**
+ * One autocannon run: each request picks a random record (reads) or tenant (writes) and that tenant's token.
+ * `onResponse` gets every answer's status and latency in ms, finer than autocannon's whole-ms histogram.
+ */
+export function load(
+  server: Server,
+  op: Op,
+  ds: Dataset,
+  seconds: number,
+  connections: number,
+  onResponse?: (statusCode: number, ms: number) => void,
+): Promise<AutocannonResult> {
   const headers = headersOf(ds, op);
   const records = ds.recordIds.length;
   const tenants = ds.tenantIds.length;
@@ -224,10 +235,13 @@ function load(server: Server, op: Op, ds: Dataset, seconds: number, connections:
           const body = WRITE_BODIES[Math.floor(Math.random() * WRITE_BODIES.length)]!;
           return { ...req, method: 'POST', path: `/v1/collections/${COLLECTION}/records`, headers: headers[t]!, body };
         };
-  return autocannon({ url: server.url, connections, duration: seconds, timeout: 10, requests: [{ setupRequest }] });
+  const run = autocannon({ url: server.url, connections, duration: seconds, timeout: 10, requests: [{ setupRequest }] });
+  if (onResponse) run.on('response', (_client, statusCode, _bytes, ms) => onResponse(statusCode, ms));
+  return run;
 }
 
-async function call(server: Server, method: 'GET' | 'POST', path: string, headers: Record<string, string>, body?: string) {
+/** One request with `fetch`, its status and JSON body. */
+export async function call(server: Server, method: 'GET' | 'POST', path: string, headers: Record<string, string>, body?: string) {
   const res = await fetch(`${server.url}${path}`, { method, headers, ...(body !== undefined ? { body } : {}) });
   return { status: res.status, body: (await res.json()) as Record<string, unknown> };
 }
@@ -260,7 +274,7 @@ async function sanityCheck(product: Server, baseline: Server, ds: Dataset): Prom
  * took: the measured runs then see the steady state (token, status, decision and definition
  * caches filled), and this number is the cold-start cost of the tenants, reported on its own.
  */
-async function prime(server: Server, ds: Dataset): Promise<number> {
+export async function prime(server: Server, ds: Dataset): Promise<number> {
   const headers = headersOf(ds, 'read');
   const t0 = performance.now();
   let next = 0;
@@ -313,7 +327,8 @@ interface CpuSnapshot {
   readonly at: number;
 }
 
-async function snapshot(server: Server, stats: pg.Client): Promise<CpuSnapshot> {
+/** CPU counters of the server, its PostgreSQL backends, this process and the machine, before or after a run. */
+export async function snapshot(server: Server, stats: pg.Client): Promise<CpuSnapshot> {
   const r = await stats.query<{ pid: number }>(
     'SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1',
     [server.applicationName],
@@ -332,7 +347,8 @@ interface CpuUse {
   readonly otherShare: number;
 }
 
-function cpuDelta(before: CpuSnapshot, after: CpuSnapshot): CpuUse {
+/** The CPU used between two snapshots. */
+export function cpuDelta(before: CpuSnapshot, after: CpuSnapshot): CpuUse {
   let db = 0;
   // A backend that closed during the run is left out (its time is lost); one that opened counts whole.
   for (const [pid, us] of after.backends) db += us - (before.backends.get(pid) ?? 0);
@@ -343,7 +359,8 @@ function cpuDelta(before: CpuSnapshot, after: CpuSnapshot): CpuUse {
   return { server, transactions: after.transactions - before.transactions, db, loadgen, otherShare: Math.max(0, other) / capacity };
 }
 
-interface Measurement {
+/** One measured run, per successful request where it says so. */
+export interface Measurement {
   readonly tenants: number;
   readonly op: Op;
   readonly server: ServerKind;
@@ -362,7 +379,8 @@ interface Measurement {
   readonly transactions: number;
 }
 
-function toMeasurement(tenants: number, op: Op, server: ServerKind, round: number, r: AutocannonResult, cpu: CpuUse): Measurement {
+/** A run's autocannon result and CPU use as a `Measurement`. */
+export function toMeasurement(tenants: number, op: Op, server: ServerKind, round: number, r: AutocannonResult, cpu: CpuUse): Measurement {
   const ok = Math.max(1, r['2xx']);
   return {
     tenants,
@@ -386,7 +404,8 @@ const fmtMs = (n: number) => (Number.isInteger(n) ? String(n) : n.toFixed(2));
 const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const log = (message: string) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}`);
 
-async function describeServer(adminUrl: string): Promise<string> {
+/** The PostgreSQL version and the settings that matter for these numbers. */
+export async function describeServer(adminUrl: string): Promise<string> {
   const c = new pg.Client({ connectionString: adminUrl });
   await c.connect();
   try {
@@ -550,20 +569,23 @@ function report(options: Options, header: string, setup: readonly string[], resu
   if (failures > 0) process.exitCode = 1;
 }
 
-const options = parseOptions();
-const cleanup = new Cleanup();
-let interrupted = false;
-process.once('SIGINT', () => {
-  interrupted = true;
-  log('interrupted: stopping servers and dropping the bench databases');
-  void cleanup.run().finally(() => process.exit(130));
-});
-try {
-  await main(options, cleanup);
-} catch (error) {
-  // After Ctrl-C the cleanup closes what the run was using: those errors are expected, not news.
-  if (!interrupted) console.error(error);
-  process.exitCode = 1;
-} finally {
-  await cleanup.run();
+// Run only as the entry point: tiers.bench.ts imports the pieces above (servers, load, CPU accounting).
+if (process.argv[1] !== undefined && realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url))) {
+  const options = parseOptions();
+  const cleanup = new Cleanup();
+  let interrupted = false;
+  process.once('SIGINT', () => {
+    interrupted = true;
+    log('interrupted: stopping servers and dropping the bench databases');
+    void cleanup.run().finally(() => process.exit(130));
+  });
+  try {
+    await main(options, cleanup);
+  } catch (error) {
+    // After Ctrl-C the cleanup closes what the run was using: those errors are expected, not news.
+    if (!interrupted) console.error(error);
+    process.exitCode = 1;
+  } finally {
+    await cleanup.run();
+  }
 }

@@ -94,7 +94,7 @@ export class Bulkhead {
         options.onOperatorTokenGenerated?.(token);
       }
       if (config.operatorToken !== undefined) hashes.push(hashOperatorToken(config.operatorToken));
-      const bh = new Bulkhead(config, placements, new Moves(placements, options.moves), authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes));
+      const bh = new Bulkhead(config, placements, new Moves(placements, { batchSize: config.moveBatchSize, ...options.moves }), authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes));
       // A move interrupted by a crash or a restart goes on from the state it was in.
       await bh.moves.resume();
       return bh;

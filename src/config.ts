@@ -35,6 +35,8 @@ export interface Config {
   readonly bodyLimit: number;
   /** Connections in the PostgreSQL pool. */
   readonly poolSize: number;
+  /** Rows per batch when a tenant move copies its data (`BULKHEAD_MOVE_BATCH_SIZE`). */
+  readonly moveBatchSize: number;
   readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 }
 
@@ -70,13 +72,14 @@ const DEFAULTS = {
   appRole: 'bulkhead_app',
   bodyLimit: 1024 * 1024,
   poolSize: 10,
+  moveBatchSize: 2000,
   logLevel: 'info',
 } as const;
 
 /** Keys a config file may hold (camelCase, as in `Config`). */
 const FILE_KEYS = new Set([
   'port', 'host', 'dataDir', 'databaseUrl', 'jwksUrl', 'jwtIssuer', 'jwtAudience', 'partitions', 'regions',
-  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells',
+  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells', 'moveBatchSize',
 ]);
 
 const NAME = /^[a-z0-9][a-z0-9-]{0,31}$/;
@@ -214,6 +217,7 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
     appRole: role(pick(undefined, env.BULKHEAD_APP_ROLE, file.appRole, DEFAULTS.appRole), 'the application role'),
     bodyLimit: int(pick(undefined, env.BULKHEAD_BODY_LIMIT, file.bodyLimit, DEFAULTS.bodyLimit), 'the body limit', 1024, 64 * 1024 * 1024),
     poolSize: int(pick(undefined, env.BULKHEAD_POOL_SIZE, file.poolSize, DEFAULTS.poolSize), 'the pool size', 1, 1000),
+    moveBatchSize: int(pick(undefined, env.BULKHEAD_MOVE_BATCH_SIZE, file.moveBatchSize, DEFAULTS.moveBatchSize), 'the move batch size', 10, 100_000),
     logLevel: logLevel as Config['logLevel'],
   };
   return Object.freeze(config);

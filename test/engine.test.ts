@@ -194,6 +194,24 @@ for (const kind of BACKENDS) {
       });
     }
 
+    it('keeps at most 4,000 named statements per connection, and runs an evicted one again', async () => {
+      const one = kind === 'postgres' ? await db.engine({ maxConnections: 1 }) : engine;
+      const total = 4_150;
+      for (let i = 0; i < total; i += 50) {
+        const batch = Array.from({ length: 50 }, (_, j) => ({ name: `bh_evict_${i + j}`, text: `SELECT $1::int + ${i + j} AS n`, values: [1] }));
+        const results = await one.batch(batch);
+        results.forEach((r, j) => assert.equal(r.rows[0]!.n, 1 + i + j));
+      }
+      if (kind === 'postgres') {
+        const [held] = await one.batch([{ text: "SELECT count(*)::int AS n FROM pg_prepared_statements WHERE name LIKE 'bh\\_evict\\_%'" }]);
+        assert.ok((held!.rows[0]!.n as number) <= 4_000, `the connection holds ${String(held!.rows[0]!.n)} statements`);
+        assert.ok((held!.rows[0]!.n as number) >= 3_500, 'statements are kept, not re-prepared every time');
+      }
+      // The first ones were evicted; they are prepared again and give the right answer.
+      const [again] = await one.batch([{ name: 'bh_evict_0', text: 'SELECT $1::int + 0 AS n', values: [41] }]);
+      assert.equal(again!.rows[0]!.n, 41);
+    });
+
     it('binds every scalar type it accepts', async () => {
       const [r] = await engine.batch([
         {

@@ -153,7 +153,7 @@ GRANT EXECUTE ON FUNCTION public.f_leak(text) TO ${t.db.appRole};`);
           notices.length = 0;
           for (const q of queries) {
             await client.query('BEGIN');
-            await client.query(CONTEXT_SQL, [t.db.appRole, p.b.id, 'tenant', 'bulkhead']);
+            await client.query(CONTEXT_SQL, [t.db.appRole, p.b.id, 'tenant']);
             await client.query(q.text, q.values ?? []);
             await client.query('ROLLBACK');
           }

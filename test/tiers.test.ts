@@ -315,7 +315,11 @@ async function refusedCreate(t: TestBulkhead, su: Engine, body: Record<string, u
  * but without its active-tenant check, so contexts the Store never builds can be tried.
  */
 async function asRole(engine: Engine, role: string, tenant: string, scope: 'tenant' | 'platform', schema: string, statements: readonly Statement[]): Promise<StatementResult[]> {
-  return (await engine.batch([{ text: CONTEXT_SQL, values: [role, tenant, scope, schema] }, ...statements])).slice(1);
+  const context: Statement[] = [
+    { text: CONTEXT_SQL, values: [role, tenant, scope] },
+    { text: "SELECT set_config('search_path', $1, true)", values: [schema] },
+  ];
+  return (await engine.batch([...context, ...statements])).slice(context.length);
 }
 
 /** The statements of a probe that must all read (or change) nothing: counts, then writes. */

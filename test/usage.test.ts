@@ -153,7 +153,7 @@ for (const kind of BACKENDS) {
 
       // A tenant's own scope reads its own usage rows and no other tenant's (the table's read policy).
       const [own] = await su.batch([
-        { text: CONTEXT_SQL, values: [t.db.appRole, b.id, 'tenant', 'bulkhead'] },
+        { text: CONTEXT_SQL, values: [t.db.appRole, b.id, 'tenant'] },
         { text: 'SELECT DISTINCT tenant_id FROM bulkhead.tenant_usage' },
       ]).then((r) => r.slice(1));
       assert.deepEqual(own!.rows.map((r) => r.tenant_id), [b.id]);
@@ -425,7 +425,7 @@ for (const kind of BACKENDS) {
         // As the application role: in the platform scope the functions answer with numbers only ...
         const asApp = async (tenant: string, scope: string, statements: Statement[]) =>
           (await su.batch([
-            { text: CONTEXT_SQL, values: [t.db.appRole, tenant, scope, 'bulkhead'] },
+            { text: CONTEXT_SQL, values: [t.db.appRole, tenant, scope] },
             ...statements,
           ])).slice(1);
         const [stats, sizes, one, direct] = await asApp('', 'platform', [

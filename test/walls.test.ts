@@ -41,7 +41,7 @@ async function asApp(t: TestBulkhead, su: Engine, context: Context, statements: 
   const prefix: Statement =
     context === 'role-only'
       ? { text: "SELECT set_config('role', $1, true)", values: [t.db.appRole] }
-      : { text: CONTEXT_SQL, values: [t.db.appRole, context.tenant, context.scope, 'bulkhead'] };
+      : { text: CONTEXT_SQL, values: [t.db.appRole, context.tenant, context.scope] };
   return (await su.batch([prefix, ...statements])).slice(1);
 }
 

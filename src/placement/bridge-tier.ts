@@ -1,5 +1,5 @@
 import type { ScopedStore } from '../store/store.js';
-import { dataGrantsSql, dataTablesSql, dataTriggersSql } from '../store/migrations.js';
+import { dataGrantsSql, dataIndexesSql, dataTablesSql, dataTriggersSql } from '../store/migrations.js';
 import { mirrorTenantRow, type Cell } from './cells.js';
 import type { Tier, TenantRow, TierScopeOptions } from './tier.js';
 
@@ -49,6 +49,7 @@ CREATE SCHEMA ${schema} AUTHORIZATION ${ownerRole};
 SET LOCAL ROLE ${ownerRole};
 ${dataTablesSql(schema)}
 ${dataTriggersSql(schema)}
+${dataIndexesSql(schema)}
 REVOKE ALL ON ALL TABLES IN SCHEMA ${schema} FROM PUBLIC;
 ${dataGrantsSql(schema, role)}`);
     }

@@ -93,7 +93,7 @@ export async function copyBatch(source: ScopedStore, target: ScopedStore, tenant
     {
       text:
         `SELECT coalesce(jsonb_agg(to_jsonb(b) ORDER BY ${keys}), '[]')::text AS rows, count(*)::int AS n, ` +
-        `(array_agg(jsonb_build_array(${keys})::text ORDER BY ${keys} DESC))[1] AS last ` +
+        `(array_agg(jsonb_build_array(${keys})::text ORDER BY ${table.key.map(([c]) => `${c} DESC`).join(', ')}))[1] AS last ` +
         `FROM (SELECT * FROM ${table.name} WHERE tenant_id = $1${after} ORDER BY ${keys} LIMIT $2) b`,
       values: [tenantId, limit, ...(cursor ?? [])],
     },
@@ -123,10 +123,16 @@ function insert(table: TableSpec, rowsJson: string, replace: boolean): Statement
 
 /** Deletes the rows of `table` whose keys (as `jsonb_build_array(...)::text`) are listed. */
 function deleteKeys(table: TableSpec, tenantId: string, keys: readonly string[]): Statement {
-  return {
-    text: `DELETE FROM ${table.name} WHERE tenant_id = $1 AND jsonb_build_array(${keyList(table)})::text = ANY ($2::text[])`,
-    values: [tenantId, `{${keys.map(arrayLiteral).join(',')}}`],
-  };
+  return { text: `DELETE FROM ${table.name} t ${byKeys(table, 'USING')}`, values: [tenantId, `[${keys.join(',')}]`] };
+}
+
+/**
+ * The join (`,` in a SELECT, `USING` in a DELETE) and `WHERE` clause matching rows of `t` to a list of keys ($2: a JSON array of key arrays,
+ * as `jsonb_build_array(...)` renders them), typed column by column so each key is an index lookup.
+ */
+function byKeys(table: TableSpec, join: ',' | 'USING'): string {
+  const match = table.key.map(([c, type], i) => `t.${c} = (k.v ->> ${i})::${type}`).join(' AND ');
+  return `${join} jsonb_array_elements($2::text::jsonb) AS k(v) WHERE t.tenant_id = $1 AND ${match}`;
 }
 
 /** Row count and order-independent digest of one table's rows of one collection. */
@@ -183,10 +189,8 @@ export async function syncChanges(source: ScopedStore, target: ScopedStore, tena
       const keys = differing.slice(i, i + batchSize);
       const [r] = await source.batch([
         {
-          text:
-            `SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]')::text AS rows FROM ${table.name} t ` +
-            `WHERE tenant_id = $1 AND jsonb_build_array(${keyList(table)})::text = ANY ($2::text[])`,
-          values: [tenantId, `{${keys.map(arrayLiteral).join(',')}}`],
+          text: `SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]')::text AS rows FROM ${table.name} t ${byKeys(table, ',')}`,
+          values: [tenantId, `[${keys.join(',')}]`],
         },
       ]);
       const rows = r!.rows[0]!.rows as string;
@@ -215,11 +219,6 @@ async function rowHashes(scope: ScopedStore, tenantId: string, table: TableSpec)
     },
   ]);
   return new Map(r!.rows.map((row) => [row.k as string, row.h as string]));
-}
-
-/** A text value as an element of a PostgreSQL array literal (quoted, backslashes and quotes escaped). */
-function arrayLiteral(text: string): string {
-  return `"${text.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
 }
 
 /** Row counts of a tenant's tables at one placement (the copy's progress total). */

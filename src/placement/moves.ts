@@ -200,20 +200,31 @@ export class Moves {
   }
 
   async #drive(moveId: string): Promise<void> {
+    let attempts = 0;
     for (;;) {
       const move = await this.#load(moveId);
       if (move.state === 'done' || move.state === 'rolled_back') return;
       if (this.#closing) return;
       try {
         await this.#step(move);
+        attempts = 0;
       } catch (error) {
         if (this.#closing) return;
-        if (move.state === 'cleaning' || move.state === 'failed') throw error;
-        // Before the switch nothing is lost by giving up: record why, then roll back.
         // Codes and SQLSTATEs only: a message could quote data.
         const code = error instanceof BulkheadError ? error.code : 'INTERNAL';
         const sqlState = error instanceof DatabaseError && error.sqlState ? ` (SQLSTATE ${error.sqlState})` : '';
-        await this.#setState(move, 'failed', { error: `${move.state}: ${code}${sqlState}` });
+        const detail = code === 'MOVE_CHECKSUM_MISMATCH' ? ` ${(error as Error).message}` : '';
+        const reason = `${move.state}: ${code}${sqlState}${detail}`;
+        if (move.state === 'cleaning' || move.state === 'failed') {
+          // After the switch (or while rolling back) there is no going back: record why and try
+          // again a few times; a restart resumes it after that.
+          await this.#placements.control.store.platform().batch([{ text: 'UPDATE bulkhead.moves SET error = $2, updated_at = now() WHERE id = $1', values: [moveId, reason] }]);
+          if (++attempts >= 3) throw error;
+          await new Promise((resolve) => setTimeout(resolve, 500 * attempts));
+          continue;
+        }
+        // Before the switch nothing is lost by giving up: record why, then roll back.
+        await this.#setState(move, 'failed', { error: reason });
       }
     }
   }
@@ -298,7 +309,9 @@ export class Moves {
       const [sourceSums, targetSums] = await Promise.all([checksums(source, tenantId), checksums(target, tenantId)]);
       const differ = checksumDiff(sourceSums, targetSums);
       if (differ.length > 0) {
-        throw new BulkheadError('MOVE_CHECKSUM_MISMATCH', `the copy differs from the source in ${differ.length} table(s) of collections`);
+        // Table names only: collection names are the tenant's own.
+        const tables = [...new Set(differ.map((k) => k.split('/')[0]))].join(', ');
+        throw new BulkheadError('MOVE_CHECKSUM_MISMATCH', `the copy differs from the source in ${differ.length} collection table(s) (${tables})`);
       }
       const row = await this.#tenantRow(tenantId);
       const moved: TenantRow = { ...row, tier: move.target.tier, region: move.target.region };

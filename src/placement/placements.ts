@@ -49,7 +49,10 @@ export class Placements implements TenantScopes {
   readonly #cache = new Map<string, CacheEntry>();
   /** Writes under way per tenant, so a pause can wait for them to finish. */
   readonly #inflight = new Map<string, number>();
-  /** Pauses this process set itself (effective at once, before the directory says so). */
+  /**
+   * Pauses this process set itself, with the time they were expected to end (for Retry-After):
+   * effective at once, before the directory says so, and until lifted.
+   */
   readonly #paused = new Map<string, number>();
 
   constructor(cells: Cells, options: PlacementsOptions = {}) {
@@ -155,9 +158,10 @@ export class Placements implements TenantScopes {
   }
 
   /**
-   * Pauses the tenant's writes for at most `maxMs` and waits until the writes already under way
-   * have finished, so that nothing changes the source while a move switches. Reads go on.
-   * Other processes see the pause through the directory within their cache time.
+   * Pauses the tenant's writes and waits until the writes already under way have finished, so
+   * that nothing changes the source while a move switches; reads go on. In this process the pause
+   * holds until `releasePause` or `resumeWrites`; `maxMs` bounds the wait for writes under way and
+   * the pause the directory shows other processes (they see it within their cache time).
    */
   async pauseWrites(tenantId: string, maxMs: number): Promise<void> {
     const until = Date.now() + maxMs;
@@ -190,12 +194,10 @@ export class Placements implements TenantScopes {
   }
 
   async #tracked<T>(tenantId: string, run: () => Promise<T>): Promise<T> {
+    // This process's own pause holds until the mover lifts it, however long the switch takes: a
+    // write let through while the switch compares the two sides could be lost with the source.
     const until = this.#paused.get(tenantId);
-    if (until !== undefined) {
-      const wait = until - Date.now();
-      if (wait > 0) throw new WritesPausedError(wait / 1000);
-      this.#paused.delete(tenantId);
-    }
+    if (until !== undefined) throw new WritesPausedError(Math.max(1, (until - Date.now()) / 1000));
     this.#inflight.set(tenantId, (this.#inflight.get(tenantId) ?? 0) + 1);
     try {
       return await run();

@@ -199,6 +199,8 @@ export async function openTestBulkhead(
       BULKHEAD_PARTITIONS: '4',
       BULKHEAD_JWT_SECRET: randomBytes(32).toString('base64url'),
       BULKHEAD_LOG_LEVEL: 'silent',
+      // Small copy batches, so every table of a moved tenant takes several (the cursor is exercised).
+      BULKHEAD_MOVE_BATCH_SIZE: '250',
       // Silo tenants get databases on the same server (postgres) or directories beside the store.
       ...(db.url ? { DATABASE_URL: db.url } : {}),
       ...env,

@@ -128,10 +128,38 @@ async function runPipeline(client: pg.PoolClient, statements: readonly Statement
   // failure can never leave the connection unsure of which names exist.
   for (const statement of statements) {
     if (statement.name && !preparedOn(connection, statement.name)) {
+      await makeRoom(client, connection);
       await submit(client, new Pipeline([statement], 'prepare'));
+      namesOf(connection).push(statement.name);
     }
   }
   return submit(client, new Pipeline(statements, 'execute'));
+}
+
+/**
+ * Most named statements one connection keeps. Bridge tenants get a name per schema (see
+ * `statementNamer` in store.ts), so the count grows with the tenants a connection serves; past
+ * this bound the oldest tenth is deallocated, and a tenant whose names went is planned again.
+ */
+const MAX_PREPARED = 4_000;
+const prepared = new WeakMap<PipelineConnection, string[]>();
+
+function namesOf(connection: PipelineConnection): string[] {
+  let names = prepared.get(connection);
+  if (!names) {
+    names = [];
+    prepared.set(connection, names);
+  }
+  return names;
+}
+
+async function makeRoom(client: pg.PoolClient, connection: PipelineConnection): Promise<void> {
+  const names = namesOf(connection);
+  if (names.length < MAX_PREPARED) return;
+  const evicted = names.splice(0, Math.ceil(MAX_PREPARED / 10));
+  // Our own names: plain identifiers and '@', quoted as identifiers.
+  await client.query(evicted.map((n) => `DEALLOCATE "${n.replace(/"/g, '""')}";`).join('\n'));
+  for (const n of evicted) delete connection.parsedStatements[n];
 }
 
 function submit(client: pg.PoolClient, pipeline: Pipeline): Promise<StatementResult[]> {
