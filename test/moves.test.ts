@@ -6,7 +6,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { BACKENDS, createTenant, defineCollection, openTestBulkhead, request, type TestBulkhead } from './support/backends.js';
+import { BACKENDS, createTenant, defineCollection, openTestBulkhead, request, type TestBulkhead, type TestResponse } from './support/backends.js';
 import { assertProblem } from './support/assertions.js';
 import { SEED_COLLECTION, finished, seedRecords, tenantChecksums } from './support/moves.js';
 
@@ -58,20 +58,37 @@ for (const kind of BACKENDS) {
 
           // Writes and reads while the move runs: every write that succeeded must be there after;
           // a write may only fail as paused (503 with Retry-After); a read never fails.
-          const written: string[] = [];
+          // Creates, updates (a unique and a plain field) and deletes, so the sync meets every kind
+          // of change; `written` is what must be there afterwards.
+          const written = new Map<string, { title: string; note: string }>();
           let reads = 0;
           let running = true;
           const watcher = finished(t.bh, tenant.id, move.body.id).finally(() => {
             running = false;
           });
+          const paused = (res: TestResponse) => {
+            if (res.status !== 503) return false;
+            assertProblem(res, 503, 'TENANT_WRITES_PAUSED');
+            assert.ok(Number(res.headers['retry-after']) >= 1);
+            return true;
+          };
           let i = 0;
-          while (running || i < 5) {
+          while (running || i < 6) {
             const title = `live-${i++}`;
-            const w = await request(t.app, 'POST', '/v1/collections/items/records', { token: tenant.token, body: { fields: { title, n: -i } } });
-            if (w.status === 201) written.push(w.body.id);
-            else {
-              assertProblem(w, 503, 'TENANT_WRITES_PAUSED');
-              assert.ok(Number(w.headers['retry-after']) >= 1);
+            const w = await request(t.app, 'POST', '/v1/collections/items/records', { token: tenant.token, body: { fields: { title, n: -i, note: 'new' } } });
+            if (w.status === 201) written.set(w.body.id, { title, note: 'new' });
+            else assert.ok(paused(w), w.text);
+            const [oldest] = written.keys();
+            if (oldest !== undefined && i % 3 === 0) {
+              const changed = { title: `${written.get(oldest)!.title}-e${i}`, note: `edited-${i}` };
+              const u = await request(t.app, 'PATCH', `/v1/collections/items/records/${oldest}`, { token: tenant.token, body: { fields: changed } });
+              if (u.status === 200) written.set(oldest, changed);
+              else assert.ok(paused(u), u.text);
+            }
+            if (oldest !== undefined && i % 5 === 0) {
+              const d = await request(t.app, 'DELETE', `/v1/collections/items/records/${oldest}`, { token: tenant.token });
+              if (d.status === 204) written.delete(oldest);
+              else assert.ok(paused(d), d.text);
             }
             const r = await request(t.app, 'GET', '/v1/collections/items/records?limit=5', { token: tenant.token });
             assert.equal(r.status, 200, r.text);
@@ -79,7 +96,7 @@ for (const kind of BACKENDS) {
           }
           const done = await watcher;
           assert.equal(done.state, 'done', JSON.stringify(done));
-          assert.ok(reads > 0 && written.length > 0);
+          assert.ok(reads > 0 && written.size > 0);
           // How long the pause lasts is measured by bench/moves.bench.ts; here: it was recorded, and lifted.
           assert.equal(typeof done.progress.pauseMs, 'number');
           const lifted = await request(t.app, 'POST', '/v1/collections/items/records', { token: tenant.token, body: { fields: { title: 'after-move', n: 1 } } });
@@ -92,21 +109,22 @@ for (const kind of BACKENDS) {
           const placed = await t.bh.placements.resolve(tenant.id);
           assert.equal(placed!.tier, to);
           assert.equal((await op('GET', `/v1/tenants/${tenant.id}`)).body.tier, to);
-          // Every live write is there (paged: the loop may have written more than a page).
-          const live: string[] = [];
+          // Every live record is there as last written (paged: there may be more than a page).
+          const live = new Map<string, { title: string; note: string }>();
           let cursor: string | null = null;
           do {
             const page = await request(t.app, 'GET', `/v1/collections/items/records?limit=200&filter=${encodeURIComponent(JSON.stringify({ n: { lt: 0 } }))}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`, { token: tenant.token });
             assert.equal(page.status, 200, page.text);
-            live.push(...page.body.records.map((r: { id: string }) => r.id));
+            for (const r of page.body.records as Array<{ id: string; fields: { title: string; note: string } }>) live.set(r.id, { title: r.fields.title, note: r.fields.note });
             cursor = page.body.nextCursor;
           } while (cursor);
-          assert.deepEqual(live.sort(), [...written].sort());
+          assert.deepEqual(new Map([...live].sort()), new Map([...written].sort()));
           const after = await tenantChecksums(t.bh, tenant.id);
-          assert.equal(after['records/items']!.rows, before['records/items']!.rows + written.length + 1);
-          assert.equal(after['unique_values/items']!.rows, before['unique_values/items']!.rows + written.length + 1);
+          assert.equal(after['records/items']!.rows, before['records/items']!.rows + written.size + 1);
+          assert.equal(after['unique_values/items']!.rows, before['unique_values/items']!.rows + written.size + 1);
           // A unique value copied over is still enforced at the new placement.
-          const dup = await request(t.app, 'POST', '/v1/collections/items/records', { token: tenant.token, body: { fields: { title: 'live-0', n: 1 } } });
+          const kept = [...written.values()][0]!.title;
+          const dup = await request(t.app, 'POST', '/v1/collections/items/records', { token: tenant.token, body: { fields: { title: kept, n: 1 } } });
           assertProblem(dup, 409, 'RECORD_UNIQUE_VIOLATION');
 
           // Nothing of any other tenant changed.
