@@ -43,6 +43,8 @@ const HELP = `Usage: npm run bench:skew -- [options]
   --seed N         seed of the size generator (default 1)
   --placements N   also place the same sizes under N fresh sets of tenant ids with PostgreSQL's own
                    hash (satisfies_hash_partition, no insert) for the spread of the skew (default 20)
+  --promote N      then move the N largest tenants out of the pool to the bridge tier through the
+                   product's tenant moves, and measure the pool again (default 20; 0 = skip)
   --help
 
 Environment: BULKHEAD_BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres).`;
@@ -61,6 +63,7 @@ interface Options {
   readonly maxRows: number;
   readonly seed: number;
   readonly placements: number;
+  readonly promote: number;
 }
 
 function options(): Options {
@@ -73,6 +76,7 @@ function options(): Options {
       'max-rows': { type: 'string' },
       seed: { type: 'string' },
       placements: { type: 'string' },
+      promote: { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -94,6 +98,7 @@ function options(): Options {
     maxRows: Math.floor(num(values['max-rows'], 2_000_000, 'max-rows', 1, 100_000_000)),
     seed: Math.floor(num(values.seed, 1, 'seed', 0, 2 ** 32 - 1)),
     placements: Math.floor(num(values.placements, 20, 'placements', 0, 1000)),
+    promote: Math.floor(num(values.promote, 20, 'promote', 0, 1000)),
   };
 }
 
@@ -179,6 +184,9 @@ async function run(o: Options): Promise<void> {
     await c.connect();
     try {
       await c.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+      // Promoted tenants' bridge roles and the bridge group carry the application role's name.
+      const roles = await c.query("SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '\\_%' ORDER BY rolname LIKE '%\\_bridge'", [appRole]);
+      for (const r of roles.rows) await c.query(`DROP ROLE IF EXISTS ${r.rolname}`);
       for (const role of [appRole, ownerRole]) {
         if ((await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role])).rowCount) await c.query(`DROP ROLE ${role}`);
       }
@@ -234,6 +242,8 @@ async function run(o: Options): Promise<void> {
     if (process.stdout.isTTY) process.stdout.write('\n');
     const loadMs = performance.now() - loadStart;
     await su.query('ANALYZE bulkhead.records');
+    // The tenants were written as the superuser: give them their directory entries (pool).
+    await bh.placements.backfill();
 
     // Where PostgreSQL put each tenant, and the independent count per partition.
     const placement = await su.query<{ part: string; tenants: number; n: number }>(
@@ -290,11 +300,22 @@ async function run(o: Options): Promise<void> {
     }
     // One placement is one draw: the verdict is on the median over this run and the others, with the count shown.
     const skews = [skew];
+    // The same placements with the --promote largest tenants gone from the pool.
+    const promotedSet = new Set(bySize.slice(0, o.promote));
+    const withoutLargest = (remainders: readonly number[]): number => {
+      const rows = new Array<number>(o.partitions).fill(0);
+      remainders.forEach((r, i) => {
+        if (!promotedSet.has(i)) rows[r]! += sizes[i]!;
+      });
+      return skewOf(rows)!;
+    };
+    const skewsPromoted = [withoutLargest(predicted)];
     for (let k = 0; k < o.placements; k++) {
       const remainders = await remaindersOf(su, sizes.map(() => uuidv7()), o.partitions);
       const rows = new Array<number>(o.partitions).fill(0);
       remainders.forEach((r, i) => (rows[r]! += sizes[i]!));
       skews.push(skewOf(rows)!);
+      skewsPromoted.push(withoutLargest(remainders));
     }
     const ordered = [...skews].sort((a, b) => a - b);
     const median = ordered.length % 2 === 1 ? ordered[(ordered.length - 1) / 2]! : (ordered[ordered.length / 2 - 1]! + ordered[ordered.length / 2]!) / 2;
@@ -309,6 +330,34 @@ async function run(o: Options): Promise<void> {
     console.log('');
     console.log(`max/mean rows per partition: ${skew.toFixed(3)} in this run; median ${median.toFixed(3)} over ${skews.length} placements`);
     console.log(`target max/mean <= ${TARGET_SKEW}: ${median <= TARGET_SKEW ? 'met' : 'NOT met'} (met by ${met} of ${skews.length} placements)`);
+
+    if (o.promote > 0) {
+      // Promotion for real: the product's tenant moves take the largest tenants out of the pool
+      // (pool -> bridge, checksums verified), then the pool is counted again.
+      const promoteStart = performance.now();
+      let movedRows = 0;
+      for (const i of bySize.slice(0, o.promote)) {
+        const move = await bh.moveTenant(ids[i]!, { tier: 'bridge' }, 'operator:bench');
+        await bh.moves.wait(move.id);
+        const end = await bh.moves.get(ids[i]!, move.id);
+        if (end.state !== 'done') throw new Error(`the move of a promoted tenant ended ${end.state}: ${end.error}`);
+        movedRows += sizes[i]!;
+        if (process.stdout.isTTY) process.stdout.write(`\rpromoting: ${bySize.indexOf(i) + 1} / ${o.promote}`);
+      }
+      if (process.stdout.isTTY) process.stdout.write('\n');
+      const after = await bh.health.partitions();
+      if (after.totalRows !== total - movedRows) throw new Error(`the pool holds ${after.totalRows} records after promotion, expected ${total - movedRows}`);
+      const orderedP = [...skewsPromoted].sort((a, b) => a - b);
+      const medianP = orderedP.length % 2 === 1 ? orderedP[(orderedP.length - 1) / 2]! : (orderedP[orderedP.length / 2 - 1]! + orderedP[orderedP.length / 2]!) / 2;
+      const metP = skewsPromoted.filter((x) => x <= TARGET_SKEW).length;
+      console.log('');
+      console.log(
+        `promoted the ${o.promote} largest tenants (${((movedRows / total) * 100).toFixed(1)}% of the records) to the bridge tier through tenant moves ` +
+          `in ${seconds(performance.now() - promoteStart)}; the pool now holds ${fmt(after.totalRows)} records`,
+      );
+      console.log(`max/mean rows per partition after promotion: ${after.skew!.toFixed(3)} measured (predicted ${skewsPromoted[0]!.toFixed(3)}); median ${medianP.toFixed(3)} over ${skewsPromoted.length} placements`);
+      console.log(`target max/mean <= ${TARGET_SKEW} with the largest tenants promoted: ${medianP <= TARGET_SKEW ? 'met' : 'NOT met'} (met by ${metP} of ${skewsPromoted.length} placements)`);
+    }
   } finally {
     await cleanup();
   }
