@@ -15,7 +15,8 @@
  * Skew has two sources, printed apart: where the hash puts each tenant (tenants per partition;
  * ~625 each here, so about ±4% from chance alone) and how unequal the tenants are (a few large
  * tenants in one partition). A hash cannot fix the second: that is what promoting the largest
- * tenants out of the pool is for.
+ * tenants out of the pool is for, and the run then does it (`--promote N`): it moves the N largest
+ * tenants to the bridge tier through the product's tenant moves and counts the pool again.
  *
  * Environment: BULKHEAD_BENCH_DATABASE_URL, a superuser URL of a PostgreSQL 15+ server
  * (default postgres://postgres@127.0.0.1:5432/postgres). The database bhbench_* is dropped at the
