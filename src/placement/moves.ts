@@ -2,7 +2,7 @@ import { BulkheadError, DatabaseError, NotFoundError } from '../errors.js';
 import { isUuid, uuidv7 } from '../ids.js';
 import type { ScopedStore } from '../store/store.js';
 import type { Cell } from './cells.js';
-import { COPY_TABLES, checksumDiff, checksums, copyBatch, rowCounts, syncChanges, type Checksums, type Cursor } from './copy.js';
+import { COPY_TABLES, checksumDiff, checksums, copyBatch, rowCounts, snapshotOf, syncChanges, syncSince, type Checksums, type Cursor } from './copy.js';
 import type { Placements } from './placements.js';
 import { TIERS, type Placement, type TenantRow, type TierName } from './tier.js';
 
@@ -27,6 +27,11 @@ export interface MoveProgress {
   /** Rows brought in line after the bulk copy, and how long writes were paused (ms) at the switch. */
   readonly synced?: number;
   readonly pauseMs?: number;
+  /**
+   * The source's snapshot taken before the verification's full sync: the switch then only looks
+   * at what was written since (without it, the switch compares everything again).
+   */
+  readonly snapshot?: string;
 }
 
 /** A move as the API shows it. */
@@ -61,6 +66,10 @@ export interface MovesOptions {
    */
   readonly onStep?: (move: MoveView) => void | Promise<void>;
 }
+
+/** Catch-up passes before the switch: at most this many, ending early once one changes this few rows. */
+const CATCH_UP_PASSES = 3;
+const CATCH_UP_ROWS = 300;
 
 const OPEN: readonly MoveState[] = ['planned', 'copying', 'verifying', 'switching', 'cleaning', 'failed'];
 const SELECT_MOVE =
@@ -263,8 +272,18 @@ export class Moves {
         // that decides is repeated at the switch with writes paused.
         const source = await this.#scope(move.source, tenantId);
         const target = await this.#scope(move.target, tenantId);
-        const synced = await syncChanges(source, target, tenantId, this.#batchSize);
-        await this.#setState(move, 'switching', { progress: { ...move.progress, synced: (move.progress.synced ?? 0) + synced } });
+        let snapshot = await snapshotOf(source);
+        let synced = await syncChanges(source, target, tenantId, this.#batchSize);
+        // Catch-up passes over what was written meanwhile, each from a fresh snapshot, so the pass
+        // under the pause finds only the writes of the last one.
+        for (let pass = 0; pass < CATCH_UP_PASSES && !this.#closing; pass++) {
+          const next = await snapshotOf(source);
+          const changed = await syncSince(source, target, tenantId, snapshot, this.#batchSize);
+          synced += changed;
+          snapshot = next;
+          if (changed <= CATCH_UP_ROWS) break;
+        }
+        await this.#setState(move, 'switching', { progress: { ...move.progress, synced: (move.progress.synced ?? 0) + synced, snapshot } });
         return;
       }
       case 'switching': {
@@ -305,7 +324,11 @@ export class Moves {
     const started = Date.now();
     await this.#placements.pauseWrites(tenantId, this.#maxPauseMs);
     try {
-      const synced = await syncChanges(source, target, tenantId, this.#batchSize);
+      // The checksums below decide either way; the snapshot only narrows what is copied first.
+      const snapshot = move.progress.snapshot;
+      const synced = snapshot
+        ? await syncSince(source, target, tenantId, snapshot, this.#batchSize)
+        : await syncChanges(source, target, tenantId, this.#batchSize);
       const [sourceSums, targetSums] = await Promise.all([checksums(source, tenantId), checksums(target, tenantId)]);
       const differ = checksumDiff(sourceSums, targetSums);
       if (differ.length > 0) {
