@@ -15,6 +15,7 @@ import { generateOperatorToken } from '../src/access/operator-tokens.js';
 import { Bulkhead } from '../src/bulkhead.js';
 import { loadConfig } from '../src/config.js';
 import { uuidv7 } from '../src/ids.js';
+import { dropDeploymentObjects } from '../test/support/deployment.js';
 
 /** The collection every bench tenant has. No unique or indexed field: writes then measure the record path itself. */
 export const COLLECTION = 'items';
@@ -39,7 +40,10 @@ export interface BenchDatabase {
   readonly name: string;
   readonly ownerRole: string;
   readonly appRole: string;
-  /** Drops the database (terminating connections) and both roles; safe to call more than once. */
+  /**
+   * Drops the database (terminating connections), the silo databases and per-tenant roles the
+   * deployment made, and both roles; safe to call more than once.
+   */
   drop(): Promise<void>;
 }
 
@@ -74,13 +78,11 @@ export async function createBenchDatabase(adminUrl: string): Promise<BenchDataba
         await c.connect();
         try {
           await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-          for (const role of [appRole, ownerRole]) {
-            const exists = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role]);
-            if (exists.rowCount) await c.query(`DROP ROLE ${role}`);
-          }
         } finally {
           await c.end();
         }
+        // Silo databases and per-tenant roles (bridge and silo tenants), then the two roles.
+        await dropDeploymentObjects(adminUrl, appRole, ownerRole);
       })();
       return dropped;
     },

@@ -21,10 +21,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import pg from 'pg';
 import { generateOperatorToken } from '../src/access/operator-tokens.js';
 import { Bulkhead } from '../src/bulkhead.js';
 import { loadConfig } from '../src/config.js';
+import { createBenchDatabase } from './dataset.js';
 import { BulkheadError } from '../src/errors.js';
 import type { MoveView } from '../src/placement/moves.js';
 import type { TierName } from '../src/placement/tier.js';
@@ -87,32 +87,15 @@ const fmt = (n: number): string => Math.round(n).toLocaleString('en-US');
 type Timeline = Map<string, number>;
 
 async function run(o: Options): Promise<void> {
-  const suffix = randomBytes(5).toString('hex');
-  const database = `bhbench_${suffix}`;
-  const appRole = `bhb_${suffix}_app`;
-  const ownerRole = `bhb_${suffix}_owner`;
-  const admin = new pg.Client({ connectionString: o.adminUrl });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${database}`);
-  await admin.end();
-  const url = new URL(o.adminUrl);
-  url.pathname = `/${database}`;
+  const db = await createBenchDatabase(o.adminUrl);
   const dataDir = mkdtempSync(join(tmpdir(), 'bulkhead-moves-'));
 
   let bh: Bulkhead | undefined;
   const cleanup = async () => {
     await bh?.close().catch(() => {});
-    const c = new pg.Client({ connectionString: o.adminUrl });
-    await c.connect();
     try {
-      await c.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
-      const silos = await c.query("SELECT datname FROM pg_database WHERE datname LIKE $1 || '\\_%'", [appRole]);
-      for (const r of silos.rows) await c.query(`DROP DATABASE IF EXISTS ${r.datname} WITH (FORCE)`);
-      const roles = await c.query("SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '\\_%' ORDER BY rolname LIKE '%\\_bridge'", [appRole]);
-      for (const r of roles.rows) await c.query(`DROP ROLE IF EXISTS ${r.rolname}`);
-      for (const role of [appRole, ownerRole]) await c.query(`DROP ROLE IF EXISTS ${role}`);
+      await db.drop();
     } finally {
-      await c.end();
       rmSync(dataDir, { recursive: true, force: true });
     }
   };
@@ -126,10 +109,10 @@ async function run(o: Options): Promise<void> {
   try {
     bh = await Bulkhead.open(
       loadConfig({}, {
-        DATABASE_URL: url.toString(),
+        DATABASE_URL: db.url,
         BULKHEAD_DATA_DIR: dataDir,
-        BULKHEAD_OWNER_ROLE: ownerRole,
-        BULKHEAD_APP_ROLE: appRole,
+        BULKHEAD_OWNER_ROLE: db.ownerRole,
+        BULKHEAD_APP_ROLE: db.appRole,
         BULKHEAD_OPERATOR_TOKEN: generateOperatorToken(),
         BULKHEAD_JWT_SECRET: randomBytes(32).toString('base64url'),
         BULKHEAD_LOG_LEVEL: 'silent',

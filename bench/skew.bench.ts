@@ -33,6 +33,7 @@ import { Bulkhead } from '../src/bulkhead.js';
 import { loadConfig } from '../src/config.js';
 import { uuidv7 } from '../src/ids.js';
 import { skewOf } from '../src/tenancy/health.js';
+import { createBenchDatabase } from './dataset.js';
 
 const HELP = `Usage: npm run bench:skew -- [options]
 
@@ -164,35 +165,18 @@ async function run(o: Options): Promise<void> {
       `max ${fmt(sorted[sorted.length - 1]!)} (${((sorted[sorted.length - 1]! / total) * 100).toFixed(2)}% of all records)`,
   );
 
-  const suffix = randomBytes(5).toString('hex');
-  const database = `bhbench_${suffix}`;
-  const admin = new pg.Client({ connectionString: o.adminUrl });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${database}`);
-  await admin.end();
-  const url = new URL(o.adminUrl);
-  url.pathname = `/${database}`;
+  const db = await createBenchDatabase(o.adminUrl);
   const dataDir = mkdtempSync(join(tmpdir(), 'bulkhead-skew-'));
-  const ownerRole = `${database}_owner`;
-  const appRole = `${database}_app`;
 
   let bh: Bulkhead | undefined;
   let su: pg.Client | undefined;
   const cleanup = async () => {
     await bh?.close().catch(() => {});
     await su?.end().catch(() => {});
-    const c = new pg.Client({ connectionString: o.adminUrl });
-    await c.connect();
     try {
-      await c.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
-      // Promoted tenants' bridge roles and the bridge group carry the application role's name.
-      const roles = await c.query("SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '\\_%' ORDER BY rolname LIKE '%\\_bridge'", [appRole]);
-      for (const r of roles.rows) await c.query(`DROP ROLE IF EXISTS ${r.rolname}`);
-      for (const role of [appRole, ownerRole]) {
-        if ((await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role])).rowCount) await c.query(`DROP ROLE ${role}`);
-      }
+      // Also the bridge roles of promoted tenants and the bridge group.
+      await db.drop();
     } finally {
-      await c.end();
       rmSync(dataDir, { recursive: true, force: true });
     }
   };
@@ -202,17 +186,17 @@ async function run(o: Options): Promise<void> {
 
   try {
     const config = loadConfig({}, {
-      DATABASE_URL: url.toString(),
+      DATABASE_URL: db.url,
       BULKHEAD_DATA_DIR: dataDir,
       BULKHEAD_PARTITIONS: String(o.partitions),
-      BULKHEAD_OWNER_ROLE: ownerRole,
-      BULKHEAD_APP_ROLE: appRole,
+      BULKHEAD_OWNER_ROLE: db.ownerRole,
+      BULKHEAD_APP_ROLE: db.appRole,
       BULKHEAD_OPERATOR_TOKEN: generateOperatorToken(),
       BULKHEAD_JWT_SECRET: randomBytes(32).toString('base64url'),
       BULKHEAD_LOG_LEVEL: 'silent',
     });
     bh = await Bulkhead.open(config);
-    su = new pg.Client({ connectionString: url.toString() });
+    su = new pg.Client({ connectionString: db.url });
     await su.connect();
 
     // Tenants, their collection and their records, as the superuser (the registry rows are what

@@ -121,9 +121,8 @@ function percentile(xs: readonly number[], p: number): number {
 }
 
 /**
- * A throw-away database with what Bulkhead makes around it on the server: silo databases and
- * per-tenant roles all carry the application role's name (see `dropDeploymentObjects` in
- * test/support/backends.ts), so they are found and dropped by that prefix.
+ * A throw-away database; its `drop` also removes what Bulkhead made around it on the server (silo
+ * databases, per-tenant roles: `dropDeploymentObjects` in test/support/deployment.ts).
  */
 async function createDeployment(adminUrl: string, cleanup: Cleanup): Promise<{ db: BenchDatabase; env: Record<string, string> }> {
   const db = await createBenchDatabase(adminUrl);
@@ -144,15 +143,10 @@ async function createDeployment(adminUrl: string, cleanup: Cleanup): Promise<{ d
 }
 
 async function dropDeployment(adminUrl: string, db: BenchDatabase): Promise<void> {
+  await db.drop();
   const c = new pg.Client({ connectionString: adminUrl });
   await c.connect();
   try {
-    const silos = await c.query<{ datname: string }>("SELECT datname FROM pg_database WHERE datname LIKE $1 || '\\_%'", [db.appRole]);
-    for (const row of silos.rows) await c.query(`DROP DATABASE IF EXISTS ${row.datname} WITH (FORCE)`);
-    // The bridge roles hold privileges in the deployment's database: it goes first.
-    await db.drop();
-    const roles = await c.query<{ rolname: string }>("SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '\\_%' ORDER BY rolname LIKE '%\\_bridge'", [db.appRole]);
-    for (const row of roles.rows) await c.query(`DROP ROLE IF EXISTS ${row.rolname}`);
     const left = await c.query<{ n: number }>(
       "SELECT (SELECT count(*) FROM pg_database WHERE datname LIKE $1 || '%') + (SELECT count(*) FROM pg_roles WHERE rolname LIKE $1 || '%') AS n",
       [db.name],

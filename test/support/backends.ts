@@ -10,7 +10,6 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { mkdtempSync, rmSync } from 'node:fs';
-import pg from 'pg';
 import { pino } from 'pino';
 import type { FastifyInstance } from 'fastify';
 import { Bulkhead } from '../../src/bulkhead.js';
@@ -20,6 +19,9 @@ import type { Engine, Statement } from '../../src/store/engine.js';
 import { PgliteEngine } from '../../src/store/pglite/pglite-engine.js';
 import { PostgresEngine } from '../../src/store/postgres/postgres-engine.js';
 import { generateOperatorToken } from '../../src/access/operator-tokens.js';
+import { adminQuery, dropDeploymentObjects } from './deployment.js';
+
+export { dropDeploymentObjects };
 
 export type BackendKind = 'pglite' | 'postgres';
 
@@ -80,10 +82,7 @@ export async function createTestDatabase(kind: BackendKind): Promise<TestDatabas
   }
   const admin = TEST_DATABASE_URL!;
   const database = `bht_${suffix}`;
-  const client = new pg.Client({ connectionString: admin });
-  await client.connect();
-  await client.query(`CREATE DATABASE ${database}`);
-  await client.end();
+  await adminQuery(admin, `CREATE DATABASE ${database}`);
   const url = withDatabase(admin, database);
   const engines: PostgresEngine[] = [];
   return {
@@ -98,13 +97,7 @@ export async function createTestDatabase(kind: BackendKind): Promise<TestDatabas
     },
     async drop() {
       for (const e of engines) await e.close().catch(() => {});
-      const c = new pg.Client({ connectionString: admin });
-      await c.connect();
-      try {
-        await c.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
-      } finally {
-        await c.end();
-      }
+      await adminQuery(admin, `DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
       // Silo tenants' databases and the per-tenant roles of bridge and silo tenants carry the app role's name.
       await dropDeploymentObjects(admin, appRole, ownerRole);
     },
@@ -138,37 +131,11 @@ async function createCellDatabase(kind: BackendKind, serverUrl?: string): Promis
   }
   const admin = serverUrl ?? TEST_DATABASE_URL!;
   const database = `bhc_${randomBytes(5).toString('hex')}`;
-  const client = new pg.Client({ connectionString: admin });
-  await client.connect();
-  await client.query(`CREATE DATABASE ${database}`);
-  await client.end();
+  await adminQuery(admin, `CREATE DATABASE ${database}`);
   return {
     setting: { databaseUrl: withDatabase(admin, database) },
-    async drop() {
-      const c = new pg.Client({ connectionString: admin });
-      await c.connect();
-      try {
-        await c.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
-      } finally {
-        await c.end();
-      }
-    },
+    drop: () => adminQuery(admin, `DROP DATABASE IF EXISTS ${database} WITH (FORCE)`),
   };
-}
-
-/** Drops what a deployment with application role `appRole` made on another server: silo databases, per-tenant roles, its roles. */
-export async function dropDeploymentObjects(serverUrl: string, appRole: string, ownerRole: string): Promise<void> {
-  const c = new pg.Client({ connectionString: serverUrl });
-  await c.connect();
-  try {
-    const silos = await c.query("SELECT datname FROM pg_database WHERE datname LIKE $1 || '\\_%'", [appRole]);
-    for (const row of silos.rows) await c.query(`DROP DATABASE IF EXISTS ${row.datname} WITH (FORCE)`);
-    const roles = await c.query("SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '\\_%' ORDER BY rolname LIKE '%\\_bridge'", [appRole]);
-    for (const row of roles.rows) await c.query(`DROP ROLE IF EXISTS ${row.rolname}`);
-    for (const role of [appRole, ownerRole]) await c.query(`DROP ROLE IF EXISTS ${role}`);
-  } finally {
-    await c.end();
-  }
 }
 
 /**
