@@ -2,6 +2,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync
 import { join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { BulkheadError } from './errors.js';
+import { PLACE_NAME } from './placement/tier.js';
 
 /** Bulkhead's configuration, resolved and frozen. A flag wins over the environment, the environment over the file. */
 export interface Config {
@@ -82,7 +83,6 @@ const FILE_KEYS = new Set([
   'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells', 'moveBatchSize',
 ]);
 
-const NAME = /^[a-z0-9][a-z0-9-]{0,31}$/;
 
 /** Parses `cells` (a list from the file, or JSON from BULKHEAD_CELLS) into checked cell settings. */
 function parseCells(raw: unknown, regions: readonly string[]): CellConfig[] {
@@ -102,7 +102,7 @@ function parseCells(raw: unknown, regions: readonly string[]): CellConfig[] {
     for (const key of Object.keys(c)) {
       if (!['name', 'region', 'databaseUrl', 'dataDir'].includes(key)) invalid(`cells[${i}] has an unknown key "${key.slice(0, 40)}"`);
     }
-    if (typeof c.name !== 'string' || !NAME.test(c.name)) invalid(`cells[${i}].name must be a lower-case name such as eu-1`);
+    if (typeof c.name !== 'string' || !PLACE_NAME.test(c.name)) invalid(`cells[${i}].name must be a lower-case name such as eu-1`);
     if (names.has(c.name)) invalid(`cells[${i}].name "${c.name}" is used twice`);
     names.add(c.name);
     if (typeof c.region !== 'string' || !regions.includes(c.region)) invalid(`cells[${i}].region must be one of the regions (${regions.join(', ')})`);
@@ -184,7 +184,7 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
     : [];
   const regionsRaw = pick(undefined, env.BULKHEAD_REGIONS, file.regions, cellRegions.length > 0 ? cellRegions : DEFAULTS.regions);
   const regions = typeof regionsRaw === 'string' ? regionsRaw.split(',').map((r) => r.trim()) : Array.isArray(regionsRaw) ? [...regionsRaw] : regionsRaw;
-  if (!Array.isArray(regions) || regions.length === 0 || !regions.every((r) => typeof r === 'string' && /^[a-z0-9][a-z0-9-]{0,31}$/.test(r))) {
+  if (!Array.isArray(regions) || regions.length === 0 || !regions.every((r) => typeof r === 'string' && PLACE_NAME.test(r))) {
     invalid('regions must be a list of lower-case region names, e.g. BULKHEAD_REGIONS=eu,us');
   }
   const databaseUrl = pick(undefined, env.DATABASE_URL, file.databaseUrl, undefined);

@@ -13,6 +13,7 @@ import { CLASSIFICATIONS, COLLECTION_NAME, FIELD_NAME, FIELD_TYPES, LIMITS, type
 import { OPERATORS, QUERY_LIMITS, type Operator } from '../tenancy/query.js';
 import { HEALTH_DEFAULTS } from '../tenancy/health.js';
 import { COPY_TABLES } from '../placement/copy.js';
+import { PLACE_NAME } from '../placement/tier.js';
 import { MOVE_STATES } from '../placement/moves.js';
 import { TENANT_STATUSES, TIERS } from '../tenancy/tenants.js';
 import { USAGE_DEFAULTS, USAGE_WINDOW_PATTERN } from '../tenancy/usage.js';
@@ -31,8 +32,8 @@ const SLUG_PATTERN = '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$';
 /** The pattern an incoming `x-request-id` must match to be kept, as `src/http/server.ts` checks it. */
 const REQUEST_ID_PATTERN = '^[A-Za-z0-9._-]{1,64}$';
 const UUID_PATTERN = '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
-/** The pattern of cell and region names, as `src/config.ts`, `src/tenancy/tenants.ts` and `src/placement/moves.ts` check them. */
-const PLACE_NAME_PATTERN = '^[a-z0-9][a-z0-9-]{0,31}$';
+/** The pattern of cell and region names (`PLACE_NAME`, which config, tenants and moves check). */
+const PLACE_NAME_PATTERN = PLACE_NAME.source;
 /** A placement's location: the pool schema, a bridge schema or a silo database (the directory's CHECK). */
 const LOCATION_PATTERN = '^[a-z_][a-z0-9_]{0,62}$';
 /** Bounds of a move's legal basis, as `src/placement/moves.ts` and migration 3 check it. */

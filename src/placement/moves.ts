@@ -4,7 +4,7 @@ import type { ScopedStore } from '../store/store.js';
 import type { Cell } from './cells.js';
 import { COPY_TABLES, checksumDiff, checksums, copyBatch, rowCounts, snapshotOf, syncChanges, syncSince, type Checksums, type Cursor } from './copy.js';
 import type { Placements } from './placements.js';
-import { TIERS, type Placement, type TenantRow, type TierName } from './tier.js';
+import { PLACE_NAME, TIERS, type Placement, type TenantRow, type TierName } from './tier.js';
 
 /** States of a move (SPEC section 2): planned → copying → verifying → switching → cleaning → done, or failed → rolled_back. */
 export const MOVE_STATES = ['planned', 'copying', 'verifying', 'switching', 'cleaning', 'done', 'failed', 'rolled_back'] as const;
@@ -111,8 +111,8 @@ export class Moves {
     const unknown = Object.keys(rest)[0];
     if (unknown !== undefined) invalid(`unknown property "${/^[A-Za-z0-9_]{1,40}$/.test(unknown) ? unknown : '(invalid name)'}"`, 'body');
     if (typeof tier !== 'string' || !(TIERS as readonly string[]).includes(tier)) invalid(`tier must be one of ${TIERS.join(', ')}`, 'tier');
-    if (cell !== undefined && (typeof cell !== 'string' || !/^[a-z0-9][a-z0-9-]{0,31}$/.test(cell))) invalid('cell must be the name of a configured cell', 'cell');
-    if (region !== undefined && (typeof region !== 'string' || !/^[a-z0-9][a-z0-9-]{0,31}$/.test(region))) invalid('region must be a region name', 'region');
+    if (cell !== undefined && (typeof cell !== 'string' || !PLACE_NAME.test(cell))) invalid('cell must be the name of a configured cell', 'cell');
+    if (region !== undefined && (typeof region !== 'string' || !PLACE_NAME.test(region))) invalid('region must be a region name', 'region');
     if (legalBasis !== undefined && (typeof legalBasis !== 'string' || legalBasis.trim().length < 10 || legalBasis.length > 2000)) {
       invalid('legalBasis must be a statement of 10 to 2000 characters (e.g. "GDPR Art. 46(2)(c) standard contractual clauses, ref. ...")', 'legalBasis');
     }

@@ -6,6 +6,9 @@ export const TIERS = ['pool', 'bridge', 'silo'] as const;
 /** An isolation tier. */
 export type TierName = (typeof TIERS)[number];
 
+/** A cell or region name: lower-case letters, digits and inner hyphens, at most 32 (as the schema checks). */
+export const PLACE_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/;
+
 /** Where one tenant's data lives: the placement directory's entry. */
 export interface Placement {
   readonly tier: TierName;

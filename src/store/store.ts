@@ -184,14 +184,14 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
     const named = statementNamer(schema);
     // The check reads an RLS table, so its plan belongs to the role it ran as (PostgreSQL re-plans
     // an RLS plan for another role): per schema, like the statements, since each has its own role.
-    if (options.requireActive ?? true) preamble.push(named({ name: 'bh_active', text: ACTIVE_SQL, values: [tenantId] }));
+    if (options.requireActive ?? true) preamble.push(...named([{ name: 'bh_active', text: ACTIVE_SQL, values: [tenantId] }]));
     if (schema !== POOL_SCHEMA) preamble.push({ name: 'bh_path', text: SEARCH_PATH_SQL, values: [schema] });
     const skip = preamble.length;
     const engine = this.engine;
     return {
       async batch(statements) {
         try {
-          return (await engine.batch([...preamble, ...statements.map(named)])).slice(skip);
+          return (await engine.batch([...preamble, ...named(statements)])).slice(skip);
         } catch (error) {
           throw fromPreamble(error, skip);
         }
@@ -201,10 +201,10 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
           let first = true;
           return fn({
             async batch(statements) {
-              if (!first) return tx.batch(statements.map(named));
+              if (!first) return tx.batch(named(statements));
               first = false;
               try {
-                return (await tx.batch([...preamble, ...statements.map(named)])).slice(skip);
+                return (await tx.batch([...preamble, ...named(statements)])).slice(skip);
               } catch (error) {
                 throw fromPreamble(error, skip);
               }
@@ -226,10 +226,11 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
  * ever to share it, PostgreSQL's own re-validation would still plan for the right one, only slower.
  * The PostgreSQL engine bounds how many names a connection keeps.
  */
-function statementNamer(schema: string): (s: Statement) => Statement {
-  if (schema === POOL_SCHEMA) return (s) => s;
+function statementNamer(schema: string): (statements: readonly Statement[]) => readonly Statement[] {
+  // The pool's batches, the hot path, pass through untouched.
+  if (schema === POOL_SCHEMA) return (statements) => statements;
   const suffix = `@${schema.slice(-16)}`;
-  return (s) => (s.name === undefined ? s : { ...s, name: `${s.name}${suffix}` });
+  return (statements) => statements.map((s) => (s.name === undefined ? s : { ...s, name: `${s.name}${suffix}` }));
 }
 
 /**

@@ -1,7 +1,7 @@
 import { BulkheadError, DatabaseError, NotFoundError } from '../errors.js';
 import { isUuid, uuidv7 } from '../ids.js';
 import type { Placements } from '../placement/placements.js';
-import { TIERS, type TierName } from '../placement/tier.js';
+import { PLACE_NAME, TIERS, type TierName } from '../placement/tier.js';
 import type { Store } from '../store/store.js';
 
 /** Lifecycle states of a tenant (SPEC section 1). */
@@ -86,7 +86,7 @@ export class Tenants {
     if (typeof name !== 'string' || name.trim().length === 0 || name.length > 200) invalid('name must be a non-empty string of at most 200 characters', 'name');
     if (typeof tier !== 'string' || !(TIERS as readonly string[]).includes(tier)) invalid(`tier must be one of ${TIERS.join(', ')}`, 'tier');
     if (typeof region !== 'string' || !this.#regions.includes(region)) invalid(`region must be one of ${this.#regions.join(', ')}`, 'region');
-    if (cell !== undefined && (typeof cell !== 'string' || !/^[a-z0-9][a-z0-9-]{0,31}$/.test(cell))) invalid('cell must be the name of a configured cell', 'cell');
+    if (cell !== undefined && (typeof cell !== 'string' || !PLACE_NAME.test(cell))) invalid('cell must be the name of a configured cell', 'cell');
     const id = uuidv7();
     const row = { id, slug, name, status: 'active', tier: tier as TierName, region };
     const placement = await this.#placements.provision(row, cell as string | undefined);
