@@ -1,3 +1,4 @@
+import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
@@ -39,6 +40,13 @@ export interface Config {
   /** Rows per batch when a tenant move copies its data (`BULKHEAD_MOVE_BATCH_SIZE`). */
   readonly moveBatchSize: number;
   readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  /**
+   * PEM certificate (chain) file to serve HTTPS with (`--tls-cert`, `BULKHEAD_TLS_CERT`); set
+   * together with `tlsKey` or not at all. Unset: plain HTTP, for TLS terminated by a proxy.
+   */
+  readonly tlsCert: string | undefined;
+  /** PEM private key file of `tlsCert` (`--tls-key`, `BULKHEAD_TLS_KEY`). */
+  readonly tlsKey: string | undefined;
 }
 
 /**
@@ -59,6 +67,8 @@ export interface ConfigFlags {
   readonly host?: string;
   readonly dataDir?: string;
   readonly config?: string;
+  readonly tlsCert?: string;
+  readonly tlsKey?: string;
 }
 
 const DEFAULTS = {
@@ -80,7 +90,7 @@ const DEFAULTS = {
 /** Keys a config file may hold (camelCase, as in `Config`). */
 const FILE_KEYS = new Set([
   'port', 'host', 'dataDir', 'databaseUrl', 'jwksUrl', 'jwtIssuer', 'jwtAudience', 'partitions', 'regions',
-  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells', 'moveBatchSize',
+  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells', 'moveBatchSize', 'tlsCert', 'tlsKey',
 ]);
 
 
@@ -196,6 +206,11 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
   const logLevel = String(pick(undefined, env.BULKHEAD_LOG_LEVEL, file.logLevel, DEFAULTS.logLevel));
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) invalid('the log level must be one of fatal, error, warn, info, debug, trace, silent');
   const dataDir = resolve(str(pick(flags.dataDir, env.BULKHEAD_DATA_DIR, file.dataDir, DEFAULTS.dataDir), 'the data directory'));
+  const tlsCert = optionalPath(pick(flags.tlsCert, env.BULKHEAD_TLS_CERT, file.tlsCert, undefined), 'the TLS certificate (--tls-cert, BULKHEAD_TLS_CERT)');
+  const tlsKey = optionalPath(pick(flags.tlsKey, env.BULKHEAD_TLS_KEY, file.tlsKey, undefined), 'the TLS key (--tls-key, BULKHEAD_TLS_KEY)');
+  // One without the other would leave the server either without HTTPS the operator asked for, or failing later.
+  if (tlsCert !== undefined && tlsKey === undefined) invalid('a TLS certificate is set but no key: set --tls-key (BULKHEAD_TLS_KEY, tlsKey) too, or neither');
+  if (tlsKey !== undefined && tlsCert === undefined) invalid('a TLS key is set but no certificate: set --tls-cert (BULKHEAD_TLS_CERT, tlsCert) too, or neither');
   const cells =
     cellsRaw === undefined
       ? [Object.freeze({ name: 'local', region: (regions as string[])[0]!, ...(databaseUrl !== undefined ? { databaseUrl: String(databaseUrl) } : { dataDir: join(dataDir, 'store') }) })]
@@ -219,8 +234,57 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
     poolSize: int(pick(undefined, env.BULKHEAD_POOL_SIZE, file.poolSize, DEFAULTS.poolSize), 'the pool size', 1, 1000),
     moveBatchSize: int(pick(undefined, env.BULKHEAD_MOVE_BATCH_SIZE, file.moveBatchSize, DEFAULTS.moveBatchSize), 'the move batch size', 10, 100_000),
     logLevel: logLevel as Config['logLevel'],
+    tlsCert,
+    tlsKey,
   };
   return Object.freeze(config);
+}
+
+function optionalPath(value: unknown, name: string): string | undefined {
+  return value === undefined ? undefined : resolve(str(value, name));
+}
+
+/** The certificate and key `bulkhead serve` hands to the HTTPS server, read and checked. */
+export interface TlsCredentials {
+  /** The PEM certificate chain, leaf first. */
+  readonly cert: Buffer;
+  /** The PEM private key of the leaf certificate. */
+  readonly key: Buffer;
+}
+
+/**
+ * Reads `tlsCert` and `tlsKey` (undefined when neither is set) and checks them before the server
+ * starts, so a wrong file fails `bulkhead serve` at once with a message naming the setting, rather
+ * than every handshake later. Messages name the file, never its contents.
+ */
+export function readTlsCredentials(config: Config): TlsCredentials | undefined {
+  if (config.tlsCert === undefined || config.tlsKey === undefined) return undefined;
+  const cert = readTlsFile(config.tlsCert, 'the TLS certificate file (--tls-cert, BULKHEAD_TLS_CERT)');
+  const key = readTlsFile(config.tlsKey, 'the TLS key file (--tls-key, BULKHEAD_TLS_KEY)');
+  let leaf: X509Certificate;
+  try {
+    // The TLS stack takes PEM only; X509Certificate would also accept DER.
+    if (!cert.includes('-----BEGIN CERTIFICATE-----')) throw new TypeError('not PEM');
+    leaf = new X509Certificate(cert);
+  } catch {
+    invalid(`the TLS certificate file ${config.tlsCert} does not hold a PEM certificate`);
+  }
+  let privateKey: KeyObject;
+  try {
+    privateKey = createPrivateKey(key);
+  } catch {
+    invalid(`the TLS key file ${config.tlsKey} does not hold an unencrypted PEM private key`);
+  }
+  if (!leaf.checkPrivateKey(privateKey)) invalid(`the TLS key file ${config.tlsKey} is not the key of the certificate in ${config.tlsCert}`);
+  return Object.freeze({ cert, key });
+}
+
+function readTlsFile(path: string, name: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch {
+    invalid(`${name} ${path} cannot be read`);
+  }
 }
 
 function safeJson(text: string): unknown {

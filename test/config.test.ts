@@ -9,7 +9,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writ
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { loadConfig, resolveJwtSecret, type Config } from '../src/config.js';
+import { loadConfig, readTlsCredentials, resolveJwtSecret, type Config } from '../src/config.js';
 import { BulkheadError } from '../src/errors.js';
 
 /** Asserts CONFIG_INVALID with a message matching `message`. */
@@ -269,6 +269,40 @@ describe('config', () => {
         /does not hold a secret of at least 32 bytes/,
       );
       assert.equal(calls, 0, 'a bad file is refused, not silently replaced');
+    });
+  });
+
+  describe('TLS settings', () => {
+    it('unset by default; flag over environment over file, paths resolved', () => {
+      const c = loadConfig({}, {});
+      assert.equal(c.tlsCert, undefined);
+      assert.equal(c.tlsKey, undefined);
+      const f = join(dir, 'tls.yaml');
+      writeFileSync(f, 'tlsCert: file.crt\ntlsKey: file.key\n');
+      const fromFile = loadConfig({ config: f }, {});
+      assert.deepEqual([fromFile.tlsCert, fromFile.tlsKey], [resolve('file.crt'), resolve('file.key')]);
+      const fromEnv = loadConfig({ config: f }, { BULKHEAD_TLS_CERT: '/etc/env.crt', BULKHEAD_TLS_KEY: '/etc/env.key' });
+      assert.deepEqual([fromEnv.tlsCert, fromEnv.tlsKey], ['/etc/env.crt', '/etc/env.key']);
+      const fromFlags = loadConfig({ config: f, tlsCert: '/etc/flag.crt', tlsKey: '/etc/flag.key' }, { BULKHEAD_TLS_CERT: '/etc/env.crt', BULKHEAD_TLS_KEY: '/etc/env.key' });
+      assert.deepEqual([fromFlags.tlsCert, fromFlags.tlsKey], ['/etc/flag.crt', '/etc/flag.key']);
+      assert.equal(readTlsCredentials(c), undefined, 'no files, no HTTPS');
+    });
+
+    it('a certificate without a key, or a key without a certificate, wherever set, names the missing one', () => {
+      throwsConfig(() => loadConfig({}, { BULKHEAD_TLS_CERT: '/etc/x.crt' }), /no key: set --tls-key \(BULKHEAD_TLS_KEY, tlsKey\)/);
+      throwsConfig(() => loadConfig({}, { BULKHEAD_TLS_KEY: '/etc/x.key' }), /no certificate: set --tls-cert \(BULKHEAD_TLS_CERT, tlsCert\)/);
+      const f = join(dir, 'tls-half.json');
+      writeFileSync(f, JSON.stringify({ tlsKey: 'x.key' }));
+      throwsConfig(() => loadConfig({ config: f }, {}), /no certificate/);
+      // Split across sources is fine: the pair is what counts.
+      assert.equal(loadConfig({ config: f, tlsCert: '/etc/flag.crt' }, {}).tlsKey, resolve('x.key'));
+      writeFileSync(f, JSON.stringify({ tlsCert: '', tlsKey: 'x.key' }));
+      throwsConfig(() => loadConfig({ config: f }, {}), /the TLS certificate \(--tls-cert, BULKHEAD_TLS_CERT\) must be a non-empty string/);
+    });
+
+    it('readTlsCredentials: an unreadable file is CONFIG_INVALID naming the file', () => {
+      const c = loadConfig({ tlsCert: join(dir, 'none.crt'), tlsKey: join(dir, 'none.key') }, {});
+      throwsConfig(() => readTlsCredentials(c), /the TLS certificate file \(--tls-cert, BULKHEAD_TLS_CERT\) .*none\.crt cannot be read/);
     });
   });
 });

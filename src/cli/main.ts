@@ -39,7 +39,9 @@ export function program(io: CliIO = processIO()): Command {
     .option('--host <h>', 'address to bind (default 127.0.0.1, env HOST)')
     .option('--data-dir <d>', 'data directory (default ./.bulkhead, env BULKHEAD_DATA_DIR)')
     .option('--config <file>', 'YAML or JSON configuration file (env BULKHEAD_CONFIG)')
-    .action(async (opts: { port?: string; host?: string; dataDir?: string; config?: string }) => {
+    .option('--tls-cert <file>', 'PEM certificate chain: serve HTTPS only, with HSTS (env BULKHEAD_TLS_CERT; needs --tls-key)')
+    .option('--tls-key <file>', 'PEM private key of the certificate (env BULKHEAD_TLS_KEY; needs --tls-cert)')
+    .action(async (opts: { port?: string; host?: string; dataDir?: string; config?: string; tlsCert?: string; tlsKey?: string }) => {
       await serve(opts, io.stdout);
     });
   const tenants = tenantsCommand(cli, io);

@@ -2,6 +2,7 @@ import pg from 'pg';
 import { DatabaseError } from '../../errors.js';
 import { checkDatabaseName, type DatabaseHost, type Engine } from '../engine.js';
 import { PostgresEngine } from './postgres-engine.js';
+import { libpqSslConnectionString } from './tls.js';
 
 /** Options of a PostgreSQL host. */
 export interface PostgresHostOptions {
@@ -23,7 +24,8 @@ export class PostgresHost implements DatabaseHost {
   #main: Engine | undefined;
 
   constructor(options: PostgresHostOptions) {
-    this.#options = options;
+    // Once, here: the main pool, the admin connection and every silo URL derived below carry libpq's SSL semantics.
+    this.#options = { ...options, connectionString: libpqSslConnectionString(options.connectionString) };
   }
 
   async main(): Promise<Engine> {
