@@ -38,6 +38,8 @@ export const ERROR_CODES = {
   MOVE_IN_PROGRESS: 'The tenant is already being moved',
   MOVE_NOT_FOUND: 'No such move',
   MOVE_CHECKSUM_MISMATCH: 'The copied data does not match the source',
+  CRYPTO_DECRYPT_FAILED: 'An encrypted value could not be decrypted',
+  CRYPTO_KEY_INVALID: 'A key given to a cryptographic operation is invalid',
   KMS_UNWRAP_FAILED: 'A wrapped data key could not be unwrapped',
   KMS_KEY_FILE_INSECURE: 'The KMS key file is open to other users',
   KMS_CONFIG_INVALID: 'The KMS configuration is invalid',
@@ -73,6 +75,25 @@ export class WritesPausedError extends BulkheadError {
   constructor(retryAfterSeconds: number) {
     super('TENANT_WRITES_PAUSED', 'the tenant is being moved and takes no writes for a moment; retry after the Retry-After delay');
     this.retryAfterSeconds = Math.max(1, Math.ceil(retryAfterSeconds));
+  }
+}
+
+/**
+ * A field ciphertext that cannot be decrypted, whatever the reason: a wrong or missing key, a
+ * value moved from another record, field, collection or tenant, tampering, truncation, an unknown
+ * format or key version. One fixed message and no cause, so that no answer tells which check
+ * failed (jose's JWEDecryptionFailed). The request fails closed.
+ */
+export class DecryptionFailedError extends BulkheadError {
+  constructor() {
+    super('CRYPTO_DECRYPT_FAILED', 'a stored encrypted value could not be decrypted; nothing was returned; report the request id to the operator');
+  }
+}
+
+/** A key handed to a cryptographic operation that is malformed (wrong length or type, or a bad version): a server bug. */
+export class KeyInvalidError extends BulkheadError {
+  constructor(message: string) {
+    super('CRYPTO_KEY_INVALID', message);
   }
 }
 
