@@ -165,7 +165,7 @@ describe('field cipher: known-answer vectors', () => {
 
 describe('field cipher: round trips', () => {
   const values: JsonValue[] = [
-    '', 'plain', 'Zoë 🐘 \u2028', '\u0000'.repeat(0) + 'x'.repeat(10_000), '078-05-1120', '1', 'true', 'null',
+    '', 'plain', 'Zoë 🐘 \u2028', 'x'.repeat(10_000), 'nul \u0000 inside', '078-05-1120', '1', 'true', 'null',
     0, 1, -1, 1.5, -1.5e-7, 1e300, 5e-324, Number.MAX_SAFE_INTEGER,
     true, false, null,
     [], [1, '1', true, null, [], {}], {}, { nested: { deep: [{ a: 1 }] }, 'key with spaces': 'v', '': 0 },
@@ -192,8 +192,7 @@ describe('field cipher: round trips', () => {
       assert.equal(docDecrypt(KEY, binding, ct), '"x"');
       assert.equal(decryptField(KEY, 4, binding, ct), 'x');
       assert.throws(() => decryptField(KEY, 4, { ...binding, field: `${names.field}x` }, ct), DECRYPT_FAILED);
-      const scope = names;
-      assert.deepEqual(blindIndex(KEY, scope, 'v'), docIndex(KEY, scope, '"v"'));
+      assert.equal(blindIndex(OTHER_KEY, names, 'v'), docIndex(OTHER_KEY, names, '"v"'));
     }
   });
 
