@@ -1,0 +1,185 @@
+/**
+ * The audit tables (issue 5, items 2 and 3), as SQL that PostgreSQL 15 and PGlite (PostgreSQL 18)
+ * both accept. Not yet part of the versioned migrations: the store applies it when the audit
+ * trail is wired in.
+ *
+ * - `<schema>.audit_events`: every tenant's chain, stored beside the tenant's data (so it follows
+ *   the tenant through tier and region moves), under the same FORCED row-level security as the data
+ *   tables (`tenant_isolation`, TENANT_PREDICATE); hash-partitioned by tenant like the pool's records
+ *   when `partitions` is given.
+ * - `<schema>.audit_platform_events`: the platform chain (operator actions, unauthenticated
+ *   requests), visible in the platform scope only.
+ *
+ * Immutability is the database's, not the application's: the application role is granted INSERT
+ * and SELECT only; triggers reject UPDATE and DELETE of any row and TRUNCATE of the table or of any
+ * partition, for every role including the owner and a superuser (SQLSTATE BHA01); and an insert
+ * must extend its chain: seq 1 after 32 zero bytes, every later seq after the row before it with
+ * that row's hash as prev_hash, and the event's seq, tenant and time equal to the row's columns
+ * (SQLSTATE BHA02). What the database cannot stop (the owner disabling a trigger, a superuser, a
+ * file-level edit) the hash chain and the signed checkpoints reveal.
+ *
+ * The only values interpolated are the schema and role names and the partition count, checked here.
+ */
+import { TENANT_PREDICATE, checkPartitions, checkRoleName } from '../store/migrations.js';
+
+/** SQLSTATE of an UPDATE, DELETE or TRUNCATE of audit rows. */
+export const AUDIT_APPEND_ONLY_SQLSTATE = 'BHA01';
+/** SQLSTATE of an insert that does not extend its chain (a gap, a wrong prev_hash, columns that disagree with the event). */
+export const AUDIT_LINK_SQLSTATE = 'BHA02';
+
+/** The tenant audit table's name. */
+export const AUDIT_EVENTS_TABLE = 'audit_events';
+/** The platform audit table's name. */
+export const AUDIT_PLATFORM_TABLE = 'audit_platform_events';
+
+/** What the audit SQL is parameterized by. */
+export interface AuditSchemaOptions {
+  /** The schema of the tables (the pool's is `bulkhead`; a bridge tenant's its own). */
+  readonly schema: string;
+  /** The role granted INSERT and SELECT, and nothing else. */
+  readonly appRole: string;
+  /** Hash partitions of `audit_events` by tenant (1 to 1024); unpartitioned when absent. */
+  readonly partitions?: number;
+}
+
+const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+const ZERO_HASH = `'\\x${'00'.repeat(32)}'::bytea`;
+const PLATFORM_PREDICATE = "current_setting('bulkhead.scope', true) = 'platform'";
+
+function checkSchema(schema: string): string {
+  if (!SCHEMA_NAME.test(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  return schema;
+}
+
+/** The BEFORE INSERT check shared by both tables; `previous` finds the hash of seq - 1. */
+function linkCheckBody(previous: string, tenantCheck: string): string {
+  return `DECLARE
+  previous bytea;
+BEGIN
+  IF NEW.event->>'seq' IS DISTINCT FROM NEW.seq::text OR ${tenantCheck}
+     OR (NEW.event->>'time')::timestamptz IS DISTINCT FROM NEW.time THEN
+    RAISE EXCEPTION 'audit row does not match its event (seq, tenant or time)' USING ERRCODE = '${AUDIT_LINK_SQLSTATE}';
+  END IF;
+  IF NEW.seq = 1 THEN
+    previous := ${ZERO_HASH};
+  ELSE
+    ${previous}
+  END IF;
+  IF previous IS DISTINCT FROM NEW.prev_hash THEN
+    RAISE EXCEPTION 'audit row does not extend its chain (seq % needs the hash of seq % as prev_hash)', NEW.seq, NEW.seq - 1 USING ERRCODE = '${AUDIT_LINK_SQLSTATE}';
+  END IF;
+  RETURN NEW;
+END`;
+}
+
+/** The triggers that make `table` append-only and chain-checked. */
+function triggersSql(table: string, name: string, linkFunction: string, schema: string): string {
+  return `CREATE TRIGGER ${name}_link BEFORE INSERT ON ${table}
+  FOR EACH ROW EXECUTE FUNCTION ${linkFunction}();
+CREATE TRIGGER ${name}_append_only BEFORE UPDATE OR DELETE ON ${table}
+  FOR EACH ROW EXECUTE FUNCTION ${schema}.audit_forbid_change();
+CREATE TRIGGER ${name}_no_truncate BEFORE TRUNCATE ON ${table}
+  FOR EACH STATEMENT EXECUTE FUNCTION ${schema}.audit_forbid_change();`;
+}
+
+/**
+ * The function the append-only triggers of `schema` call. Statement-level (TRUNCATE) and row-level
+ * (UPDATE, DELETE) alike raise BHA01 with a message naming the operation and the table.
+ */
+export function auditFunctionsSql(schemaName: string): string {
+  const s = checkSchema(schemaName);
+  return `CREATE FUNCTION ${s}.audit_forbid_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  RAISE EXCEPTION 'audit rows are append-only: % on %.% is not allowed', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+    USING ERRCODE = '${AUDIT_APPEND_ONLY_SQLSTATE}';
+END
+$fn$;
+REVOKE ALL ON FUNCTION ${s}.audit_forbid_change() FROM PUBLIC;`;
+}
+
+/**
+ * The tenant audit table of `schema` (with its link-check function), its policies, triggers and
+ * grants; `partitions` hash-partitions it by tenant, each partition with the same policy and
+ * TRUNCATE trigger and no privilege for the application role. Needs `auditFunctionsSql(schema)` first.
+ */
+export function auditEventsTableSql(options: AuditSchemaOptions): string {
+  const s = checkSchema(options.schema);
+  const app = checkRoleName(options.appRole, 'the application role');
+  const partitions = options.partitions === undefined ? undefined : checkPartitions(options.partitions);
+  const table = `${s}.${AUDIT_EVENTS_TABLE}`;
+  const parts: string[] = [];
+  for (let i = 0; i < (partitions ?? 0); i++) {
+    const p = `${table}_p${i}`;
+    parts.push(`CREATE TABLE ${p} PARTITION OF ${table} FOR VALUES WITH (MODULUS ${partitions}, REMAINDER ${i});
+ALTER TABLE ${p} ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ${p} FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON ${p} USING (${TENANT_PREDICATE}) WITH CHECK (${TENANT_PREDICATE});
+-- TRUNCATE triggers are not inherited from the parent: each partition carries its own.
+CREATE TRIGGER ${AUDIT_EVENTS_TABLE}_p${i}_no_truncate BEFORE TRUNCATE ON ${p}
+  FOR EACH STATEMENT EXECUTE FUNCTION ${s}.audit_forbid_change();
+REVOKE ALL ON ${p} FROM PUBLIC;`);
+  }
+  return `CREATE TABLE ${table} (
+  tenant_id uuid NOT NULL,
+  seq bigint NOT NULL CHECK (seq >= 1),
+  prev_hash bytea NOT NULL CHECK (octet_length(prev_hash) = 32),
+  hash bytea NOT NULL CHECK (octet_length(hash) = 32),
+  event jsonb NOT NULL CHECK (jsonb_typeof(event) = 'object'),
+  time timestamptz NOT NULL,
+  PRIMARY KEY (tenant_id, seq)
+)${partitions === undefined ? '' : ' PARTITION BY HASH (tenant_id)'};
+-- The auditor API filters a tenant's trail by time.
+CREATE INDEX ${AUDIT_EVENTS_TABLE}_time ON ${table} (tenant_id, time);
+ALTER TABLE ${table} ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ${table} FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON ${table} USING (${TENANT_PREDICATE}) WITH CHECK (${TENANT_PREDICATE});
+${parts.join('\n')}
+-- Runs as the inserting role, under its RLS context: the row before is the same tenant's.
+CREATE FUNCTION ${s}.audit_events_check_link() RETURNS trigger LANGUAGE plpgsql AS $fn$
+${linkCheckBody(`SELECT e.hash INTO previous FROM ${table} e WHERE e.tenant_id = NEW.tenant_id AND e.seq = NEW.seq - 1;`, "NEW.event->>'tenantId' IS DISTINCT FROM NEW.tenant_id::text")}
+$fn$;
+REVOKE ALL ON FUNCTION ${s}.audit_events_check_link() FROM PUBLIC;
+${triggersSql(table, AUDIT_EVENTS_TABLE, `${s}.audit_events_check_link`, s)}
+REVOKE ALL ON ${table} FROM PUBLIC;
+GRANT USAGE ON SCHEMA ${s} TO ${app};
+GRANT SELECT, INSERT ON ${table} TO ${app};
+`;
+}
+
+/** The platform chain's table in `schema`: platform scope only, INSERT and SELECT for the application role. */
+export function auditPlatformTableSql(options: Omit<AuditSchemaOptions, 'partitions'>): string {
+  const s = checkSchema(options.schema);
+  const app = checkRoleName(options.appRole, 'the application role');
+  const table = `${s}.${AUDIT_PLATFORM_TABLE}`;
+  return `CREATE TABLE ${table} (
+  seq bigint PRIMARY KEY CHECK (seq >= 1),
+  prev_hash bytea NOT NULL CHECK (octet_length(prev_hash) = 32),
+  hash bytea NOT NULL CHECK (octet_length(hash) = 32),
+  event jsonb NOT NULL CHECK (jsonb_typeof(event) = 'object'),
+  time timestamptz NOT NULL
+);
+CREATE INDEX ${AUDIT_PLATFORM_TABLE}_time ON ${table} (time);
+ALTER TABLE ${table} ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ${table} FORCE ROW LEVEL SECURITY;
+CREATE POLICY platform_only ON ${table} USING (${PLATFORM_PREDICATE}) WITH CHECK (${PLATFORM_PREDICATE});
+CREATE FUNCTION ${s}.audit_platform_events_check_link() RETURNS trigger LANGUAGE plpgsql AS $fn$
+${linkCheckBody(`SELECT e.hash INTO previous FROM ${table} e WHERE e.seq = NEW.seq - 1;`, "NEW.event->'tenantId' IS DISTINCT FROM 'null'::jsonb")}
+$fn$;
+REVOKE ALL ON FUNCTION ${s}.audit_platform_events_check_link() FROM PUBLIC;
+${triggersSql(table, AUDIT_PLATFORM_TABLE, `${s}.audit_platform_events_check_link`, s)}
+REVOKE ALL ON ${table} FROM PUBLIC;
+GRANT USAGE ON SCHEMA ${s} TO ${app};
+GRANT SELECT, INSERT ON ${table} TO ${app};
+`;
+}
+
+/**
+ * Everything for one schema: the trigger function, the tenant table and the platform table. Run it
+ * as the owner role (which then owns every object), in one transaction. A bridge schema needs only
+ * `auditFunctionsSql` and `auditEventsTableSql`: the platform chain lives in `bulkhead`.
+ */
+export function auditSchemaSql(options: AuditSchemaOptions): string {
+  return `${auditFunctionsSql(options.schema)}
+${auditEventsTableSql(options)}
+${auditPlatformTableSql(options)}`;
+}
