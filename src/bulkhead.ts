@@ -71,7 +71,7 @@ export class Bulkhead {
   /** Opens the store the configuration names, applies migrations and loads the access policies. */
   static async open(config: Config, options: OpenOptions = {}): Promise<Bulkhead> {
     const cells = await Cells.open(config, options.engine ? { controlEngine: options.engine } : {});
-    const placements = new Placements(cells);
+    const placements = new Placements(cells, { cacheTtlMs: config.placementCacheMs });
     const store = cells.control.store;
     try {
       await placements.backfill();
@@ -116,7 +116,8 @@ export class Bulkhead {
     if (looksLikeOperatorToken(token)) return this.#verifyOperator(token);
     const principal = await this.#tokens.verify(token);
     const status = await this.tenants.status(principal.tenantId);
-    if (status !== 'active') throw new AuthenticationError('AUTH_TENANT_INACTIVE', 'the token names no active tenant');
+    // A tenant being switched over by a move is served: its reads go on, its writes get 503.
+    if (status !== 'active' && status !== 'migrating') throw new AuthenticationError('AUTH_TENANT_INACTIVE', 'the token names no active tenant');
     return principal;
   }
 

@@ -39,6 +39,12 @@ export interface Config {
   readonly poolSize: number;
   /** Rows per batch when a tenant move copies its data (`BULKHEAD_MOVE_BATCH_SIZE`). */
   readonly moveBatchSize: number;
+  /**
+   * How long a process trusts a tenant's placement directory entry, in ms (`BULKHEAD_PLACEMENT_CACHE_MS`,
+   * default 5,000). A move removes its source this long after the switch, when every process has
+   * seen the new placement.
+   */
+  readonly placementCacheMs: number;
   readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   /**
    * PEM certificate (chain) file to serve HTTPS with (`--tls-cert`, `BULKHEAD_TLS_CERT`); set
@@ -84,13 +90,14 @@ const DEFAULTS = {
   bodyLimit: 1024 * 1024,
   poolSize: 10,
   moveBatchSize: 2000,
+  placementCacheMs: 5000,
   logLevel: 'info',
 } as const;
 
 /** Keys a config file may hold (camelCase, as in `Config`). */
 const FILE_KEYS = new Set([
   'port', 'host', 'dataDir', 'databaseUrl', 'jwksUrl', 'jwtIssuer', 'jwtAudience', 'partitions', 'regions',
-  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells', 'moveBatchSize', 'tlsCert', 'tlsKey',
+  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells', 'moveBatchSize', 'placementCacheMs', 'tlsCert', 'tlsKey',
 ]);
 
 
@@ -233,6 +240,7 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
     bodyLimit: int(pick(undefined, env.BULKHEAD_BODY_LIMIT, file.bodyLimit, DEFAULTS.bodyLimit), 'the body limit', 1024, 64 * 1024 * 1024),
     poolSize: int(pick(undefined, env.BULKHEAD_POOL_SIZE, file.poolSize, DEFAULTS.poolSize), 'the pool size', 1, 1000),
     moveBatchSize: int(pick(undefined, env.BULKHEAD_MOVE_BATCH_SIZE, file.moveBatchSize, DEFAULTS.moveBatchSize), 'the move batch size', 10, 100_000),
+    placementCacheMs: int(pick(undefined, env.BULKHEAD_PLACEMENT_CACHE_MS, file.placementCacheMs, DEFAULTS.placementCacheMs), 'the placement cache time', 0, 600_000),
     logLevel: logLevel as Config['logLevel'],
     tlsCert,
     tlsKey,

@@ -77,10 +77,13 @@ export class BulkheadError extends Error {
 /** Writes to a tenant are paused while a move switches it over; retry after `retryAfterSeconds`. */
 export class WritesPausedError extends BulkheadError {
   readonly retryAfterSeconds: number;
+  /** Set when the database refused the write because the router's placement entry is outdated. */
+  readonly stalePlacement: boolean;
 
-  constructor(retryAfterSeconds: number) {
-    super('TENANT_WRITES_PAUSED', 'the tenant is being moved and takes no writes for a moment; retry after the Retry-After delay');
+  constructor(retryAfterSeconds: number, options: { cause?: unknown; stalePlacement?: boolean } = {}) {
+    super('TENANT_WRITES_PAUSED', 'the tenant is being moved and takes no writes for a moment; retry after the Retry-After delay', options.cause === undefined ? undefined : { cause: options.cause });
     this.retryAfterSeconds = Math.max(1, Math.ceil(retryAfterSeconds));
+    this.stalePlacement = options.stalePlacement ?? false;
   }
 }
 

@@ -4,11 +4,15 @@
  * `multi_tenant_isolation.sql` does; the refusals (bad input, a tenant already moving or not
  * active, a region change without a legal basis) each changing nothing.
  */
+import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { BACKENDS, createTenant, defineCollection, openTestBulkhead, request, type TestBulkhead, type TestResponse } from './support/backends.js';
 import { assertProblem } from './support/assertions.js';
 import { SEED_COLLECTION, finished, seedRecords, tenantChecksums } from './support/moves.js';
+import { Moves, type MoveView } from '../src/placement/moves.js';
+import { BulkheadError } from '../src/errors.js';
+import type { TenantRow } from '../src/placement/tier.js';
 
 const TIERS = ['pool', 'bridge', 'silo'] as const;
 
@@ -135,6 +139,121 @@ for (const kind of BACKENDS) {
         });
       }
     }
+
+    // The switch takes its comparison base before the pause and adjusts it for what was written
+    // since; these check that what it records is the data as it is, on both of its paths.
+    for (const [name, lateWrite, scan] of [
+      ['writes after the snapshot are new records, edits and deletes of records written since', 'recent', 'changes'],
+      ['an old record is edited and another deleted between the comparison base and the pause', 'old', 'full'],
+    ] as const) {
+      it(`records the switch's checksums of the data as it is when ${name}`, async () => {
+        const tenant = await seeded('pool', 400);
+        const row = (await op('GET', `/v1/tenants/${tenant.id}`)).body as TenantRow;
+        const write = (method: 'GET' | 'POST' | 'PATCH' | 'DELETE', url: string, body?: unknown) =>
+          request(t.app, method, url, { token: tenant.token, ...(body === undefined ? {} : { body }) });
+        const page = await write('GET', '/v1/collections/items/records?limit=3&sort=n');
+        const old = (page.body.records as Array<{ id: string }>).map((r) => r.id);
+        assert.equal(old.length, 3);
+        let created: string[] = [];
+        const mover = new Moves(t.bh.placements, {
+          batchSize: 100,
+          onStep: async (m: MoveView) => {
+            // After the verification's snapshot: a record created, then edited; another created, then deleted.
+            if (m.state !== 'switching' || created.length > 0) return;
+            for (const title of ['late-a', 'late-b']) created.push((await write('POST', '/v1/collections/items/records', { fields: { title, n: 1 } })).body.id);
+            assert.equal((await write('PATCH', `/v1/collections/items/records/${created[0]}`, { fields: { note: 'late' } })).status, 200);
+            assert.equal((await write('DELETE', `/v1/collections/items/records/${created[1]}`)).status, 204);
+            created = created.slice(0, 1);
+          },
+          beforePause: async () => {
+            if (lateWrite === 'recent') {
+              created.push((await write('POST', '/v1/collections/items/records', { fields: { title: 'late-c', n: 2 } })).body.id);
+            } else {
+              assert.equal((await write('PATCH', `/v1/collections/items/records/${old[0]}`, { fields: { title: 'renamed-old', n: -1 } })).status, 200);
+              assert.equal((await write('DELETE', `/v1/collections/items/records/${old[1]}`)).status, 204);
+            }
+          },
+        });
+        try {
+          const started = await mover.start(row, { tier: 'bridge' }, 'test');
+          await mover.wait(started.id);
+          const done = await mover.get(tenant.id, started.id);
+          assert.equal(done.state, 'done', JSON.stringify(done));
+          assert.equal(done.progress.checksumScan, scan);
+          assert.deepEqual(done.checksums!.source, done.checksums!.target);
+          // Nothing was written after the switch: what it recorded is the new placement's data, summed whole now.
+          assert.deepEqual(done.checksums!.target, await tenantChecksums(t.bh, tenant.id));
+          const expected = lateWrite === 'recent' ? 400 + 2 : 400 + 1 - 1;
+          assert.equal(done.checksums!.target['records/items']!.rows, expected);
+          const renamed = await write('GET', `/v1/collections/items/records?filter=${encodeURIComponent(JSON.stringify({ title: { eq: 'renamed-old' } }))}`);
+          assert.equal(renamed.body.records.length, lateWrite === 'old' ? 1 : 0);
+        } finally {
+          await mover.close();
+        }
+      });
+    }
+
+    it('fences the source against writes routed with an outdated placement, and waits for those under way', async () => {
+      const tenant = await seeded('pool', 200);
+      const row = (await op('GET', `/v1/tenants/${tenant.id}`)).body as TenantRow;
+      const source = (await t.bh.placements.resolve(tenant.id))!;
+      // What another process holds while its directory entry is not yet expired: a write scope on
+      // the source, routed with the epoch before the move.
+      const stale = await t.bh.placements.tiers.pool.scope(t.bh.placements.cells.get(source.cell), tenant.id, source.location, { writeEpoch: source.epoch });
+      // A record with its unique and index values, as the write path stores one.
+      const insert = (title: string) => {
+        const id = randomUUID();
+        return [
+          {
+            text:
+              'INSERT INTO records (tenant_id, collection, id, data, schema_version, created_by, updated_by) ' +
+              "VALUES ($1, 'items', $2, jsonb_build_object('title', $3::text, 'n', 7), 1, 'other-process', 'other-process')",
+            values: [tenant.id, id, title],
+          },
+          { text: "INSERT INTO unique_values (tenant_id, collection, field, key, record_id) VALUES ($1, 'items', 'title', bulkhead.value_key(to_jsonb($3::text)), $2)", values: [tenant.id, id, title] },
+          { text: "INSERT INTO index_values (tenant_id, collection, field, key, record_id) VALUES ($1, 'items', 'n', bulkhead.value_key('7'::jsonb), $2)", values: [tenant.id, id] },
+        ];
+      };
+      let inFlight: Promise<unknown> | undefined;
+      const mover = new Moves(t.bh.placements, {
+        batchSize: 100,
+        beforePause: async () => {
+          // A write of the other process that passed its check just before the pause, and commits
+          // while the switch runs: the switch must wait for it and carry it over.
+          let passed!: () => void;
+          const checked = new Promise<void>((resolve) => (passed = resolve));
+          inFlight = stale.transaction(async (tx) => {
+            await tx.batch(insert('in-flight'));
+            passed();
+            await new Promise((resolve) => setTimeout(resolve, 300));
+          });
+          await checked;
+        },
+      });
+      try {
+        const started = await mover.start(row, { tier: 'bridge' }, 'test');
+        await mover.wait(started.id);
+        await inFlight;
+        const done = await mover.get(tenant.id, started.id);
+        assert.equal(done.state, 'done', JSON.stringify(done));
+        assert.deepEqual(done.checksums!.source, done.checksums!.target);
+        const found = await request(t.app, 'GET', `/v1/collections/items/records?filter=${encodeURIComponent(JSON.stringify({ title: { eq: 'in-flight' } }))}`, { token: tenant.token });
+        assert.equal(found.status, 200, found.text);
+        assert.equal(found.body.records.length, 1, 'the write under way at the switch is at the new placement');
+        // After the switch, the outdated route is refused by the database itself, with the code
+        // that tells the caller to retry; nothing is written.
+        await assert.rejects(stale.batch(insert('too-late')), (e: unknown) => e instanceof BulkheadError && e.code === 'TENANT_WRITES_PAUSED');
+        const after = await tenantChecksums(t.bh, tenant.id);
+        assert.deepEqual(after, done.checksums!.target);
+        // The tenant is active again, one epoch on, and writes through the router succeed.
+        assert.equal((await op('GET', `/v1/tenants/${tenant.id}`)).body.status, 'active');
+        assert.equal((await t.bh.placements.resolve(tenant.id))!.epoch, source.epoch + 1);
+        const w = await request(t.app, 'POST', '/v1/collections/items/records', { token: tenant.token, body: { fields: { title: 'after', n: 1 } } });
+        assert.equal(w.status, 201, w.text);
+      } finally {
+        await mover.close();
+      }
+    });
 
     it('removes the source only after the switch: no row of the tenant is left where it was', async () => {
       const tenant = await seeded('bridge', 50);
@@ -265,7 +384,7 @@ for (const kind of BACKENDS) {
       assert.equal(within.status, 202, within.text);
       const done = await finished(t.bh, a.id, within.body.id);
       assert.equal(done.state, 'done', JSON.stringify(done));
-      assert.deepEqual(await t.bh.placements.resolve(a.id), { tier: 'bridge', cell: 'eu-2', location: done.target.location, region: 'eu', writesPausedUntil: null });
+      assert.deepEqual(await t.bh.placements.resolve(a.id), { tier: 'bridge', cell: 'eu-2', location: done.target.location, region: 'eu', writesPausedUntil: null, epoch: 2 });
       assert.deepEqual(await tenantChecksums(t.bh, a.id), before);
       const read = await request(t.app, 'GET', '/v1/collections/items/records?limit=1', { token: a.token });
       assert.equal(read.status, 200);

@@ -408,7 +408,7 @@ for (const kind of BACKENDS) {
       for (const w of tenants) {
         const s = await storageOf(t, w.id);
         const location = { pool: 'bulkhead', bridge: bridge.locationOf(control, w.id), silo: silo.locationOf(control, w.id) }[w.tier];
-        assert.deepEqual(s.placement, { tier: w.tier, cell: 'local', location, region: 'local', writesPausedUntil: null }, w.tier);
+        assert.deepEqual(s.placement, { tier: w.tier, cell: 'local', location, region: 'local', writesPausedUntil: null, epoch: 1 }, w.tier);
         assert.match(location, { pool: /^bulkhead$/, bridge: /^tenant_[0-9a-f]{32}$/, silo: new RegExp(`^${t.db.appRole}_s[0-9a-f]{32}$`) }[w.tier]);
         const [row] = await su.batch([{ text: 'SELECT tier, cell, location FROM bulkhead.placements WHERE tenant_id = $1', values: [w.id] }]);
         assert.deepEqual(row!.rows, [{ tier: w.tier, cell: 'local', location }]);

@@ -471,7 +471,7 @@ const schemas: JsonObject = {
   MoveList: { type: 'object', required: ['moves'], properties: { moves: { type: 'array', items: schema('Move'), description: 'Newest first.' } } },
   Placement: {
     type: 'object',
-    required: ['tenantId', 'tier', 'cell', 'location', 'region', 'writesPausedUntil'],
+    required: ['tenantId', 'tier', 'cell', 'location', 'region', 'writesPausedUntil', 'epoch'],
     properties: {
       tenantId: { type: 'string', format: 'uuid' },
       tier: { type: 'string', enum: [...TIERS] },
@@ -481,6 +481,11 @@ const schemas: JsonObject = {
       writesPausedUntil: {
         type: ['integer', 'null'],
         description: 'While a move switches the tenant: the end of the write pause, in milliseconds since the epoch; null otherwise.',
+      },
+      epoch: {
+        type: 'integer',
+        minimum: 1,
+        description: 'The placement epoch: 1 at creation, one more after each move. Write batches carry the epoch they were routed with, and the database refuses those of an older one.',
       },
     },
   },

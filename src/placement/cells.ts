@@ -34,10 +34,10 @@ export async function mirrorTenantRow(store: Store, tenant: TenantRow): Promise<
   await store.platform().batch([
     {
       text:
-        'INSERT INTO bulkhead.tenants (id, slug, name, status, tier, region) VALUES ($1, $2, $3, $4, $5, $6) ' +
+        'INSERT INTO bulkhead.tenants (id, slug, name, status, tier, region, placement_epoch) VALUES ($1, $2, $3, $4, $5, $6, coalesce($7::int, 1)) ' +
         'ON CONFLICT (id) DO UPDATE SET slug = EXCLUDED.slug, name = EXCLUDED.name, status = EXCLUDED.status, tier = EXCLUDED.tier, ' +
-        'region = EXCLUDED.region, updated_at = now()',
-      values: [tenant.id, tenant.slug, tenant.name, tenant.status, tenant.tier, tenant.region],
+        'region = EXCLUDED.region, placement_epoch = coalesce($7::int, bulkhead.tenants.placement_epoch), updated_at = now()',
+      values: [tenant.id, tenant.slug, tenant.name, tenant.status, tenant.tier, tenant.region, tenant.epoch ?? null],
     },
   ]);
 }

@@ -2,7 +2,7 @@ import { BulkheadError, DatabaseError, NotFoundError } from '../errors.js';
 import { isUuid, uuidv7 } from '../ids.js';
 import type { ScopedStore } from '../store/store.js';
 import type { Cell } from './cells.js';
-import { COPY_TABLES, checksumDiff, checksums, copyBatch, rowCounts, snapshotOf, syncChanges, syncSince, type Checksums, type Cursor } from './copy.js';
+import { COPY_TABLES, checksumDiff, checksums, copyBatch, prePause, rowCounts, snapshotOf, syncAtSwitch, syncChanges, syncSince, type Checksums, type Cursor, type PrePause } from './copy.js';
 import type { Placements } from './placements.js';
 import { PLACE_NAME, TIERS, type Placement, type TenantRow, type TierName } from './tier.js';
 
@@ -32,6 +32,14 @@ export interface MoveProgress {
    * at what was written since (without it, the switch compares everything again).
    */
   readonly snapshot?: string;
+  /**
+   * How the switch's checksums were taken: `changes` (the comparison base taken before the pause,
+   * adjusted for the rows written since) or `full` (the source summed whole under the pause: a row
+   * older than the base was changed or deleted just before the pause; or no snapshot was taken).
+   */
+  readonly checksumScan?: 'changes' | 'full';
+  /** When the switch recorded the new placement; the source is removed a directory cache time later. */
+  readonly switchedAt?: string;
 }
 
 /** A move as the API shows it. */
@@ -65,6 +73,11 @@ export interface MovesOptions {
    * progress bar listens here; crash tests kill the process from here to stop it at a chosen step.
    */
   readonly onStep?: (move: MoveView) => void | Promise<void>;
+  /**
+   * Called in the switch after the comparison base is taken and before writes pause, with the
+   * tenant id. Tests write from here to land a change in that window.
+   */
+  readonly beforePause?: (tenantId: string) => void | Promise<void>;
 }
 
 /** Catch-up passes before the switch: at most this many, ending early once one changes this few rows. */
@@ -90,6 +103,7 @@ export class Moves {
   readonly #batchSize: number;
   readonly #maxPauseMs: number;
   readonly #onStep: MovesOptions['onStep'];
+  readonly #beforePause: MovesOptions['beforePause'];
   readonly #running = new Map<string, Promise<void>>();
   #closing = false;
 
@@ -98,6 +112,7 @@ export class Moves {
     this.#batchSize = options.batchSize ?? 2_000;
     this.#maxPauseMs = options.maxPauseMs ?? 5_000;
     this.#onStep = options.onStep;
+    this.#beforePause = options.beforePause;
   }
 
   /**
@@ -291,6 +306,11 @@ export class Moves {
         return;
       }
       case 'cleaning': {
+        // Another process may still read the source until its directory entry expires: the source
+        // goes once every process has seen the new placement.
+        const switched = move.progress.switchedAt ? Date.parse(move.progress.switchedAt) : 0;
+        const wait = switched + this.#placements.cacheTtlMs - Date.now();
+        if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
         await this.#placements.drop(tenantId, move.source);
         await this.#setState(move, 'done', { finished: true });
         return;
@@ -303,6 +323,7 @@ export class Moves {
           throw new BulkheadError('INTERNAL', 'a failed move finds the tenant on its target; it needs an operator');
         }
         await this.#placements.drop(tenantId, move.target);
+        await this.#placements.unfenceWrites(tenantId, move.source);
         await this.#placements.resumeWrites(tenantId);
         await this.#setState(move, 'rolled_back', { finished: true });
         return;
@@ -315,21 +336,42 @@ export class Moves {
   /**
    * Pauses writes, brings the target exactly in line, compares checksums of every collection on
    * both sides, and records the new placement, the checksums and the next state in ONE control
-   * transaction. A mismatch fails the move (the source stays the placement).
+   * transaction. A mismatch fails the move (the source stays the placement). The comparison base
+   * is taken before the pause (`prePause`), so the pause costs what was written since the
+   * verification's snapshot, not a scan of the tenant.
    */
   async #switch(move: MoveView): Promise<void> {
     const { tenantId } = move;
     const source = await this.#scope(move.source, tenantId);
     const target = await this.#scope(move.target, tenantId);
+    let synced = 0;
+    let pre: PrePause | null = null;
+    if (move.progress.snapshot) {
+      // One more catch-up pass from a fresh snapshot, then the comparison base at that snapshot:
+      // the pause then finds only what was written in the last seconds.
+      const next = await snapshotOf(source);
+      synced += await syncSince(source, target, tenantId, move.progress.snapshot, this.#batchSize);
+      pre = await prePause(source, target, tenantId, next);
+    }
+    await this.#beforePause?.(tenantId);
     const started = Date.now();
     await this.#placements.pauseWrites(tenantId, this.#maxPauseMs);
     try {
-      // The checksums below decide either way; the snapshot only narrows what is copied first.
-      const snapshot = move.progress.snapshot;
-      const synced = snapshot
-        ? await syncSince(source, target, tenantId, snapshot, this.#batchSize)
-        : await syncChanges(source, target, tenantId, this.#batchSize);
-      const [sourceSums, targetSums] = await Promise.all([checksums(source, tenantId), checksums(target, tenantId)]);
+      // Other processes may route writes with an outdated entry: the source's database refuses
+      // them from here on, after the ones under way have finished.
+      await this.#placements.fenceWrites(tenantId, move.source);
+      let sourceSums: Checksums;
+      let targetSums: Checksums;
+      let checksumScan: MoveProgress['checksumScan'] = 'full';
+      if (pre) {
+        const sync = await syncAtSwitch(source, target, tenantId, pre, this.#batchSize);
+        synced += sync.changed;
+        ({ source: sourceSums, target: targetSums } = sync);
+        if (!sync.fullScan) checksumScan = 'changes';
+      } else {
+        synced += await syncChanges(source, target, tenantId, this.#batchSize);
+        [sourceSums, targetSums] = await Promise.all([checksums(source, tenantId), checksums(target, tenantId)]);
+      }
       const differ = checksumDiff(sourceSums, targetSums);
       if (differ.length > 0) {
         // Table names only: collection names are the tenant's own.
@@ -337,17 +379,25 @@ export class Moves {
         throw new BulkheadError('MOVE_CHECKSUM_MISMATCH', `the copy differs from the source in ${differ.length} collection table(s) (${tables})`);
       }
       const row = await this.#tenantRow(tenantId);
-      const moved: TenantRow = { ...row, tier: move.target.tier, region: move.target.region };
+      // The registry row itself is fenced when the source reads it (a pool or bridge source in the
+      // control cell): the switch makes it active again, at the next epoch.
+      const status = row.status === 'migrating' ? 'active' : row.status;
+      const moved: TenantRow = { ...row, status, tier: move.target.tier, region: move.target.region, epoch: (row.epoch ?? 1) + 1 };
       // The copy of the registry row at the target must say what the registry will say.
       await this.#placements.tiers[move.target.tier].mirror(this.#placements.cells.get(move.target.cell), moved, move.target.location);
       const pauseMs = Date.now() - started;
-      const progress: MoveProgress = { ...move.progress, synced: (move.progress.synced ?? 0) + synced, pauseMs };
+      const progress: MoveProgress = { ...move.progress, synced: (move.progress.synced ?? 0) + synced, pauseMs, checksumScan, switchedAt: new Date().toISOString() };
       await this.#placements.control.store.platform().batch([
         this.#placements.recordStatement(tenantId, move.target),
-        { text: 'UPDATE bulkhead.tenants SET tier = $2, region = $3, updated_at = now() WHERE id = $1', values: [tenantId, move.target.tier, move.target.region] },
+        {
+          text:
+            "UPDATE bulkhead.tenants SET tier = $2, region = $3, status = CASE WHEN status = 'migrating' THEN 'active' ELSE status END, " +
+            'placement_epoch = $4, updated_at = now() WHERE id = $1',
+          values: [tenantId, move.target.tier, move.target.region, moved.epoch],
+        },
         {
           text: "INSERT INTO bulkhead.tenant_history (tenant_id, event, from_status, to_status, actor) VALUES ($1, 'moved', $2, $2, $3)",
-          values: [tenantId, row.status, move.actor],
+          values: [tenantId, status, move.actor],
         },
         {
           text:
@@ -359,6 +409,7 @@ export class Moves {
       this.#placements.releasePause(tenantId);
       await this.#emit(move.id);
     } catch (error) {
+      await this.#placements.unfenceWrites(tenantId, move.source).catch(() => {});
       await this.#placements.resumeWrites(tenantId).catch(() => {});
       throw error;
     }
@@ -372,7 +423,7 @@ export class Moves {
 
   async #tenantRow(tenantId: string): Promise<TenantRow> {
     const [r] = await this.#placements.control.store.platform().batch([
-      { text: 'SELECT id, slug, name, status, tier, region FROM bulkhead.tenants WHERE id = $1', values: [tenantId] },
+      { text: 'SELECT id, slug, name, status, tier, region, placement_epoch AS epoch FROM bulkhead.tenants WHERE id = $1', values: [tenantId] },
     ]);
     const row = r!.rows[0];
     if (!row) throw new NotFoundError('TENANT_NOT_FOUND', 'no such tenant');

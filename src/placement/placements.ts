@@ -1,7 +1,8 @@
 import { BulkheadError, WritesPausedError } from '../errors.js';
 import { isUuid } from '../ids.js';
 import type { Statement } from '../store/engine.js';
-import type { ScopedStore, TenantScopeOptions } from '../store/store.js';
+import { WRITE_FENCE_SEED } from '../store/migrations.js';
+import type { ScopedStore, Store, TenantScopeOptions } from '../store/store.js';
 import { BridgeTier } from './bridge-tier.js';
 import type { Cell, Cells } from './cells.js';
 import { PoolTier } from './pool-tier.js';
@@ -23,6 +24,8 @@ export interface TenantScopes {
 export interface ResolvedPlacement extends Placement {
   readonly region: string;
   readonly writesPausedUntil: number | null;
+  /** The placement epoch (see migration 5): write batches are checked against it. */
+  readonly epoch: number;
 }
 
 interface CacheEntry {
@@ -44,7 +47,7 @@ export interface PlacementsOptions {
  */
 export class Placements implements TenantScopes {
   readonly cells: Cells;
-  readonly tiers: Readonly<Record<TierName, Tier>>;
+  readonly tiers: Readonly<Record<TierName, Tier> & { silo: SiloTier }>;
   readonly #ttl: number;
   readonly #cache = new Map<string, CacheEntry>();
   /** Writes under way per tenant, so a pause can wait for them to finish. */
@@ -131,7 +134,7 @@ export class Placements implements TenantScopes {
     const [r] = await this.control.store.platform().batch([
       {
         text:
-          'SELECT p.tenant_id, p.tier, p.cell, p.location, p.writes_paused_until, t.region FROM bulkhead.placements p ' +
+          'SELECT p.tenant_id, p.tier, p.cell, p.location, p.writes_paused_until, t.region, t.placement_epoch FROM bulkhead.placements p ' +
           'JOIN bulkhead.tenants t ON t.id = p.tenant_id ORDER BY p.tenant_id',
       },
     ]);
@@ -155,6 +158,39 @@ export class Placements implements TenantScopes {
       batch: (statements) => this.#tracked(tenantId, async () => (await scope()).batch(statements)),
       transaction: (fn) => this.#tracked(tenantId, async () => (await scope()).transaction(fn)),
     };
+  }
+
+  /** How long a directory entry is trusted by any process (the cache time). */
+  get cacheTtlMs(): number {
+    return this.#ttl;
+  }
+
+  /**
+   * Stops every process's writes to the tenant at `end` (a move's source), in its database:
+   * marks the registry row the placement's checks read `migrating`, then waits, on the lock each
+   * write batch holds (migration 5), for the writes that got past the check before. After it no
+   * write can land there, whatever the caches of other processes say.
+   */
+  async fenceWrites(tenantId: string, end: Placement): Promise<void> {
+    const store = await this.#registryOf(tenantId, end);
+    await store.platform().batch([
+      { text: "UPDATE bulkhead.tenants SET status = 'migrating', updated_at = now() WHERE id = $1 AND status = 'active'", values: [tenantId] },
+    ]);
+    await store.platform().batch([{ text: `SELECT pg_advisory_xact_lock(hashtextextended($1::text, ${WRITE_FENCE_SEED}))`, values: [tenantId] }]);
+  }
+
+  /** Lifts `fenceWrites` (a move that did not switch). */
+  async unfenceWrites(tenantId: string, end: Placement): Promise<void> {
+    const store = await this.#registryOf(tenantId, end);
+    await store.platform().batch([
+      { text: "UPDATE bulkhead.tenants SET status = 'active', updated_at = now() WHERE id = $1 AND status = 'migrating'", values: [tenantId] },
+    ]);
+  }
+
+  /** The store whose registry row a placement's checks read: a silo's own database, else the cell's main one. */
+  async #registryOf(tenantId: string, end: Placement): Promise<Store> {
+    const cell = this.cells.get(end.cell);
+    return end.tier === 'silo' ? this.tiers.silo.store(cell, tenantId, end.location) : cell.store;
   }
 
   /**
@@ -201,6 +237,11 @@ export class Placements implements TenantScopes {
     this.#inflight.set(tenantId, (this.#inflight.get(tenantId) ?? 0) + 1);
     try {
       return await run();
+    } catch (error) {
+      // The database refused the write for an outdated entry (another process moved the tenant):
+      // the retry the caller is told to make reads the directory again.
+      if (error instanceof WritesPausedError && error.stalePlacement) this.invalidate(tenantId);
+      throw error;
     } finally {
       const n = (this.#inflight.get(tenantId) ?? 1) - 1;
       if (n > 0) this.#inflight.set(tenantId, n);
@@ -218,12 +259,12 @@ export class Placements implements TenantScopes {
       const wait = p.writesPausedUntil - Date.now();
       if (wait > 0) throw new WritesPausedError(wait / 1000);
     }
-    const key = options.requireActive === false ? 'inactive-ok' : 'active';
+    const key = options.write ? 'write' : options.requireActive === false ? 'inactive-ok' : 'active';
     let scoped = entry.scopes.get(key);
     if (!scoped) {
       const cell = this.#cellOf(p.cell);
       checkResidency(cell, p.region);
-      scoped = await this.tiers[p.tier].scope(cell, tenantId, p.location, scopeOptions(options));
+      scoped = await this.tiers[p.tier].scope(cell, tenantId, p.location, { ...scopeOptions(options), ...(options.write ? { writeEpoch: p.epoch } : {}) });
       entry.scopes.set(key, scoped);
     }
     return scoped;
@@ -243,7 +284,7 @@ export class Placements implements TenantScopes {
       {
         name: 'bh_placement',
         text:
-          'SELECT p.tier, p.cell, p.location, p.writes_paused_until, t.region FROM bulkhead.placements p ' +
+          'SELECT p.tier, p.cell, p.location, p.writes_paused_until, t.region, t.placement_epoch FROM bulkhead.placements p ' +
           'JOIN bulkhead.tenants t ON t.id = p.tenant_id WHERE p.tenant_id = $1',
         values: [tenantId],
       },
@@ -288,5 +329,6 @@ function toResolved(row: Record<string, unknown>): ResolvedPlacement {
     location: row.location as string,
     region: row.region as string,
     writesPausedUntil: paused ? paused.getTime() : null,
+    epoch: row.placement_epoch as number,
   };
 }

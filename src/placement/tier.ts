@@ -25,11 +25,15 @@ export interface TenantRow {
   readonly status: string;
   readonly tier: TierName;
   readonly region: string;
+  /** The placement epoch (see migration 5); a copy made without one keeps the epoch it has. */
+  readonly epoch?: number;
 }
 
 /** Options of a scope a tier hands out. */
 export interface TierScopeOptions {
   readonly requireActive?: boolean;
+  /** For a scope that writes: the placement epoch the router found (see `TenantScopeOptions`). */
+  readonly writeEpoch?: number;
 }
 
 /**

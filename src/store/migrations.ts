@@ -492,4 +492,38 @@ GRANT SELECT, INSERT, UPDATE ON bulkhead.moves TO ${o.appRole};
     name: 'value indexes by record',
     sql: () => dataIndexesSql('bulkhead'),
   },
+  {
+    version: 5,
+    name: 'write fencing for tenant moves',
+    sql: (o) => `
+-- Bumped by each move's switch. A write batch names the epoch of the placement it was routed to,
+-- so a process that routed with an outdated directory entry cannot write to a move's source.
+ALTER TABLE bulkhead.tenants ADD COLUMN placement_epoch integer NOT NULL DEFAULT 1 CHECK (placement_epoch > 0);
+
+-- Runs first in every write batch, as the application role. The shared advisory lock is held to
+-- the end of the transaction: a move's switch takes it exclusively after marking the tenant
+-- 'migrating', and so waits for every write that got past this check; writes that come later see
+-- 'migrating' (or, after the switch, a newer epoch) and are refused with BHT02.
+CREATE FUNCTION bulkhead.require_writable_tenant(tenant uuid, epoch integer) RETURNS void LANGUAGE plpgsql AS $fn$
+DECLARE
+  current_status text;
+  current_epoch integer;
+BEGIN
+  PERFORM pg_advisory_xact_lock_shared(hashtextextended(tenant::text, ${WRITE_FENCE_SEED}));
+  SELECT status, placement_epoch INTO current_status, current_epoch FROM bulkhead.tenants WHERE id = tenant;
+  IF current_status IS NULL OR current_status NOT IN ('active', 'migrating') THEN
+    RAISE EXCEPTION 'tenant is not active' USING ERRCODE = 'BHT01';
+  END IF;
+  IF current_status = 'migrating' OR current_epoch <> epoch THEN
+    RAISE EXCEPTION 'tenant is being moved' USING ERRCODE = 'BHT02';
+  END IF;
+END
+$fn$;
+REVOKE ALL ON FUNCTION bulkhead.require_writable_tenant(uuid, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bulkhead.require_writable_tenant(uuid, integer) TO ${o.appRole};
+`,
+  },
 ];
+
+/** The seed of the advisory lock key that fences a tenant's writes (see migration 5). */
+export const WRITE_FENCE_SEED = 7283460013;

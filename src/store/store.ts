@@ -1,4 +1,4 @@
-import { AuthenticationError, BulkheadError, DatabaseError } from '../errors.js';
+import { AuthenticationError, BulkheadError, DatabaseError, WritesPausedError } from '../errors.js';
 import { isUuid } from '../ids.js';
 import type { Engine, EngineTransaction, Statement, StatementResult } from './engine.js';
 import { DATA_TABLES, MIGRATIONS, checkPartitions, checkRoleName, rolesSql, type MigrationOptions } from './migrations.js';
@@ -50,7 +50,15 @@ const SEARCH_PATH_SQL = "SELECT set_config('search_path', $1, true)";
  * effective at once for every process, whatever their caches say.
  */
 const ACTIVE_SQL =
-  "SELECT bulkhead.require_active_tenant(EXISTS (SELECT 1 FROM bulkhead.tenants WHERE id = $1::uuid AND status = 'active'))";
+  "SELECT bulkhead.require_active_tenant(EXISTS (SELECT 1 FROM bulkhead.tenants WHERE id = $1::uuid AND status IN ('active', 'migrating')))";
+
+/**
+ * The check of a write batch, in place of `ACTIVE_SQL`: active, not being switched over by a move,
+ * and still at the placement epoch the batch was routed with (SQLSTATE BHT02 otherwise; see
+ * migration 5). It holds a shared advisory lock to the end of the transaction, which a move's
+ * switch waits on, so no write that passed it can land on a source after the final sync.
+ */
+const WRITABLE_SQL = 'SELECT bulkhead.require_writable_tenant($1::uuid, $2::int)';
 
 /** Options of a tenant scope. */
 export interface TenantScopeOptions {
@@ -63,6 +71,11 @@ export interface TenantScopeOptions {
    * active (reading its status, later: moves, erasure) turns it off.
    */
   readonly requireActive?: boolean;
+  /**
+   * Set for a scope that writes: the placement epoch the router found for the tenant. Its batches
+   * are checked with `WRITABLE_SQL` instead of the active-tenant check.
+   */
+  readonly writeEpoch?: number;
 }
 
 /**
@@ -184,7 +197,8 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
     const named = statementNamer(schema);
     // The check reads an RLS table, so its plan belongs to the role it ran as (PostgreSQL re-plans
     // an RLS plan for another role): per schema, like the statements, since each has its own role.
-    if (options.requireActive ?? true) preamble.push(...named([{ name: 'bh_active', text: ACTIVE_SQL, values: [tenantId] }]));
+    if (options.writeEpoch !== undefined) preamble.push(...named([{ name: 'bh_writable', text: WRITABLE_SQL, values: [tenantId, options.writeEpoch] }]));
+    else if (options.requireActive ?? true) preamble.push(...named([{ name: 'bh_active', text: ACTIVE_SQL, values: [tenantId] }]));
     if (schema !== POOL_SCHEMA) preamble.push({ name: 'bh_path', text: SEARCH_PATH_SQL, values: [schema] });
     const skip = preamble.length;
     const engine = this.engine;
@@ -240,6 +254,9 @@ function statementNamer(schema: string): (statements: readonly Statement[]) => r
 function fromPreamble(error: unknown, skip: number): unknown {
   if (!(error instanceof DatabaseError)) return error;
   if (error.sqlState === 'BHT01') return new AuthenticationError('AUTH_TENANT_INACTIVE', 'the token names no active tenant', error);
+  // A move is switching the tenant over, or has: the router's entry is outdated. Retrying after a
+  // moment finds the new placement.
+  if (error.sqlState === 'BHT02') return new WritesPausedError(1, { cause: error, stalePlacement: true });
   if (error.statementIndex !== undefined) return new DatabaseError(error.cause, error.statementIndex - skip);
   return error;
 }

@@ -168,6 +168,8 @@ export async function openTestBulkhead(
       BULKHEAD_LOG_LEVEL: 'silent',
       // Small copy batches, so every table of a moved tenant takes several (the cursor is exercised).
       BULKHEAD_MOVE_BATCH_SIZE: '250',
+      // A short directory cache time: a move removes its source this long after the switch.
+      BULKHEAD_PLACEMENT_CACHE_MS: '200',
       // Silo tenants get databases on the same server (postgres) or directories beside the store.
       ...(db.url ? { DATABASE_URL: db.url } : {}),
       ...env,
