@@ -52,6 +52,7 @@ const RECORD_METHODS: ReadonlyArray<readonly [Method, unknown]> = [
 const PRIVILEGES = ['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'] as const;
 /** What a bridge tenant's role may do on each table of its own schema (`dataGrantsSql`), and nothing more. */
 const BRIDGE_GRANTS: Readonly<Record<(typeof DATA_TABLES)[number], readonly string[]>> = {
+  tenant_keys: ['SELECT', 'INSERT', 'UPDATE'],
   collections: ['SELECT', 'INSERT', 'UPDATE'],
   collection_versions: ['SELECT', 'INSERT'],
   records: ['SELECT', 'INSERT', 'UPDATE', 'DELETE'],
@@ -60,6 +61,7 @@ const BRIDGE_GRANTS: Readonly<Record<(typeof DATA_TABLES)[number], readonly stri
 };
 /** The order a snapshot reads each data table in. */
 const ORDER: Readonly<Record<(typeof DATA_TABLES)[number], string>> = {
+  tenant_keys: 'purpose, version',
   collections: 'name',
   collection_versions: 'name, version',
   records: 'collection, id',

@@ -19,8 +19,8 @@ import { rejectsSql } from './support/assertions.js';
 
 /** Tables that hold tenant data or the registry; every one must carry forced RLS. */
 const TENANT_TABLES = [
-  'collection_versions', 'collections', 'index_values', 'moves', 'operator_tokens', 'placements', 'records', 'tenant_history', 'tenant_usage', 'tenants',
-  'unique_values',
+  'collection_versions', 'collections', 'index_values', 'moves', 'operator_tokens', 'placements', 'records', 'tenant_history', 'tenant_keys', 'tenant_usage',
+  'tenants', 'unique_values',
 ] as const;
 /** Tables without RLS: they must grant the application role nothing at all. */
 const INTERNAL_TABLES = ['migrations', 'settings'] as const;

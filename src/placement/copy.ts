@@ -14,7 +14,7 @@ interface TableSpec {
   readonly name: string;
   readonly key: ReadonlyArray<readonly [column: string, type: string]>;
   readonly columns: readonly string[];
-  /** The column rows are grouped by in checksums (the collection they belong to). */
+  /** The column rows are grouped by in checksums: the collection they belong to (for key rows, their purpose). */
   readonly collectionColumn: string;
   /**
    * Whether the tenant's role may UPDATE rows (it may not for append-only tables): a changed row
@@ -31,7 +31,7 @@ interface TableSpec {
 
 const RECORD_EXISTS = 'EXISTS (SELECT 1 FROM records p WHERE p.tenant_id = r.tenant_id AND p.collection = r.collection AND p.id = r.record_id)';
 
-/** The data tables in the order a copy fills them (parents first). */
+/** The data tables in the order a copy fills them (parents before their children). */
 export const COPY_TABLES: readonly TableSpec[] = [
   { name: 'collections', key: [['name', 'text']], columns: ['version', 'definition', 'created_at', 'updated_at'], collectionColumn: 'name', updatable: true },
   {
@@ -65,6 +65,15 @@ export const COPY_TABLES: readonly TableSpec[] = [
     collectionColumn: 'collection',
     updatable: false,
     parent: RECORD_EXISTS,
+  },
+  // Last, though it has no parent: a move's progress names tables by their index in this list,
+  // and a move persisted before the table existed must resume at the table it was copying.
+  {
+    name: 'tenant_keys',
+    key: [['purpose', 'text'], ['version', 'integer']],
+    columns: ['wrapped', 'state', 'reserved', 'created_at', 'retired_at'],
+    collectionColumn: 'purpose',
+    updatable: true,
   },
 ];
 
@@ -125,10 +134,14 @@ export async function copyBatch(source: ScopedStore, target: ScopedStore, tenant
 /**
  * Inserts rows (JSON text of whole rows) into `table`. A row whose key exists is left alone by the
  * bulk copy (a resumed batch), and replaced when `replace` (the sync: updatable tables only).
+ * Without `replace`, a row that would break any unique index is left alone too, not only one on
+ * the key: a resumed copy can meet a key rotated since the first attempt (its new active version
+ * against the old one still active at the target), which the sync then puts in order.
  */
 function insert(table: TableSpec, rowsJson: string, replace: boolean): Statement {
-  const onConflict = replace && table.columns.length > 0 ? `UPDATE SET ${table.columns.map((c) => `${c} = EXCLUDED.${c}`).join(', ')}` : 'NOTHING';
-  return { text: `${insertRows(table)} ON CONFLICT (tenant_id, ${keyList(table)}) DO ${onConflict}`, values: [rowsJson] };
+  if (!replace || table.columns.length === 0) return { text: `${insertRows(table)} ON CONFLICT DO NOTHING`, values: [rowsJson] };
+  const update = `UPDATE SET ${table.columns.map((c) => `${c} = EXCLUDED.${c}`).join(', ')}`;
+  return { text: `${insertRows(table)} ON CONFLICT (tenant_id, ${keyList(table)}) DO ${update}`, values: [rowsJson] };
 }
 
 /** The rows (JSON text at $1) inserted into `table`, those whose parent is there. */
@@ -212,9 +225,11 @@ export async function syncChanges(
     const differing = [...src.entries()].filter(([k, h]) => dst.get(k) !== h).map(([k]) => k);
     for (let i = 0; i < differing.length; i += batchSize) {
       const keys = differing.slice(i, i + batchSize);
+      // In key order: rows are applied in it, so a key retired at the source is retired at the
+      // target before its successor arrives as the one active key (tenant_keys_one_active).
       const [r] = await source.batch([
         {
-          text: `SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]')::text AS rows FROM ${table.name} t ${byKeys(table, ',')}`,
+          text: `SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY ${table.key.map(([c]) => `t.${c}`).join(', ')}), '[]')::text AS rows FROM ${table.name} t ${byKeys(table, ',')}`,
           values: [tenantId, `[${keys.join(',')}]`],
         },
       ]);
@@ -293,9 +308,17 @@ interface SincePlan {
   readonly changed: Checksums;
 }
 
-const [COLLECTIONS, VERSIONS, RECORDS, ...VALUES] = COPY_TABLES as [TableSpec, TableSpec, TableSpec, ...TableSpec[]];
-/** The tables whose changes are found by `xmin` (the collection tables are small and compared whole). */
+function copyTable(name: string): TableSpec {
+  const table = COPY_TABLES.find((t) => t.name === name);
+  if (!table) throw new Error(`no copy table ${name}`);
+  return table;
+}
+const RECORDS = copyTable('records');
+const VALUES = [copyTable('unique_values'), copyTable('index_values')];
+/** The tables whose changes are found by `xmin`. */
 const SINCE_TABLES = [RECORDS, ...VALUES];
+/** The small tables (collection definitions, their versions, the tenant's keys): synced and summed whole. */
+const WHOLE_TABLES = [copyTable('collections'), copyTable('collection_versions'), copyTable('tenant_keys')];
 
 /** One scan of a table's rows of the tenant, grouped by collection (see `scanSince`). */
 interface SinceScan {
@@ -439,12 +462,12 @@ async function applyPlan(target: ScopedStore, tenantId: string, plan: SincePlan)
 
 /**
  * Brings `target` in line with `source` for what changed since `snapshot` was taken on the source,
- * after a full `syncChanges` that started from it: the few collection rows in full, then what
+ * after a full `syncChanges` that started from it: the few rows of the small tables in full, then what
  * `planSince` finds. Its cost follows the writes since the snapshot, not the size of the tenant.
  * Returns the rows it changed.
  */
 export async function syncSince(source: ScopedStore, target: ScopedStore, tenantId: string, snapshot: string, batchSize: number): Promise<number> {
-  const changed = await syncChanges(source, target, tenantId, batchSize, [COLLECTIONS, VERSIONS]);
+  const changed = await syncChanges(source, target, tenantId, batchSize, WHOLE_TABLES);
   const plan = await planSince(source, target, tenantId, snapshot);
   return changed + (await applyPlan(target, tenantId, plan)).changed;
 }
@@ -491,11 +514,11 @@ export interface SwitchSync {
  *   (records by key, values by record); their sums are taken before and after the sync and
  *   `pre.target` is adjusted by the difference.
  *
- * The collection tables are small: synced and summed whole.
+ * The small tables (collections, their versions, the tenant's keys) are synced and summed whole.
  */
 export async function syncAtSwitch(source: ScopedStore, target: ScopedStore, tenantId: string, pre: PrePause, batchSize: number): Promise<SwitchSync> {
   const [small, plan] = await Promise.all([
-    syncChanges(source, target, tenantId, batchSize, [COLLECTIONS, VERSIONS]),
+    syncChanges(source, target, tenantId, batchSize, WHOLE_TABLES),
     planSince(source, target, tenantId, pre.snapshot),
   ]);
   const unchangedNow = plan.unchanged;
@@ -504,8 +527,8 @@ export async function syncAtSwitch(source: ScopedStore, target: ScopedStore, ten
 
   const applied = await applyPlan(target, tenantId, plan);
   const [sourceSmall, targetSmall, sourceFull] = await Promise.all([
-    checksums(source, tenantId, [COLLECTIONS, VERSIONS]),
-    checksums(target, tenantId, [COLLECTIONS, VERSIONS]),
+    checksums(source, tenantId, WHOLE_TABLES),
+    checksums(target, tenantId, WHOLE_TABLES),
     sameUnchanged ? Promise.resolve(null) : checksums(source, tenantId, SINCE_TABLES),
   ]);
   return {

@@ -85,8 +85,11 @@ ALTER TABLE ${table} FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON ${table} USING (${TENANT_PREDICATE}) WITH CHECK (${TENANT_PREDICATE});`;
 }
 
-/** The tables that hold a tenant's data, in the order a copy must fill them (parents first). */
-export const DATA_TABLES = ['collections', 'collection_versions', 'records', 'unique_values', 'index_values'] as const;
+/**
+ * The tables that hold a tenant's data, parents first (a purge deletes them in reverse).
+ * `tenant_keys` leads: it references only the registry, and a purge removes it last.
+ */
+export const DATA_TABLES = ['tenant_keys', 'collections', 'collection_versions', 'records', 'unique_values', 'index_values'] as const;
 
 const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 
@@ -94,8 +97,41 @@ const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
  * The tenant-data tables in `schema`: one physical layout for every tier. The pool (schema
  * `bulkhead`) hash-partitions the large tables by tenant; a bridge schema holds one tenant and is
  * not partitioned (`partitions` undefined). RLS is enabled and FORCED everywhere either way.
+ * This is the current layout, for schemas made now (bridge provisioning); the pool's own tables
+ * are made by the migrations, each table by the migration that introduced it.
  */
 export function dataTablesSql(schema: string, partitions?: number): string {
+  return `${firstDataTablesSql(schema, partitions)}
+${tenantKeysTableSql(schema)}`;
+}
+
+/**
+ * The per-tenant data keys (docs/encryption.md, "Data keys"): stored beside the tenant's data, so
+ * that a move carries them wherever the data goes, and only wrapped (the KMS's `bhk1` text, whose
+ * wrap context binds tenant, purpose and version). Not partitioned: a few rows per tenant. At most
+ * one active key per tenant and purpose, enforced here, so two processes rotating at once cannot
+ * both win.
+ */
+export function tenantKeysTableSql(schema: string): string {
+  if (!SCHEMA_NAME.test(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  return `CREATE TABLE ${schema}.tenant_keys (
+  tenant_id uuid NOT NULL REFERENCES bulkhead.tenants (id),
+  purpose text NOT NULL CHECK (purpose IN ('data', 'index')),
+  version integer NOT NULL CHECK (version >= 1),
+  wrapped text NOT NULL CHECK (length(wrapped) BETWEEN 1 AND 512),
+  state text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'retired', 'destroyed')),
+  -- Encryptions reserved under the key so far, in blocks: at least the encryptions made.
+  reserved bigint NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+  created_at timestamptz NOT NULL DEFAULT now(),
+  retired_at timestamptz,
+  PRIMARY KEY (tenant_id, purpose, version)
+);
+CREATE UNIQUE INDEX tenant_keys_one_active ON ${schema}.tenant_keys (tenant_id, purpose) WHERE state = 'active';
+${tenantTable(`${schema}.tenant_keys`)}`;
+}
+
+/** The tenant-data tables of the first release, as migration 1 made them (it must never change). */
+function firstDataTablesSql(schema: string, partitions?: number): string {
   if (!SCHEMA_NAME.test(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
   const s = schema;
   const byTenant = partitions === undefined ? '' : ' PARTITION BY HASH (tenant_id)';
@@ -196,6 +232,23 @@ CREATE TRIGGER collections_keys_immutable BEFORE UPDATE ON ${schema}.collections
  * schema, no platform table.
  */
 export function dataGrantsSql(schema: string, role: string): string {
+  return `${firstDataGrantsSql(schema, role)}
+${tenantKeysGrantsSql(schema, role)}`;
+}
+
+/**
+ * What `role` may do with the key rows of `schema`: read them, add versions, and update them
+ * (reservation counts, retiring, re-wrapping under a new KEK). No DELETE: a key row is never
+ * removed by a request; a purge after a move runs as the owner.
+ */
+export function tenantKeysGrantsSql(schema: string, role: string): string {
+  if (!SCHEMA_NAME.test(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  checkRoleName(role, 'the data role');
+  return `GRANT SELECT, INSERT, UPDATE ON ${schema}.tenant_keys TO ${role};`;
+}
+
+/** The grants of migration 1 (which must never change). */
+function firstDataGrantsSql(schema: string, role: string): string {
   if (!SCHEMA_NAME.test(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
   checkRoleName(role, 'the data role');
   return `GRANT USAGE ON SCHEMA ${schema} TO ${role};
@@ -261,7 +314,7 @@ CREATE POLICY operator_tokens_platform ON bulkhead.operator_tokens
   USING (current_setting('bulkhead.scope', true) = 'platform')
   WITH CHECK (current_setting('bulkhead.scope', true) = 'platform');
 
-${dataTablesSql('bulkhead', o.partitions)}
+${firstDataTablesSql('bulkhead', o.partitions)}
 -- Partition and identity keys never change after insert (SPEC principle 4).
 CREATE FUNCTION bulkhead.forbid_record_key_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
@@ -338,7 +391,7 @@ GRANT EXECUTE ON FUNCTION bulkhead.value_key(jsonb), bulkhead.require_reference(
 GRANT SELECT, INSERT, UPDATE ON bulkhead.tenants TO ${o.appRole};
 GRANT SELECT, INSERT ON bulkhead.tenant_history TO ${o.appRole};
 GRANT SELECT, INSERT ON bulkhead.operator_tokens TO ${o.appRole};
-${dataGrantsSql('bulkhead', o.appRole)}
+${firstDataGrantsSql('bulkhead', o.appRole)}
 `,
   },
   {
@@ -523,7 +576,50 @@ REVOKE ALL ON FUNCTION bulkhead.require_writable_tenant(uuid, integer) FROM PUBL
 GRANT EXECUTE ON FUNCTION bulkhead.require_writable_tenant(uuid, integer) TO ${o.appRole};
 `,
   },
+  {
+    version: 6,
+    name: 'per-tenant data keys',
+    sql: (o) => {
+      const owner = checkRoleName(o.ownerRole, 'the owner role');
+      const app = checkRoleName(o.appRole, 'the application role');
+      return `
+${tenantKeysTableSql('bulkhead')}
+REVOKE ALL ON bulkhead.tenant_keys FROM PUBLIC;
+${tenantKeysGrantsSql('bulkhead', app)}
+
+-- Bridge schemas made before this migration get the table as well, granted to their tenant's role
+-- (<appRole>_b<hex>, bridge-tier.ts): a bridge tenant's keys live in its schema beside its data, so
+-- that later moves carry them. Only this deployment's bridge schemas are touched: owned by its
+-- owner role, named tenant_<32 hex digits>, holding the data tables. The DDL is the same text as
+-- for a new schema, with the schema's name put in for a placeholder.
+DO $bridges$
+DECLARE
+  s text;
+  r text;
+BEGIN
+  FOR s IN
+    SELECT n.nspname::text FROM pg_namespace n
+    WHERE n.nspname ~ '^tenant_[0-9a-f]{32}$' AND n.nspowner = '${owner}'::regrole
+      AND to_regclass(n.nspname || '.records') IS NOT NULL AND to_regclass(n.nspname || '.tenant_keys') IS NULL
+    ORDER BY 1
+  LOOP
+    EXECUTE replace($ddl$${tenantKeysTableSql(SCHEMA_PLACEHOLDER)}$ddl$, '${SCHEMA_PLACEHOLDER}', s);
+    EXECUTE format('REVOKE ALL ON %I.tenant_keys FROM PUBLIC', s);
+    r := '${app}_b' || substr(s, 8);
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+      EXECUTE replace(replace($grant$${tenantKeysGrantsSql(SCHEMA_PLACEHOLDER, ROLE_PLACEHOLDER)}$grant$, '${SCHEMA_PLACEHOLDER}', s), '${ROLE_PLACEHOLDER}', r);
+    END IF;
+  END LOOP;
+END
+$bridges$;
+`;
+    },
+  },
 ];
+
+/** Stand-ins for a schema and a role name in DDL that a migration fills in per schema (valid names themselves, never used as such). */
+const SCHEMA_PLACEHOLDER = 'bh_schema_placeholder';
+const ROLE_PLACEHOLDER = 'bh_role_placeholder';
 
 /** The seed of the advisory lock key that fences a tenant's writes (see migration 5). */
 export const WRITE_FENCE_SEED = 7283460013;
