@@ -14,6 +14,9 @@ import { Health } from './tenancy/health.js';
 import { Records } from './tenancy/records.js';
 import { Tenants } from './tenancy/tenants.js';
 import { Usage } from './tenancy/usage.js';
+import { openKms } from './crypto/kms-config.js';
+import type { Kms } from './crypto/kms.js';
+import { TenantKeyring } from './crypto/keyring.js';
 
 /** What `Bulkhead.open` may be given besides the configuration (tests inject an engine). */
 export interface OpenOptions {
@@ -50,7 +53,21 @@ export class Bulkhead {
   #operators: OperatorTokenVerifier;
   #operatorsLoadedAt = 0;
 
-  private constructor(config: Config, placements: Placements, moves: Moves, authorizer: Authorizer, tokens: TokenVerifier, jwtSecret: Uint8Array | undefined, operators: OperatorTokenVerifier) {
+  /** The key-encryption keys (per region) that wrap every tenant's data keys. */
+  readonly kms: Kms;
+  /** Every tenant's data and blind-index keys, unwrapped on demand and cached for a bounded time. */
+  readonly keyring: TenantKeyring;
+
+  private constructor(
+    config: Config,
+    placements: Placements,
+    moves: Moves,
+    authorizer: Authorizer,
+    tokens: TokenVerifier,
+    jwtSecret: Uint8Array | undefined,
+    operators: OperatorTokenVerifier,
+    kms: Kms,
+  ) {
     this.config = config;
     this.placements = placements;
     this.moves = moves;
@@ -62,9 +79,19 @@ export class Bulkhead {
     this.#operators = operators;
     this.#operatorsLoadedAt = Date.now();
     this.tenants = new Tenants(store, placements, { regions: config.regions });
-    this.collections = new Collections(placements);
+    this.collections = new Collections(placements, { encryptedClassifications: config.encryptedClassifications });
     this.usage = new Usage(store);
-    this.records = new Records(placements, this.collections, this.usage);
+    this.kms = kms;
+    this.keyring = new TenantKeyring({
+      kms,
+      scopes: placements,
+      regionOf: async (tenantId) => {
+        const placed = await placements.resolve(tenantId);
+        if (!placed) throw new BulkheadError('TENANT_NOT_FOUND', 'no such tenant');
+        return placed.region;
+      },
+    });
+    this.records = new Records(placements, this.collections, this.usage, this.keyring);
     this.health = new Health(store, this.usage, {}, placements);
   }
 
@@ -73,7 +100,9 @@ export class Bulkhead {
     const cells = await Cells.open(config, options.engine ? { controlEngine: options.engine } : {});
     const placements = new Placements(cells, { cacheTtlMs: config.placementCacheMs });
     const store = cells.control.store;
+    let kms: Kms | undefined;
     try {
+      kms = await openKms(config.kms);
       await placements.backfill();
       const authorizer = await Authorizer.create();
       // With a JWKS URL the identity provider signs tenant tokens; a secret is still kept for minting in development.
@@ -94,11 +123,12 @@ export class Bulkhead {
         options.onOperatorTokenGenerated?.(token);
       }
       if (config.operatorToken !== undefined) hashes.push(hashOperatorToken(config.operatorToken));
-      const bh = new Bulkhead(config, placements, new Moves(placements, { batchSize: config.moveBatchSize, ...options.moves }), authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes));
+      const bh = new Bulkhead(config, placements, new Moves(placements, { batchSize: config.moveBatchSize, ...options.moves }), authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes), kms);
       // A move interrupted by a crash or a restart goes on from the state it was in.
       await bh.moves.resume();
       return bh;
     } catch (error) {
+      await kms?.close().catch(() => {});
       await cells.close().catch(() => {});
       throw error;
     }
@@ -156,6 +186,7 @@ export class Bulkhead {
     // A store that cannot take the last counts must not keep the process from closing.
     await this.usage.close().catch(() => {});
     await this.placements.cells.close();
+    await this.kms.close();
   }
 
   async #verifyOperator(token: string): Promise<Principal> {

@@ -4,6 +4,8 @@ import { join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { BulkheadError } from './errors.js';
 import { PLACE_NAME } from './placement/tier.js';
+import { parseKmsSettings, type KmsSettings } from './crypto/kms-config.js';
+import { CLASSIFICATIONS, DEFAULT_ENCRYPTED_CLASSIFICATIONS, type Classification } from './tenancy/fields.js';
 
 /** Bulkhead's configuration, resolved and frozen. A flag wins over the environment, the environment over the file. */
 export interface Config {
@@ -45,6 +47,13 @@ export interface Config {
    * seen the new placement.
    */
   readonly placementCacheMs: number;
+  /** The key-encryption keys' provider (`BULKHEAD_KMS_PROVIDER`, `kms` in the file; see docs/encryption.md). */
+  readonly kms: KmsSettings;
+  /**
+   * Classifications whose fields are encrypted (`BULKHEAD_ENCRYPTED_CLASSIFICATIONS`, comma-separated,
+   * or `none`; default confidential, pii, phi, pci). Settled per field when a collection is defined.
+   */
+  readonly encryptedClassifications: readonly Classification[];
   readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   /**
    * PEM certificate (chain) file to serve HTTPS with (`--tls-cert`, `BULKHEAD_TLS_CERT`); set
@@ -97,7 +106,7 @@ const DEFAULTS = {
 /** Keys a config file may hold (camelCase, as in `Config`). */
 const FILE_KEYS = new Set([
   'port', 'host', 'dataDir', 'databaseUrl', 'jwksUrl', 'jwtIssuer', 'jwtAudience', 'partitions', 'regions',
-  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells', 'moveBatchSize', 'placementCacheMs', 'tlsCert', 'tlsKey',
+  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells', 'moveBatchSize', 'placementCacheMs', 'tlsCert', 'tlsKey', 'kms', 'encryptedClassifications',
 ]);
 
 
@@ -244,8 +253,18 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
     logLevel: logLevel as Config['logLevel'],
     tlsCert,
     tlsKey,
+    kms: parseKmsSettings(file.kms, env, { dataDir }),
+    encryptedClassifications: classifications(pick(undefined, env.BULKHEAD_ENCRYPTED_CLASSIFICATIONS, file.encryptedClassifications, DEFAULT_ENCRYPTED_CLASSIFICATIONS)),
   };
   return Object.freeze(config);
+}
+
+function classifications(value: unknown): readonly Classification[] {
+  const list = value === 'none' ? [] : typeof value === 'string' ? value.split(',').map((c) => c.trim()) : value;
+  if (!Array.isArray(list) || !list.every((c) => (CLASSIFICATIONS as readonly unknown[]).includes(c))) {
+    invalid(`BULKHEAD_ENCRYPTED_CLASSIFICATIONS (encryptedClassifications) must list classifications among ${CLASSIFICATIONS.join(', ')}, or be none`);
+  }
+  return Object.freeze([...new Set(list as Classification[])]);
 }
 
 function optionalPath(value: unknown, name: string): string | undefined {

@@ -37,7 +37,10 @@ const FULL = {
 function resolved(fields: Record<string, Record<string, unknown>>): Record<string, Record<string, unknown>> {
   const out: Record<string, Record<string, unknown>> = {};
   for (const [name, f] of Object.entries(fields)) {
-    out[name] = { required: false, unique: false, indexed: false, subject: false, classification: 'internal', ...f };
+    const classification = (f.classification as string | undefined) ?? 'internal';
+    // The deployment's default: confidential, pii, phi and pci fields are encrypted.
+    const encrypted = ['confidential', 'pii', 'phi', 'pci'].includes(classification);
+    out[name] = { required: false, unique: false, indexed: false, subject: false, classification, encrypted, ...f };
   }
   return out;
 }

@@ -431,7 +431,7 @@ const schemas: JsonObject = {
   },
   Checksums: {
     type: 'object',
-    description: 'By `<table>/<collection>`: every data table of every collection.',
+    description: 'By `<table>/<collection>` (for `tenant_keys`: `tenant_keys/<purpose>`): every data table of every collection.',
     propertyNames: { pattern: `^(${COPY_TABLES.map((t) => t.name).join('|')})/` },
     additionalProperties: schema('TableChecksum'),
   },
@@ -520,6 +520,11 @@ const schemas: JsonObject = {
       indexed: { type: 'boolean', default: false, description: 'Not for text and json fields.' },
       classification: { type: 'string', enum: [...CLASSIFICATIONS], default: 'internal' },
       subject: { type: 'boolean', default: false, description: 'Marks the field naming the data subject a record is about; at most one per collection.' },
+      encrypted: {
+        type: 'boolean',
+        description:
+          'Store the field encrypted with the tenant\'s data key. Default: true for the classifications the deployment encrypts (confidential, pii, phi, pci unless configured), which cannot be set to false; false otherwise. Cannot change while records hold the field.',
+      },
       default: { not: { type: 'null' }, description: 'A value of the field\'s type, applied on create.' },
       values: {
         type: 'array',
@@ -549,6 +554,7 @@ const schemas: JsonObject = {
       indexed: { type: 'boolean' },
       classification: { type: 'string', enum: [...CLASSIFICATIONS] },
       subject: { type: 'boolean' },
+      encrypted: { type: 'boolean', description: 'Stored encrypted; absent in definitions made before field encryption existed (not encrypted).' },
       default: {},
       values: { type: 'array', items: { type: 'string' } },
       collection: { type: 'string', pattern: COLLECTION_NAME.source },

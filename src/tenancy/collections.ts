@@ -1,7 +1,7 @@
 import { BulkheadError, DatabaseError, NotFoundError } from '../errors.js';
 import type { Statement, StatementResult } from '../store/engine.js';
 import type { TenantScopes } from '../placement/placements.js';
-import { COLLECTION_NAME, isKeyable, parseCollectionDefinition, type CollectionDefinition, type FieldDefinition } from './fields.js';
+import { COLLECTION_NAME, keyTableOf, parseCollectionDefinition, type Classification, type CollectionDefinition, type FieldDefinition } from './fields.js';
 import { RecordValidator } from './validation.js';
 
 /** A collection version, compiled: what the record path needs. */
@@ -31,6 +31,8 @@ export interface CollectionsOptions {
   readonly cacheTtlMs?: number;
   /** At most this many compiled definitions are kept. */
   readonly cacheSize?: number;
+  /** Classifications whose fields are always encrypted (see `parseCollectionDefinition`). */
+  readonly encryptedClassifications?: readonly Classification[];
 }
 
 interface CacheEntry {
@@ -56,9 +58,11 @@ export class Collections {
   readonly #size: number;
   readonly #cache = new Map<string, CacheEntry>();
   readonly #refreshing = new Set<string>();
+  readonly #encrypted: readonly Classification[] | undefined;
 
   constructor(store: TenantScopes, options: CollectionsOptions = {}) {
     this.#store = store;
+    this.#encrypted = options.encryptedClassifications;
     this.#ttl = options.cacheTtlMs ?? 30_000;
     this.#size = options.cacheSize ?? 10_000;
   }
@@ -69,7 +73,7 @@ export class Collections {
    */
   async define(tenantId: string, name: string, input: unknown, actor: string): Promise<{ collection: CollectionView; created: boolean; changed: boolean }> {
     checkCollectionName(name);
-    const definition = parseCollectionDefinition(input);
+    const definition = parseCollectionDefinition(input, this.#encrypted ? { encryptedClassifications: this.#encrypted } : {});
     const validator = new RecordValidator(definition);
     const targets = [...new Set(Object.values(definition.fields).flatMap((f) => (f.collection && f.collection !== name ? [f.collection] : [])))];
 
@@ -265,6 +269,14 @@ export class Collections {
           reason: 'records hold values longer than the new maxLength',
           statement: { text: `${base}length(data ->> $3::text) > $4) AS hit`, values: [tenantId, name, field, next.maxLength] },
         });
+      } else if (Boolean(next.encrypted) !== Boolean(old.encrypted) || (next.encrypted && keyTableOf(next) !== keyTableOf(old))) {
+        // Existing values would have to be re-encrypted (or decrypted, or re-indexed from their
+        // plaintext); a field's encryption is settled once records hold it.
+        checks.push({
+          field,
+          reason: 'whether it is encrypted, and for an encrypted field whether it is unique, cannot change while records hold it',
+          statement: { text: `${base}data ? $3::text) AS hit`, values: [tenantId, name, field] },
+        });
       } else if (next.type === 'reference' && next.collection !== old.collection) {
         checks.push({
           field,
@@ -298,9 +310,8 @@ function keyStatements(
   after: CollectionDefinition,
 ): { field: string; statement: Statement }[] {
   const out: { field: string; statement: Statement }[] = [];
-  for (const kind of ['unique', 'indexed'] as const) {
-    const table = kind === 'unique' ? 'unique_values' : 'index_values';
-    const has = (f: FieldDefinition | undefined) => f !== undefined && isKeyable(f.type) && f[kind];
+  for (const table of ['unique_values', 'index_values'] as const) {
+    const has = (f: FieldDefinition | undefined) => f !== undefined && keyTableOf(f) === table;
     for (const field of new Set([...Object.keys(before.fields), ...Object.keys(after.fields)])) {
       const was = has(before.fields[field]);
       const is = has(after.fields[field]);

@@ -21,6 +21,13 @@ export interface FieldDefinition {
   readonly classification: Classification;
   /** True for the field that names the data subject a record is about. */
   readonly subject: boolean;
+  /**
+   * Stored encrypted with the tenant's data key (AES-256-GCM, docs/encryption.md), and found by
+   * equality through a blind index. Resolved when the definition is made: from the field's
+   * `encrypted` flag, else from its classification and the deployment's list of encrypted
+   * classifications. Absent in definitions stored before encryption existed: not encrypted.
+   */
+  readonly encrypted?: boolean;
   readonly default?: unknown;
   /** Allowed values of an `enum` field. */
   readonly values?: readonly string[];
@@ -62,8 +69,28 @@ export function isKeyable(type: FieldType): boolean {
 }
 
 const FIELD_KEYS = new Set([
-  'type', 'required', 'unique', 'indexed', 'classification', 'subject', 'default', 'values', 'collection', 'maxLength', 'description',
+  'type', 'required', 'unique', 'indexed', 'classification', 'subject', 'encrypted', 'default', 'values', 'collection', 'maxLength', 'description',
 ]);
+
+/** Classifications encrypted unless the deployment says otherwise (SPEC section 4). */
+export const DEFAULT_ENCRYPTED_CLASSIFICATIONS: readonly Classification[] = Object.freeze(['confidential', 'pii', 'phi', 'pci']);
+
+/** Options of `parseCollectionDefinition`. */
+export interface DefinitionOptions {
+  /** Classifications whose fields are always encrypted (default `DEFAULT_ENCRYPTED_CLASSIFICATIONS`). */
+  readonly encryptedClassifications?: readonly Classification[];
+}
+
+/**
+ * The table a field's values are kept in for lookups: unique fields in `unique_values`, indexed
+ * ones in `index_values`, and so are encrypted scalar fields (their blind index), so that equality
+ * filters can find them without reading the data.
+ */
+export function keyTableOf(def: FieldDefinition): 'unique_values' | 'index_values' | null {
+  if (!isKeyable(def.type)) return null;
+  if (def.unique) return 'unique_values';
+  return def.indexed || def.encrypted ? 'index_values' : null;
+}
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -85,7 +112,8 @@ function flag(raw: Record<string, unknown>, key: string, name: string): boolean 
  * Every message names the field at fault. `collection` is the collection's own name, so a
  * reference may point at it.
  */
-export function parseCollectionDefinition(input: unknown): CollectionDefinition {
+export function parseCollectionDefinition(input: unknown, options: DefinitionOptions = {}): CollectionDefinition {
+  const encryptedClassifications = options.encryptedClassifications ?? DEFAULT_ENCRYPTED_CLASSIFICATIONS;
   if (!isPlainObject(input)) fail('the collection definition must be a JSON object');
   for (const key of Object.keys(input)) {
     if (key !== 'fields' && key !== 'description') fail(`unknown property "${safeName(key)}" in the collection definition`);
@@ -103,7 +131,7 @@ export function parseCollectionDefinition(input: unknown): CollectionDefinition 
   let subjects = 0;
   for (const name of names) {
     if (!FIELD_NAME.test(name)) fail(`field names must match ${FIELD_NAME.source}`, safeName(name));
-    const field = parseField(name, rawFields[name]);
+    const field = parseField(name, rawFields[name], encryptedClassifications);
     // Names the second subject field, so the builder sees which flag to drop.
     if (field.subject && ++subjects > 1) fail('at most one field may be marked as the data subject', name);
     fields[name] = field;
@@ -114,7 +142,7 @@ export function parseCollectionDefinition(input: unknown): CollectionDefinition 
   });
 }
 
-function parseField(name: string, raw: unknown): FieldDefinition {
+function parseField(name: string, raw: unknown, encryptedClassifications: readonly Classification[]): FieldDefinition {
   if (!isPlainObject(raw)) fail(`fields.${name} must be an object with a type`, name);
   for (const key of Object.keys(raw)) {
     if (!FIELD_KEYS.has(key)) fail(`unknown property "${safeName(key)}" in fields.${name}`, name);
@@ -138,6 +166,12 @@ function parseField(name: string, raw: unknown): FieldDefinition {
     subject: flag(raw, 'subject', name),
     classification: classification as Classification,
   };
+  const required = encryptedClassifications.includes(field.classification);
+  if (raw.encrypted !== undefined && typeof raw.encrypted !== 'boolean') fail(`fields.${name}.encrypted must be a boolean`, name);
+  if (raw.encrypted === false && required) {
+    fail(`fields.${name} is classified ${field.classification}, and this deployment encrypts every ${field.classification} field; leave encrypted out or set it to true`, name);
+  }
+  field.encrypted = (raw.encrypted as boolean | undefined) ?? required;
   if ((field.unique || field.indexed) && !isKeyable(t)) fail(`fields.${name}: a ${t} field cannot be unique or indexed`, name);
   if (raw.description !== undefined) {
     if (typeof raw.description !== 'string' || raw.description.length > LIMITS.descriptionLength) {

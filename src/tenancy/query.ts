@@ -1,7 +1,7 @@
 import { BulkheadError, QueryInvalidError } from '../errors.js';
 import { isUuid } from '../ids.js';
 import type { Statement } from '../store/engine.js';
-import { isKeyable, type CollectionDefinition, type FieldDefinition } from './fields.js';
+import { isKeyable, keyTableOf, type CollectionDefinition, type FieldDefinition } from './fields.js';
 import { fieldValidator, findUnstorableValue } from './validation.js';
 
 /** Filter operators (SPEC: eq, ne, lt, lte, gt, gte, in, contains, prefix, isNull). */
@@ -51,6 +51,15 @@ interface CursorPayload {
   i: string;
 }
 
+/** Options of `compileList`. */
+export interface CompileOptions {
+  /**
+   * The blind index of a value of an encrypted field (HMAC with the tenant's index key), as the
+   * write path stores it. Needed when the filter names an encrypted field.
+   */
+  readonly blind?: (field: string, value: unknown) => string;
+}
+
 /**
  * Compiles a list request into one parameterized statement. Every caller value is a bound
  * parameter, field names included; the tenant and collection are always the first predicates.
@@ -60,6 +69,7 @@ export function compileList(
   collection: string,
   definition: CollectionDefinition,
   request: ListRequest,
+  options: CompileOptions = {},
 ): CompiledQuery {
   const values: unknown[] = [tenantId, collection];
   const param = (v: unknown): string => {
@@ -78,7 +88,7 @@ export function compileList(
       throw new QueryInvalidError(`filter.${name} must be an object of operators`, { field: name });
     }
     for (const [op, arg] of Object.entries(ops as Record<string, unknown>)) {
-      where.push(condition(name, field, op, arg, param));
+      where.push(field.encrypted ? encryptedCondition(name, field, op, arg, param, options) : condition(name, field, op, arg, param));
       shape.push(`${name}.${op}`);
     }
   }
@@ -131,6 +141,43 @@ function parseFilter(raw: string | undefined): Record<string, unknown> {
   const bad = findUnstorableValue(parsed);
   if (bad !== undefined) throw new QueryInvalidError(`filter: ${bad.problem}`, { field: bad.path.split('.')[0] || 'filter' });
   return parsed as Record<string, unknown>;
+}
+
+/**
+ * A filter on an encrypted field. Its stored value is a ciphertext that differs every time, so
+ * only equality can be answered, through the blind index kept in the field's value table; every
+ * other operator would need the plaintext in the database and is refused. `isNull` asks only
+ * whether the field is present.
+ */
+function encryptedCondition(
+  name: string,
+  field: FieldDefinition,
+  op: string,
+  arg: unknown,
+  param: (v: unknown) => string,
+  options: CompileOptions,
+): string {
+  if (op === 'isNull') return condition(name, field, op, arg, param);
+  const table = keyTableOf(field);
+  if ((op !== 'eq' && op !== 'in') || table === null) {
+    const allowed = table === null ? 'isNull' : 'eq, in and isNull';
+    throw new QueryInvalidError(`filter.${name}: the field is encrypted; only ${allowed} apply to it`, { field: name });
+  }
+  if (!options.blind) throw new BulkheadError('INTERNAL', 'a filter on an encrypted field needs the tenant index key');
+  const blind = options.blind;
+  const keys =
+    op === 'eq'
+      ? [blind(name, checkValue(name, field, op, arg))]
+      : (() => {
+          if (!Array.isArray(arg) || arg.length === 0 || arg.length > QUERY_LIMITS.maxInValues) {
+            throw new QueryInvalidError(`filter.${name}.in takes an array of 1 to ${QUERY_LIMITS.maxInValues} values`, { field: name });
+          }
+          return arg.map((v) => blind(name, checkValue(name, field, op, v)));
+        })();
+  return (
+    `r.id IN (SELECT k.record_id FROM ${table} k WHERE k.tenant_id = $1 AND k.collection = $2 AND k.field = ${param(name)}::text ` +
+    `AND k.key = ANY (${param(`{${keys.join(',')}}`)}::text[]))`
+  );
 }
 
 function condition(name: string, field: FieldDefinition, op: string, arg: unknown, param: (v: unknown) => string): string {
@@ -209,6 +256,7 @@ function parseSort(raw: string | undefined, definition: CollectionDefinition): S
   const field = Object.hasOwn(definition.fields, name) ? definition.fields[name] : undefined;
   if (!field) throw new QueryInvalidError(`sort names an unknown field "${safe(name)}"`, { field: safe(name) });
   if (!isKeyable(field.type)) throw new QueryInvalidError(`sort: ${field.type} fields cannot be sorted`, { field: name });
+  if (field.encrypted) throw new QueryInvalidError('sort: the field is encrypted; its order is not known to the database', { field: name });
   return { field: name, descending };
 }
 

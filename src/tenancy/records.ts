@@ -1,10 +1,24 @@
-import { BulkheadError, DatabaseError, NotFoundError, RecordInvalidError } from '../errors.js';
+import type { KeyObject } from 'node:crypto';
+import { blindIndex } from '../crypto/blind-index.js';
+import type { JsonValue } from '../crypto/encoding.js';
+import { decryptField, encryptField, isCiphertext, keyVersionOf } from '../crypto/field-cipher.js';
+import { BulkheadError, DatabaseError, DecryptionFailedError, NotFoundError, RecordInvalidError } from '../errors.js';
 import { isUuid, uuidv7 } from '../ids.js';
 import type { Statement, StatementResult } from '../store/engine.js';
 import type { TenantScopes } from '../placement/placements.js';
 import type { Collections, CompiledCollection } from './collections.js';
-import { isKeyable } from './fields.js';
+import { keyTableOf } from './fields.js';
 import { compileList, type ListRequest } from './query.js';
+
+/**
+ * The tenant keys the record path needs (`TenantKeyring` in production, docs/encryption.md): the
+ * current data key for new ciphertexts, any version of it for reading, and the blind-index key.
+ */
+export interface RecordKeys {
+  forEncrypt(tenantId: string, count: number): Promise<{ readonly version: number; readonly key: KeyObject }>;
+  forDecrypt(tenantId: string, version: number): Promise<KeyObject>;
+  indexKey(tenantId: string): Promise<KeyObject>;
+}
 
 
 /** Scope options of a batch that changes data: refused while a move switches the tenant over. */
@@ -57,12 +71,17 @@ export class Records {
   readonly #store: TenantScopes;
   readonly #collections: Collections;
   readonly #usage: UsageMeter;
+  readonly #keys: RecordKeys | undefined;
 
-  /** `usage` counts every successful read and write, whoever calls (HTTP, CLI, library). */
-  constructor(store: TenantScopes, collections: Collections, usage: UsageMeter) {
+  /**
+   * `usage` counts every successful read and write, whoever calls (HTTP, CLI, library). `keys`
+   * serves encrypted fields; without it, a collection with one refuses reads and writes.
+   */
+  constructor(store: TenantScopes, collections: Collections, usage: UsageMeter, keys?: RecordKeys) {
     this.#store = store;
     this.#collections = collections;
     this.#usage = usage;
+    this.#keys = keys;
   }
 
   /** Creates a record; defaults applied, values validated and normalized. */
@@ -70,19 +89,21 @@ export class Records {
     return this.#withCurrentDefinition(actor.tenantId, collection, 'RECORD_INVALID', async (c) => {
       const data = c.validator.normalize(fields, true);
       const id = uuidv7();
+      const names = Object.keys(data);
+      const stored = await this.#seal(c, id, data, names, {});
       const insert: Step = {
         statement: {
           name: 'bh_record_insert',
           text:
             'INSERT INTO records (tenant_id, collection, id, data, schema_version, created_by, updated_by) ' +
             `VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $6) ${RETURNING}`,
-          values: [c.tenantId, c.name, id, JSON.stringify(data), c.version, actor.subject],
+          values: [c.tenantId, c.name, id, JSON.stringify(stored), c.version, actor.subject],
         },
       };
-      const steps: Step[] = [versionStep(c), ...referenceSteps(c, data), insert, ...keySteps(c, id, data, Object.keys(data))];
+      const steps: Step[] = [versionStep(c), ...referenceSteps(c, data), insert, ...keySteps(c, id, data, names, false, await this.#blinds(c, data, names))];
       const results = await this.#run(actor.tenantId, steps);
       this.#usage.recordWrite(actor.tenantId, 1);
-      return toView(results[steps.indexOf(insert)]!.rows[0]!);
+      return withPlaintext(toView(results[steps.indexOf(insert)]!.rows[0]!), c, data);
     });
   }
 
@@ -99,22 +120,24 @@ export class Records {
     ]);
     const row = r!.rows[0];
     if (!row) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
+    const [view] = await this.#open(c, [toView(row)]);
     this.#usage.recordRead(tenantId, 1);
-    return toView(row);
+    return view!;
   }
 
   /** A page of records matching the filter, in sort order, with a cursor for the next page. */
   async list(tenantId: string, collection: string, request: ListRequest): Promise<RecordPage> {
     return this.#withCurrentDefinition(tenantId, collection, 'QUERY_INVALID', async (c) => {
-      const q = compileList(tenantId, c.name, c.definition, request);
+      const q = compileList(tenantId, c.name, c.definition, request, await this.#compileOptions(c, request));
       const [r] = await this.#store.tenant(tenantId).batch([q.statement]);
       const rows = r!.rows;
       const more = rows.length > q.limit;
       const page = more ? rows.slice(0, q.limit) : rows;
+      const records = await this.#open(c, page.map(toView));
       this.#usage.recordRead(tenantId, page.length);
       const last = page[page.length - 1];
       return {
-        records: page.map(toView),
+        records,
         nextCursor: more && last ? q.cursorAfter({ id: last.id as string, data: last.data as Record<string, unknown> }) : null,
         fingerprint: q.fingerprint,
       };
@@ -139,12 +162,15 @@ export class Records {
         });
         const row = current!.rows[0];
         if (!row) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
-        const before = row.data as Record<string, unknown>;
+        const storedBefore = row.data as Record<string, unknown>;
+        const before = (await this.#open(c, [toView(row)]))[0]!.fields;
         const merged: Record<string, unknown> = { ...before, ...(patch as Record<string, unknown>) };
         const data = c.validator.normalize(merged, false);
         const changed = [...new Set([...Object.keys(before), ...Object.keys(data)])].filter(
           (k) => JSON.stringify(before[k]) !== JSON.stringify(data[k]),
         );
+        // Unchanged encrypted fields keep their ciphertext; changed ones get a new one.
+        const stored = await this.#seal(c, id, data, changed, storedBefore);
         const steps: Step[] = [
           ...referenceSteps(c, pick(data, changed)),
           {
@@ -153,10 +179,10 @@ export class Records {
               text:
                 'UPDATE records SET data = $4::text::jsonb, version = version + 1, schema_version = $5, updated_at = now(), updated_by = $6 ' +
                 `WHERE tenant_id = $1 AND collection = $2 AND id = $3 ${RETURNING}`,
-              values: [c.tenantId, c.name, id, JSON.stringify(data), c.version, actor.subject],
+              values: [c.tenantId, c.name, id, JSON.stringify(stored), c.version, actor.subject],
             },
           },
-          ...keySteps(c, id, data, changed, true),
+          ...keySteps(c, id, data, changed, true, await this.#blinds(c, data, changed)),
         ];
         const updateIndex = steps.findIndex((s) => s.statement.name === 'bh_record_update');
         let results: StatementResult[];
@@ -166,7 +192,7 @@ export class Records {
           throw classify(error, steps);
         }
         this.#usage.recordWrite(actor.tenantId, 1);
-        return toView(results[updateIndex]!.rows[0]!);
+        return withPlaintext(toView(results[updateIndex]!.rows[0]!), c, data);
       }),
     );
   }
@@ -184,6 +210,77 @@ export class Records {
     ]);
     if (r!.rowCount === 0) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
     this.#usage.recordWrite(tenantId, 1);
+  }
+
+  /**
+   * The record as stored: the encrypted fields among `names` get a fresh ciphertext under the
+   * tenant's current data key, bound to tenant, collection, field, record and key version; other
+   * encrypted fields keep what `stored` holds; every other field is stored as it is.
+   */
+  async #seal(c: CompiledCollection, id: string, data: Record<string, unknown>, names: readonly string[], stored: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const fields = encryptedFields(c);
+    if (fields.length === 0) return data;
+    const out: Record<string, unknown> = { ...data };
+    for (const f of fields) if (data[f] !== undefined) out[f] = stored[f];
+    const fresh = fields.filter((f) => data[f] !== undefined && names.includes(f));
+    if (fresh.length === 0) return out;
+    const { version, key } = await this.#keyring().forEncrypt(c.tenantId, fresh.length);
+    for (const field of fresh) {
+      out[field] = encryptField(key, version, { tenantId: c.tenantId, collection: c.name, field, recordId: id }, data[field] as JsonValue);
+    }
+    return out;
+  }
+
+  /** The blind indexes of the encrypted fields among `names` that have a value table (see `keyTableOf`). */
+  async #blinds(c: CompiledCollection, data: Record<string, unknown>, names: readonly string[]): Promise<ReadonlyMap<string, string>> {
+    const fields = names.filter((f) => c.definition.fields[f]?.encrypted && keyTableOf(c.definition.fields[f]!) && data[f] !== undefined);
+    if (fields.length === 0) return new Map();
+    const indexKey = await this.#keyring().indexKey(c.tenantId);
+    return new Map(fields.map((field) => [field, blindIndex(indexKey, { collection: c.name, field }, data[field] as JsonValue)]));
+  }
+
+  /** What the query compiler needs for a filter on an encrypted field: the tenant's blind index. */
+  async #compileOptions(c: CompiledCollection, request: ListRequest): Promise<{ blind?: (field: string, value: unknown) => string }> {
+    if (encryptedFields(c).length === 0 || !request.filter) return {};
+    const indexKey = await this.#keyring().indexKey(c.tenantId);
+    return { blind: (field, value) => blindIndex(indexKey, { collection: c.name, field }, value as JsonValue) };
+  }
+
+  /**
+   * Decrypts the encrypted fields of records read from storage. Anything there that is not a
+   * ciphertext this tenant's keys open for this record and field fails the whole read with the
+   * uniform CRYPTO_DECRYPT_FAILED: nothing partial, no plaintext of any kind.
+   */
+  async #open(c: CompiledCollection, views: RecordView[]): Promise<RecordView[]> {
+    const fields = encryptedFields(c);
+    if (fields.length === 0 || views.length === 0) return views;
+    const keys = new Map<number, Promise<KeyObject>>();
+    const keyOf = (version: number) => {
+      let key = keys.get(version);
+      if (!key) {
+        key = this.#keyring().forDecrypt(c.tenantId, version);
+        keys.set(version, key);
+      }
+      return key;
+    };
+    const out: RecordView[] = [];
+    for (const view of views) {
+      const opened: Record<string, unknown> = { ...view.fields };
+      for (const field of fields) {
+        const value = view.fields[field];
+        if (value === undefined) continue;
+        if (!isCiphertext(value)) throw new DecryptionFailedError();
+        const version = keyVersionOf(value);
+        opened[field] = decryptField(await keyOf(version), version, { tenantId: c.tenantId, collection: c.name, field, recordId: view.id }, value);
+      }
+      out.push({ ...view, fields: opened });
+    }
+    return out;
+  }
+
+  #keyring(): RecordKeys {
+    if (!this.#keys) throw new BulkheadError('INTERNAL', 'this collection has encrypted fields and no key service is configured');
+    return this.#keys;
   }
 
   async #run(tenantId: string, steps: readonly Step[]): Promise<StatementResult[]> {
@@ -253,12 +350,19 @@ function referenceSteps(c: CompiledCollection, data: Record<string, unknown>): S
 }
 
 /** Statements that keep unique_values and index_values in step with the record's `fields`. */
-function keySteps(c: CompiledCollection, id: string, data: Record<string, unknown>, fields: readonly string[], replace = false): Step[] {
+function keySteps(
+  c: CompiledCollection,
+  id: string,
+  data: Record<string, unknown>,
+  fields: readonly string[],
+  replace: boolean,
+  blinds: ReadonlyMap<string, string>,
+): Step[] {
   const steps: Step[] = [];
   for (const field of fields) {
     const def = c.definition.fields[field];
-    if (!def || !isKeyable(def.type) || !(def.unique || def.indexed)) continue;
-    const table = def.unique ? 'unique_values' : 'index_values';
+    const table = def ? keyTableOf(def) : null;
+    if (!def || !table) continue;
     const tag = def.unique ? 'unique' : 'index';
     if (replace) {
       steps.push({
@@ -270,14 +374,23 @@ function keySteps(c: CompiledCollection, id: string, data: Record<string, unknow
       });
     }
     if (data[field] === undefined) continue;
+    const blind = blinds.get(field);
     steps.push({
       field,
       ...(def.unique ? { on: 'unique' as const } : {}),
-      statement: {
-        name: `bh_${tag}_put`,
-        text: `INSERT INTO ${table} (tenant_id, collection, field, key, record_id) VALUES ($1, $2, $3, bulkhead.value_key($4::text::jsonb), $5)`,
-        values: [c.tenantId, c.name, field, JSON.stringify(data[field]), id],
-      },
+      statement:
+        blind === undefined
+          ? {
+              name: `bh_${tag}_put`,
+              text: `INSERT INTO ${table} (tenant_id, collection, field, key, record_id) VALUES ($1, $2, $3, bulkhead.value_key($4::text::jsonb), $5)`,
+              values: [c.tenantId, c.name, field, JSON.stringify(data[field]), id],
+            }
+          : {
+              // An encrypted field's key is its blind index, never its value.
+              name: `bh_${tag}_put_blind`,
+              text: `INSERT INTO ${table} (tenant_id, collection, field, key, record_id) VALUES ($1, $2, $3, $4, $5)`,
+              values: [c.tenantId, c.name, field, blind, id],
+            },
     });
   }
   return steps;
@@ -305,6 +418,27 @@ function pick(data: Record<string, unknown>, keys: readonly string[]): Record<st
   const out: Record<string, unknown> = {};
   for (const k of keys) if (data[k] !== undefined) out[k] = data[k];
   return out;
+}
+
+const ENCRYPTED = new WeakMap<CompiledCollection, readonly string[]>();
+
+/** The encrypted fields of a collection version (memoized per compiled version). */
+function encryptedFields(c: CompiledCollection): readonly string[] {
+  let fields = ENCRYPTED.get(c);
+  if (!fields) {
+    fields = Object.entries(c.definition.fields).flatMap(([name, def]) => (def.encrypted ? [name] : []));
+    ENCRYPTED.set(c, fields);
+  }
+  return fields;
+}
+
+/** A written record's view with the plaintext the caller sent in place of the ciphertexts stored. */
+function withPlaintext(view: RecordView, c: CompiledCollection, data: Record<string, unknown>): RecordView {
+  const fields = encryptedFields(c);
+  if (fields.length === 0) return view;
+  const out: Record<string, unknown> = { ...view.fields };
+  for (const f of fields) if (data[f] !== undefined) out[f] = data[f];
+  return { ...view, fields: out };
 }
 
 function toView(row: Record<string, unknown>): RecordView {
