@@ -26,6 +26,11 @@ export interface OpenOptions {
   readonly moves?: MovesOptions;
   /** Called once with an operator token generated on first start (nothing configured, none stored). */
   readonly onOperatorTokenGenerated?: (token: string) => void;
+  /**
+   * Resume unfinished moves on open (default true). Crash tests turn it off to read the state a
+   * move was left in before it goes on (`moves.resume()`).
+   */
+  readonly resumeMoves?: boolean;
 }
 
 /**
@@ -125,7 +130,7 @@ export class Bulkhead {
       if (config.operatorToken !== undefined) hashes.push(hashOperatorToken(config.operatorToken));
       const bh = new Bulkhead(config, placements, new Moves(placements, { batchSize: config.moveBatchSize, ...options.moves }), authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes), kms);
       // A move interrupted by a crash or a restart goes on from the state it was in.
-      await bh.moves.resume();
+      if (options.resumeMoves ?? true) await bh.moves.resume();
       return bh;
     } catch (error) {
       await kms?.close().catch(() => {});
