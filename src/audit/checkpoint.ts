@@ -16,6 +16,7 @@
  * a bad signature, a malformed line or an extra member all answer the same.
  */
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, sign, verify, type KeyObject } from 'node:crypto';
+import { syncDirectory, writeDurably } from '../files.js';
 import { constants as fsConstants } from 'node:fs';
 import { link, mkdir, open, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -207,30 +208,6 @@ async function readKeyFile(path: string, forbidden: number, what: string): Promi
     }
     if (stat.size > 16_384) throw new BulkheadError('AUDIT_KEY_INVALID', `the audit ${what} file ${path} is too large to be a PEM key`);
     return await handle.readFile('utf8');
-  } finally {
-    await handle.close();
-  }
-}
-
-/** Writes `text` to a new file (mode 0600, exclusive create) and flushes it to disk. */
-async function writeDurably(path: string, text: string): Promise<void> {
-  const handle = await open(path, 'wx', PRIVATE_MODE);
-  try {
-    await handle.writeFile(text, 'utf8');
-    // The umask can only clear bits, but an explicit chmod also covers a umask of 0.
-    await handle.chmod(PRIVATE_MODE);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-/** Flushes a directory entry (a link or rename) to disk; not every file system allows it. */
-async function syncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, fsConstants.O_RDONLY).catch(() => undefined);
-  if (!handle) return;
-  try {
-    await handle.sync().catch(() => undefined);
   } finally {
     await handle.close();
   }

@@ -10,6 +10,7 @@
  * disagrees with the witness at the first checkpoint after the change; someone who truncated it
  * ends before the last checkpoint.
  */
+import { syncDirectory } from '../files.js';
 import { constants as fsConstants, createReadStream } from 'node:fs';
 import { mkdir, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -237,13 +238,3 @@ function errnoOf(error: unknown): string | undefined {
   return typeof code === 'string' ? code : undefined;
 }
 
-/** Flushes a directory entry (a new file) to disk; not every file system allows it. */
-async function syncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, fsConstants.O_RDONLY).catch(() => undefined);
-  if (!handle) return;
-  try {
-    await handle.sync().catch(() => undefined);
-  } finally {
-    await handle.close();
-  }
-}

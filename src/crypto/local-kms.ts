@@ -20,6 +20,7 @@ import {
   timingSafeEqual,
   type KeyObject,
 } from 'node:crypto';
+import { syncDirectory, writeDurably } from '../files.js';
 import { constants as fsConstants } from 'node:fs';
 import { link, mkdir, open, rename, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -177,30 +178,6 @@ async function readKeyFile(path: string): Promise<KeyObject | undefined> {
     const key = createSecretKey(bytes);
     bytes.fill(0);
     return key;
-  } finally {
-    await handle.close();
-  }
-}
-
-/** Writes `data` to a new file (mode 0600, exclusive create) and flushes it to disk. */
-async function writeDurably(path: string, data: Uint8Array): Promise<void> {
-  const handle = await open(path, 'wx', OWNER_ONLY);
-  try {
-    await handle.writeFile(data);
-    // The umask can only clear bits, but an explicit chmod also covers a umask of 0.
-    await handle.chmod(OWNER_ONLY);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-/** Flushes a directory entry (a rename or link) to disk; not every file system allows it. */
-async function syncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, fsConstants.O_RDONLY).catch(() => undefined);
-  if (!handle) return;
-  try {
-    await handle.sync().catch(() => undefined);
   } finally {
     await handle.close();
   }
