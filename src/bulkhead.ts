@@ -17,6 +17,7 @@ import { Usage } from './tenancy/usage.js';
 import { openKms } from './crypto/kms-config.js';
 import type { Kms } from './crypto/kms.js';
 import { TenantKeyring } from './crypto/keyring.js';
+import { KeyRotations, type KeyRotationsOptions } from './tenancy/key-rotations.js';
 
 /** What `Bulkhead.open` may be given besides the configuration (tests inject an engine). */
 export interface OpenOptions {
@@ -31,6 +32,10 @@ export interface OpenOptions {
    * move was left in before it goes on (`moves.resume()`).
    */
   readonly resumeMoves?: boolean;
+  /** Options of the key rotator (a step observer for progress or crash tests). */
+  readonly rotations?: Pick<KeyRotationsOptions, 'onStep'>;
+  /** Resume unfinished key rotations on open (default true); crash tests turn it off, as for moves. */
+  readonly resumeRotations?: boolean;
 }
 
 /**
@@ -62,6 +67,8 @@ export class Bulkhead {
   readonly kms: Kms;
   /** Every tenant's data and blind-index keys, unwrapped on demand and cached for a bounded time. */
   readonly keyring: TenantKeyring;
+  /** Data-key rotations with resumable re-encryption. */
+  readonly keyRotations: KeyRotations;
 
   private constructor(
     config: Config,
@@ -72,6 +79,7 @@ export class Bulkhead {
     jwtSecret: Uint8Array | undefined,
     operators: OperatorTokenVerifier,
     kms: Kms,
+    rotations: Pick<KeyRotationsOptions, 'onStep'> = {},
   ) {
     this.config = config;
     this.placements = placements;
@@ -95,6 +103,12 @@ export class Bulkhead {
         if (!placed) throw new BulkheadError('TENANT_NOT_FOUND', 'no such tenant');
         return placed.region;
       },
+      cacheMs: config.keyCacheMs,
+    });
+    this.keyRotations = new KeyRotations(placements, this.collections, this.keyring, {
+      batchSize: config.rotationBatchSize,
+      keyCacheMs: config.keyCacheMs,
+      ...rotations,
     });
     this.records = new Records(placements, this.collections, this.usage, this.keyring);
     this.health = new Health(store, this.usage, {}, placements);
@@ -128,9 +142,10 @@ export class Bulkhead {
         options.onOperatorTokenGenerated?.(token);
       }
       if (config.operatorToken !== undefined) hashes.push(hashOperatorToken(config.operatorToken));
-      const bh = new Bulkhead(config, placements, new Moves(placements, { batchSize: config.moveBatchSize, ...options.moves }), authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes), kms);
-      // A move interrupted by a crash or a restart goes on from the state it was in.
+      const bh = new Bulkhead(config, placements, new Moves(placements, { batchSize: config.moveBatchSize, ...options.moves }), authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes), kms, options.rotations);
+      // A move or rotation interrupted by a crash or a restart goes on from the state it was in.
       if (options.resumeMoves ?? true) await bh.moves.resume();
+      if (options.resumeRotations ?? true) await bh.keyRotations.resume();
       return bh;
     } catch (error) {
       await kms?.close().catch(() => {});
@@ -185,9 +200,16 @@ export class Bulkhead {
     return this.moves.start(tenant, input, actor);
   }
 
-  /** Stops the movers at a persisted step, flushes the usage counters and closes the cells. */
+  /** Starts (or joins the unfinished) rotation of a tenant's data key (by id or slug); it runs in the background. */
+  async rotateKeys(idOrSlug: string, actor: string) {
+    const tenant = await this.tenants.get(idOrSlug);
+    return this.keyRotations.start(tenant, actor);
+  }
+
+  /** Stops the movers and rotators at a persisted step, flushes the usage counters and closes the cells. */
   async close(): Promise<void> {
     await this.moves.close();
+    await this.keyRotations.close();
     // A store that cannot take the last counts must not keep the process from closing.
     await this.usage.close().catch(() => {});
     await this.placements.cells.close();

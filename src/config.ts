@@ -47,6 +47,19 @@ export interface Config {
    * seen the new placement.
    */
   readonly placementCacheMs: number;
+  /**
+   * How long a process keeps a tenant's unwrapped data keys, in ms (`BULKHEAD_KEY_CACHE_MS`, default
+   * 300,000). A rotation destroys the old data key only this long after it retired it, once no
+   * process can still encrypt under it.
+   */
+  readonly keyCacheMs: number;
+  /** Records per batch when a key rotation re-encrypts a tenant's data (`BULKHEAD_ROTATION_BATCH_SIZE`, default 500). */
+  readonly rotationBatchSize: number;
+  /**
+   * Default grace period of `tenants erase`, in seconds (`BULKHEAD_ERASE_GRACE_SECONDS`, default
+   * 604,800: 7 days, like a KMS's scheduled key deletion). A request may name its own.
+   */
+  readonly eraseGraceSeconds: number;
   /** The key-encryption keys' provider (`BULKHEAD_KMS_PROVIDER`, `kms` in the file; see docs/encryption.md). */
   readonly kms: KmsSettings;
   /**
@@ -100,13 +113,19 @@ const DEFAULTS = {
   poolSize: 10,
   moveBatchSize: 2000,
   placementCacheMs: 5000,
+  keyCacheMs: 300_000,
+  rotationBatchSize: 500,
+  eraseGraceSeconds: 604_800,
   logLevel: 'info',
 } as const;
+
+/** Longest grace period of an erasure: one year, in seconds. */
+export const MAX_ERASE_GRACE_SECONDS = 31_536_000;
 
 /** Keys a config file may hold (camelCase, as in `Config`). */
 const FILE_KEYS = new Set([
   'port', 'host', 'dataDir', 'databaseUrl', 'jwksUrl', 'jwtIssuer', 'jwtAudience', 'partitions', 'regions',
-  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells', 'moveBatchSize', 'placementCacheMs', 'tlsCert', 'tlsKey', 'kms', 'encryptedClassifications',
+  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells', 'moveBatchSize', 'placementCacheMs', 'keyCacheMs', 'rotationBatchSize', 'eraseGraceSeconds', 'tlsCert', 'tlsKey', 'kms', 'encryptedClassifications',
 ]);
 
 
@@ -250,6 +269,9 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
     poolSize: int(pick(undefined, env.BULKHEAD_POOL_SIZE, file.poolSize, DEFAULTS.poolSize), 'the pool size', 1, 1000),
     moveBatchSize: int(pick(undefined, env.BULKHEAD_MOVE_BATCH_SIZE, file.moveBatchSize, DEFAULTS.moveBatchSize), 'the move batch size', 10, 100_000),
     placementCacheMs: int(pick(undefined, env.BULKHEAD_PLACEMENT_CACHE_MS, file.placementCacheMs, DEFAULTS.placementCacheMs), 'the placement cache time', 0, 600_000),
+    keyCacheMs: int(pick(undefined, env.BULKHEAD_KEY_CACHE_MS, file.keyCacheMs, DEFAULTS.keyCacheMs), 'the key cache time', 0, 86_400_000),
+    rotationBatchSize: int(pick(undefined, env.BULKHEAD_ROTATION_BATCH_SIZE, file.rotationBatchSize, DEFAULTS.rotationBatchSize), 'the rotation batch size', 1, 10_000),
+    eraseGraceSeconds: int(pick(undefined, env.BULKHEAD_ERASE_GRACE_SECONDS, file.eraseGraceSeconds, DEFAULTS.eraseGraceSeconds), 'the erase grace period', 0, MAX_ERASE_GRACE_SECONDS),
     logLevel: logLevel as Config['logLevel'],
     tlsCert,
     tlsKey,

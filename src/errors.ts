@@ -46,6 +46,12 @@ export const ERROR_CODES = {
   KMS_KEK_NOT_FOUND: 'The key-encryption key is missing',
   KMS_UNAVAILABLE: 'The KMS is unavailable',
   KMS_INPUT_INVALID: 'A KMS operation was called with invalid input',
+  KMS_TENANT_KEY_DESTROYED: 'The tenant key-encryption key was destroyed',
+  KEY_ROTATION_NOT_FOUND: 'No such key rotation',
+  TENANT_ERASE_INVALID: 'The erasure request is invalid',
+  TENANT_ERASE_NOT_SCHEDULED: 'No erasure of the tenant is scheduled',
+  TENANT_ERASE_TOO_LATE: 'The erasure has already begun',
+  TENANT_BUSY: 'Another operation on the tenant is in progress',
   AUDIT_EVENT_INVALID: 'The audit event is invalid',
   AUDIT_CHAIN_BROKEN: 'The audit chain does not verify',
   AUDIT_CHECKPOINT_INVALID: 'An audit checkpoint is invalid',
@@ -129,7 +135,7 @@ export class AccessDeniedError extends BulkheadError {
 
 /** A thing that does not exist, or that the caller may not know exists (same answer either way). */
 export class NotFoundError extends BulkheadError {
-  constructor(code: 'TENANT_NOT_FOUND' | 'COLLECTION_NOT_FOUND' | 'RECORD_NOT_FOUND' | 'ROUTE_NOT_FOUND' | 'MOVE_NOT_FOUND', message: string) {
+  constructor(code: 'TENANT_NOT_FOUND' | 'COLLECTION_NOT_FOUND' | 'RECORD_NOT_FOUND' | 'ROUTE_NOT_FOUND' | 'MOVE_NOT_FOUND' | 'KEY_ROTATION_NOT_FOUND', message: string) {
     super(code, message);
   }
 }

@@ -53,8 +53,9 @@ namespace Bulkhead {
   action "tenant.create", "tenant.read", "tenant.list", "tenant.update", "tenant.mintToken" in ["tenant-registry"]
     appliesTo { principal: [TenantUser, Operator], resource: [Platform] };
 
-  // Operator views across tenants (usage, partition health: aggregates, no tenant data) and tenant moves.
-  action "tenant.usage", "tenant.partitions", "tenant.move" in ["tenant-registry"]
+  // Operator views across tenants (usage, partition health: aggregates, no tenant data), tenant
+  // moves, key rotation and erasure.
+  action "tenant.usage", "tenant.partitions", "tenant.move", "tenant.keys", "tenant.erase" in ["tenant-registry"]
     appliesTo { principal: [TenantUser, Operator], resource: [Platform] };
 
   action "collection.define", "collection.read", "collection.list" in ["tenant-data"]

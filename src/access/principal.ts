@@ -35,6 +35,8 @@ export const ACTIONS = [
   'tenant.usage',
   'tenant.partitions',
   'tenant.move',
+  'tenant.keys',
+  'tenant.erase',
   'collection.define',
   'collection.read',
   'collection.list',

@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { BulkheadError } from '../errors.js';
 import { CliError, DEFAULT_URL, oneLine, type CliIO } from './client.js';
 import { collectionsCommand } from './collections.js';
+import { keysCommand } from './keys.js';
 import { serve } from './serve.js';
 import { placementsCommand, tenantsCommand } from './tenants.js';
 import { tokenCommand } from './token.js';
@@ -49,6 +50,7 @@ export function program(io: CliIO = processIO()): Command {
   collectionsCommand(cli, io);
   usageCommands(cli, tenants, io);
   placementsCommand(cli, io);
+  keysCommand(cli, io);
   return cli;
 }
 

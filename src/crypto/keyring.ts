@@ -29,6 +29,8 @@ export interface FieldKeys {
   forDecrypt(tenantId: string, version: number): Promise<KeyObject>;
   /** The tenant's blind-index key (created on first use; not rotated). */
   indexKey(tenantId: string): Promise<KeyObject>;
+  /** The data key of `version` if held in memory, without I/O (see `TenantKeyring.peekDecrypt`). */
+  peekDecrypt?(tenantId: string, version: number): KeyObject | undefined;
 }
 
 /** Options of `TenantKeyring`. */
@@ -110,6 +112,27 @@ const ROTATE_SQL =
   "WITH retired AS (UPDATE tenant_keys SET state = 'retired', retired_at = now() " +
   "WHERE tenant_id = $1 AND purpose = 'data' AND version = $2 AND state = 'active' RETURNING version) " +
   "INSERT INTO tenant_keys (tenant_id, purpose, version, wrapped) SELECT $1, 'data', version + 1, $3 FROM retired";
+
+/**
+ * Destroys retired data keys below a version. The row stays (its version, state and dates are the
+ * record of what existed); the wrapped key is replaced by the word `destroyed`, which no unwrap
+ * accepts. Only retired keys: the active key is never destroyed this way.
+ */
+const DESTROY_SQL =
+  "UPDATE tenant_keys SET state = 'destroyed', wrapped = 'destroyed', retired_at = coalesce(retired_at, now()) " +
+  "WHERE tenant_id = $1 AND purpose = 'data' AND version < $2 AND state = 'retired' RETURNING version";
+const DESCRIBE_SQL = 'SELECT purpose, version, state, reserved, created_at, retired_at FROM tenant_keys WHERE tenant_id = $1 ORDER BY purpose, version';
+
+/** One key row as operators see it: never any key material, wrapped or not. */
+export interface KeyRowView {
+  readonly purpose: 'data' | 'index';
+  readonly version: number;
+  readonly state: 'active' | 'retired' | 'destroyed';
+  /** Encryptions reserved under the key (at least the encryptions made; blocks are reserved ahead). */
+  readonly encryptionsReserved: number;
+  readonly createdAt: string;
+  readonly retiredAt: string | null;
+}
 
 /** The KMS context of a key: tenant, purpose and version, so a wrapped key copied to another slot fails to unwrap. */
 function contextOf(tenantId: string, purpose: Purpose, version: number): KmsContext {
@@ -207,6 +230,16 @@ export class TenantKeyring implements FieldKeys {
     return loaded.key;
   }
 
+  /**
+   * The data key of `version` if this process holds it unexpired, without any I/O: what code inside
+   * a database transaction uses, since it must not wait on another query (PGlite has one
+   * connection, and a pool could run dry).
+   */
+  peekDecrypt(tenantId: string, version: number): KeyObject | undefined {
+    const held = this.#tenants.get(tenantId)?.data.get(version);
+    return held && Date.now() < held.expires ? held.key : undefined;
+  }
+
   /** See `FieldKeys.indexKey`; a key that does not unwrap is KMS_UNWRAP_FAILED. */
   async indexKey(tenantId: string): Promise<KeyObject> {
     checkTenant(tenantId);
@@ -215,6 +248,58 @@ export class TenantKeyring implements FieldKeys {
     const state = this.#stateOf(tenantId);
     const loaded = await this.#once(state, 'index', async () => this.#hold(state, await this.#current(tenantId, 'index'), 'index'));
     return loaded.key;
+  }
+
+  /** The version of the tenant's active data key, or undefined when it has none yet (nothing was ever encrypted). */
+  async activeDataVersion(tenantId: string): Promise<number | undefined> {
+    checkTenant(tenantId);
+    const [r] = await this.#scopes.tenant(tenantId).batch([{ name: 'bh_key_latest', text: LATEST_SQL, values: [tenantId, 'data'] }]);
+    const row = r!.rows[0];
+    return row?.state === 'active' ? (row.version as number) : undefined;
+  }
+
+  /**
+   * Retires the data key `fromVersion` and makes the next version active, unless that happened
+   * already (by an earlier run of the same rotation, or another process): idempotent, so a rotation
+   * resumed after a crash makes no second version. Returns the active version afterwards. This
+   * process's cached lease is dropped at once; other processes stop encrypting under the old key
+   * when their cache expires (`cacheMs`), which is why a rotation destroys it only after that.
+   */
+  async rotateDataKey(tenantId: string, fromVersion: number): Promise<number> {
+    checkTenant(tenantId);
+    positiveInteger(fromVersion, 'fromVersion', MAX_KEY_VERSION);
+    await this.#rotate(tenantId, fromVersion);
+    this.forget(tenantId);
+    const active = await this.activeDataVersion(tenantId);
+    if (active === undefined || active <= fromVersion) throw new BulkheadError('INTERNAL', "the tenant's data key could not be rotated");
+    return active;
+  }
+
+  /**
+   * Destroys the tenant's retired data keys below `version`: the wrapped key is overwritten, so no
+   * later unwrap can read it (a rotation calls this once no ciphertext names them). Returns the
+   * versions destroyed now.
+   */
+  async destroyDataVersionsBelow(tenantId: string, version: number): Promise<number[]> {
+    checkTenant(tenantId);
+    positiveInteger(version, 'version', MAX_KEY_VERSION);
+    const [r] = await this.#scopes.tenant(tenantId, { write: true }).batch([{ name: 'bh_key_destroy', text: DESTROY_SQL, values: [tenantId, version] }]);
+    this.forget(tenantId);
+    return r!.rows.map((row) => row.version as number).sort((a, b) => a - b);
+  }
+
+  /** The tenant's key rows without any key material: purpose, version, state, encryptions reserved, dates. */
+  async describe(tenantId: string): Promise<KeyRowView[]> {
+    checkTenant(tenantId);
+    const [r] = await this.#scopes.tenant(tenantId).batch([{ name: 'bh_key_describe', text: DESCRIBE_SQL, values: [tenantId] }]);
+    return r!.rows.map((row) => ({
+      purpose: row.purpose as Purpose,
+      version: row.version as number,
+      state: row.state as KeyRowView['state'],
+      encryptionsReserved: Number(row.reserved),
+      createdAt: (row.created_at as Date).toISOString(),
+      retiredAt: row.retired_at ? (row.retired_at as Date).toISOString() : null,
+    }));
   }
 
   /** Drops the cached keys of a tenant (after a rotation or an erasure elsewhere); the next use reads its rows again. */

@@ -163,6 +163,28 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
     const tenant = await bh.tenants.get(req.params.id);
     return bh.moves.get(tenant.id, req.params.moveId);
   });
+  // Keys of a tenant (operator): data-key rotation with re-encryption; key rows without key material.
+  app.post<{ Params: { id: string } }>('/v1/tenants/:id/keys/rotate', async (req, reply) => {
+    const actor = operator(req, 'tenant.keys');
+    objectBody(req.body ?? {}, []);
+    reply.code(202);
+    return bh.rotateKeys(req.params.id, actor);
+  });
+  app.get<{ Params: { id: string } }>('/v1/tenants/:id/keys', async (req) => {
+    operator(req, 'tenant.keys');
+    const tenant = await bh.tenants.get(req.params.id);
+    return { keys: await bh.keyring.describe(tenant.id) };
+  });
+  app.get<{ Params: { id: string } }>('/v1/tenants/:id/keys/rotations', async (req) => {
+    operator(req, 'tenant.keys');
+    const tenant = await bh.tenants.get(req.params.id);
+    return { rotations: await bh.keyRotations.list(tenant.id) };
+  });
+  app.get<{ Params: { id: string; rotationId: string } }>('/v1/tenants/:id/keys/rotations/:rotationId', async (req) => {
+    operator(req, 'tenant.keys');
+    const tenant = await bh.tenants.get(req.params.id);
+    return bh.keyRotations.get(tenant.id, req.params.rotationId);
+  });
   app.get('/v1/placements', async (req) => {
     operator(req, 'tenant.partitions');
     return { placements: await bh.placements.list(), cells: bh.placements.cells.all().map((c) => ({ name: c.name, region: c.region, kind: c.host.kind, control: c.control })) };

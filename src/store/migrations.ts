@@ -615,6 +615,60 @@ $bridges$;
 `;
     },
   },
+  {
+    version: 7,
+    name: 'key rotations and tenant erasures',
+    sql: (o) => `
+-- Data-key rotations: a persisted job per tenant (new key version, re-encryption in batches from a
+-- saved cursor, the old versions destroyed at the end), resumed from its state after a crash.
+CREATE TABLE bulkhead.key_rotations (
+  id uuid PRIMARY KEY,
+  tenant_id uuid NOT NULL REFERENCES bulkhead.tenants (id),
+  state text NOT NULL CHECK (state IN ('rotating', 'reencrypting', 'settling', 'destroying', 'done', 'failed')),
+  from_version integer CHECK (from_version >= 0),
+  to_version integer CHECK (to_version >= 1),
+  progress jsonb NOT NULL DEFAULT '{}',
+  error text,
+  actor text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  rotated_at timestamptz,
+  finished_at timestamptz
+);
+CREATE UNIQUE INDEX key_rotations_one_open ON bulkhead.key_rotations (tenant_id) WHERE state NOT IN ('done', 'failed');
+
+-- Tenant erasures (crypto-shredding): scheduled with a grace period, cancellable until it ends,
+-- then the tenant's keys are destroyed and its data purged; the certificate says what went.
+CREATE TABLE bulkhead.erasures (
+  id uuid PRIMARY KEY,
+  tenant_id uuid NOT NULL REFERENCES bulkhead.tenants (id),
+  state text NOT NULL CHECK (state IN ('scheduled', 'cancelled', 'erasing', 'done')),
+  prior_status text NOT NULL,
+  grace_seconds integer NOT NULL CHECK (grace_seconds >= 0),
+  due_at timestamptz NOT NULL,
+  actor text NOT NULL,
+  cancelled_by text,
+  certificate jsonb,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  finished_at timestamptz
+);
+CREATE UNIQUE INDEX erasures_one_open ON bulkhead.erasures (tenant_id) WHERE state IN ('scheduled', 'erasing');
+
+ALTER TABLE bulkhead.key_rotations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE bulkhead.key_rotations FORCE ROW LEVEL SECURITY;
+CREATE POLICY key_rotations_platform ON bulkhead.key_rotations
+  USING (current_setting('bulkhead.scope', true) = 'platform')
+  WITH CHECK (current_setting('bulkhead.scope', true) = 'platform');
+ALTER TABLE bulkhead.erasures ENABLE ROW LEVEL SECURITY;
+ALTER TABLE bulkhead.erasures FORCE ROW LEVEL SECURITY;
+CREATE POLICY erasures_platform ON bulkhead.erasures
+  USING (current_setting('bulkhead.scope', true) = 'platform')
+  WITH CHECK (current_setting('bulkhead.scope', true) = 'platform');
+REVOKE ALL ON bulkhead.key_rotations, bulkhead.erasures FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE ON bulkhead.key_rotations, bulkhead.erasures TO ${o.appRole};
+`,
+  },
 ];
 
 /** Stand-ins for a schema and a role name in DDL that a migration fills in per schema (valid names themselves, never used as such). */

@@ -18,7 +18,27 @@ export interface RecordKeys {
   forEncrypt(tenantId: string, count: number): Promise<{ readonly version: number; readonly key: KeyObject }>;
   forDecrypt(tenantId: string, version: number): Promise<KeyObject>;
   indexKey(tenantId: string): Promise<KeyObject>;
+  /** The data key of `version` if held in memory, without I/O; used inside transactions. */
+  peekDecrypt?(tenantId: string, version: number): KeyObject | undefined;
 }
+
+/** A data key taken for `count` encryptions before a transaction (which must not wait on the key store). */
+type Lease = { readonly version: number; readonly key: KeyObject };
+
+/**
+ * Thrown inside a transaction that met a ciphertext whose key it was not given: the transaction
+ * rolls back, the caller loads the keys outside it and runs it again.
+ */
+export class KeysNeeded extends Error {
+  readonly versions: readonly number[];
+  constructor(versions: readonly number[]) {
+    super('data keys are needed that were not loaded before the transaction');
+    this.versions = versions;
+  }
+}
+
+/** Attempts of a transaction that needed keys it was not given (each attempt loads what the last one met). */
+const KEY_ATTEMPTS = 3;
 
 
 /** Scope options of a batch that changes data: refused while a move switches the tenant over. */
@@ -148,53 +168,83 @@ export class Records {
   async update(actor: Actor, collection: string, id: string, patch: unknown): Promise<RecordView> {
     if (!isUuid(id)) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
     if (typeof patch !== 'object' || patch === null || Array.isArray(patch)) throw new RecordInvalidError('fields must be a JSON object');
-    return this.#withCurrentDefinition(actor.tenantId, collection, 'RECORD_INVALID', (c) =>
-      this.#store.tenant(actor.tenantId, WRITE).transaction(async (tx) => {
-        const [, current] = await tx.batch([
-          versionStep(c).statement,
-          {
-            name: 'bh_record_lock',
-            text: 'SELECT id, data, version, created_at, updated_at FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE',
-            values: [c.tenantId, c.name, id],
-          },
-        ]).catch((e: unknown) => {
-          throw classify(e, [versionStep(c)]);
-        });
-        const row = current!.rows[0];
-        if (!row) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
-        const storedBefore = row.data as Record<string, unknown>;
-        const before = (await this.#open(c, [toView(row)]))[0]!.fields;
-        const merged: Record<string, unknown> = { ...before, ...(patch as Record<string, unknown>) };
-        const data = c.validator.normalize(merged, false);
-        const changed = [...new Set([...Object.keys(before), ...Object.keys(data)])].filter(
-          (k) => JSON.stringify(before[k]) !== JSON.stringify(data[k]),
-        );
-        // Unchanged encrypted fields keep their ciphertext; changed ones get a new one.
-        const stored = await this.#seal(c, id, data, changed, storedBefore);
-        const steps: Step[] = [
-          ...referenceSteps(c, pick(data, changed)),
-          {
-            statement: {
-              name: 'bh_record_update',
-              text:
-                'UPDATE records SET data = $4::text::jsonb, version = version + 1, schema_version = $5, updated_at = now(), updated_by = $6 ' +
-                `WHERE tenant_id = $1 AND collection = $2 AND id = $3 ${RETURNING}`,
-              values: [c.tenantId, c.name, id, JSON.stringify(stored), c.version, actor.subject],
-            },
-          },
-          ...keySteps(c, id, data, changed, true, await this.#blinds(c, data, changed)),
-        ];
-        const updateIndex = steps.findIndex((s) => s.statement.name === 'bh_record_update');
-        let results: StatementResult[];
+    return this.#withCurrentDefinition(actor.tenantId, collection, 'RECORD_INVALID', async (c) => {
+      // Everything the transaction needs from the key store is fetched before it starts: a lease on
+      // the data key for at most the encrypted fields the patch names, the blind-index key, and
+      // the data keys of the stored ciphertexts as far as they are known (more on a retry).
+      const keys = await this.#keysFor(c, patch as Record<string, unknown>);
+      for (let attempt = 1; ; attempt++) {
         try {
-          results = await tx.batch(steps.map((s) => s.statement));
+          return await this.#updateOnce(actor, c, id, patch as Record<string, unknown>, keys);
         } catch (error) {
-          throw classify(error, steps);
+          if (!(error instanceof KeysNeeded) || attempt >= KEY_ATTEMPTS) throw error;
+          for (const v of error.versions) keys.decrypt.set(v, await this.#keyring().forDecrypt(c.tenantId, v));
         }
-        this.#usage.recordWrite(actor.tenantId, 1);
-        return withPlaintext(toView(results[updateIndex]!.rows[0]!), c, data);
-      }),
-    );
+      }
+    });
+  }
+
+  /** The keys an update of `patch` may need, fetched before its transaction. */
+  async #keysFor(c: CompiledCollection, patch: Record<string, unknown>): Promise<TxKeys> {
+    const fields = encryptedFields(c);
+    const keys: TxKeys = { decrypt: new Map(), lease: undefined, leased: 0, index: undefined };
+    if (fields.length === 0) return keys;
+    const fresh = fields.filter((f) => patch[f] !== undefined && patch[f] !== null);
+    if (fresh.length > 0) {
+      keys.lease = await this.#keyring().forEncrypt(c.tenantId, fresh.length);
+      keys.leased = fresh.length;
+    }
+    if (fresh.some((f) => keyTableOf(c.definition.fields[f]!))) keys.index = await this.#keyring().indexKey(c.tenantId);
+    return keys;
+  }
+
+  /** One attempt of an update: one transaction that reaches no key store (it throws `KeysNeeded` instead). */
+  async #updateOnce(actor: Actor, c: CompiledCollection, id: string, patch: Record<string, unknown>, keys: TxKeys): Promise<RecordView> {
+    return this.#store.tenant(actor.tenantId, WRITE).transaction(async (tx) => {
+      const [, current] = await tx.batch([
+        versionStep(c).statement,
+        {
+          name: 'bh_record_lock',
+          text: 'SELECT id, data, version, created_at, updated_at FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE',
+          values: [c.tenantId, c.name, id],
+        },
+      ]).catch((e: unknown) => {
+        throw classify(e, [versionStep(c)]);
+      });
+      const row = current!.rows[0];
+      if (!row) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
+      const storedBefore = row.data as Record<string, unknown>;
+      const before = this.#openWith(c, [toView(row)], keys.decrypt)[0]!.fields;
+      const merged: Record<string, unknown> = { ...before, ...patch };
+      const data = c.validator.normalize(merged, false);
+      const changed = [...new Set([...Object.keys(before), ...Object.keys(data)])].filter(
+        (k) => JSON.stringify(before[k]) !== JSON.stringify(data[k]),
+      );
+      // Unchanged encrypted fields keep their ciphertext; changed ones get a new one.
+      const stored = sealWith(c, id, data, changed, storedBefore, keys.lease, keys.leased);
+      const steps: Step[] = [
+        ...referenceSteps(c, pick(data, changed)),
+        {
+          statement: {
+            name: 'bh_record_update',
+            text:
+              'UPDATE records SET data = $4::text::jsonb, version = version + 1, schema_version = $5, updated_at = now(), updated_by = $6 ' +
+              `WHERE tenant_id = $1 AND collection = $2 AND id = $3 ${RETURNING}`,
+            values: [c.tenantId, c.name, id, JSON.stringify(stored), c.version, actor.subject],
+          },
+        },
+        ...keySteps(c, id, data, changed, true, blindsWith(c, data, changed, keys.index)),
+      ];
+      const updateIndex = steps.findIndex((s) => s.statement.name === 'bh_record_update');
+      let results: StatementResult[];
+      try {
+        results = await tx.batch(steps.map((s) => s.statement));
+      } catch (error) {
+        throw classify(error, steps);
+      }
+      this.#usage.recordWrite(actor.tenantId, 1);
+      return withPlaintext(toView(results[updateIndex]!.rows[0]!), c, data);
+    });
   }
 
   /** Deletes a record (its unique and indexed values go with it, by cascade). */
@@ -212,31 +262,17 @@ export class Records {
     this.#usage.recordWrite(tenantId, 1);
   }
 
-  /**
-   * The record as stored: the encrypted fields among `names` get a fresh ciphertext under the
-   * tenant's current data key, bound to tenant, collection, field, record and key version; other
-   * encrypted fields keep what `stored` holds; every other field is stored as it is.
-   */
+  /** The record as stored, for a new record: see `sealWith`; the data key is leased here. */
   async #seal(c: CompiledCollection, id: string, data: Record<string, unknown>, names: readonly string[], stored: Record<string, unknown>): Promise<Record<string, unknown>> {
-    const fields = encryptedFields(c);
-    if (fields.length === 0) return data;
-    const out: Record<string, unknown> = { ...data };
-    for (const f of fields) if (data[f] !== undefined) out[f] = stored[f];
-    const fresh = fields.filter((f) => data[f] !== undefined && names.includes(f));
-    if (fresh.length === 0) return out;
-    const { version, key } = await this.#keyring().forEncrypt(c.tenantId, fresh.length);
-    for (const field of fresh) {
-      out[field] = encryptField(key, version, { tenantId: c.tenantId, collection: c.name, field, recordId: id }, data[field] as JsonValue);
-    }
-    return out;
+    const count = encryptedFields(c).filter((f) => data[f] !== undefined && names.includes(f)).length;
+    const lease = count > 0 ? await this.#keyring().forEncrypt(c.tenantId, count) : undefined;
+    return sealWith(c, id, data, names, stored, lease, count);
   }
 
   /** The blind indexes of the encrypted fields among `names` that have a value table (see `keyTableOf`). */
   async #blinds(c: CompiledCollection, data: Record<string, unknown>, names: readonly string[]): Promise<ReadonlyMap<string, string>> {
-    const fields = names.filter((f) => c.definition.fields[f]?.encrypted && keyTableOf(c.definition.fields[f]!) && data[f] !== undefined);
-    if (fields.length === 0) return new Map();
-    const indexKey = await this.#keyring().indexKey(c.tenantId);
-    return new Map(fields.map((field) => [field, blindIndex(indexKey, { collection: c.name, field }, data[field] as JsonValue)]));
+    const keyed = names.some((f) => c.definition.fields[f]?.encrypted && keyTableOf(c.definition.fields[f]!) && data[f] !== undefined);
+    return keyed ? blindsWith(c, data, names, await this.#keyring().indexKey(c.tenantId)) : new Map();
   }
 
   /** What the query compiler needs for a filter on an encrypted field: the tenant's blind index. */
@@ -249,20 +285,34 @@ export class Records {
   /**
    * Decrypts the encrypted fields of records read from storage. Anything there that is not a
    * ciphertext this tenant's keys open for this record and field fails the whole read with the
-   * uniform CRYPTO_DECRYPT_FAILED: nothing partial, no plaintext of any kind.
+   * uniform CRYPTO_DECRYPT_FAILED: nothing partial, no plaintext of any kind. The keys are looked
+   * up once per version, from memory when the keyring holds them (no promise per field).
    */
   async #open(c: CompiledCollection, views: RecordView[]): Promise<RecordView[]> {
     const fields = encryptedFields(c);
     if (fields.length === 0 || views.length === 0) return views;
-    const keys = new Map<number, Promise<KeyObject>>();
-    const keyOf = (version: number) => {
-      let key = keys.get(version);
-      if (!key) {
-        key = this.#keyring().forDecrypt(c.tenantId, version);
-        keys.set(version, key);
+    const keys = new Map<number, KeyObject>();
+    const ring = this.#keyring();
+    for (const view of views) {
+      for (const field of fields) {
+        const value = view.fields[field];
+        if (value === undefined) continue;
+        if (!isCiphertext(value)) throw new DecryptionFailedError();
+        const version = keyVersionOf(value);
+        if (!keys.has(version)) keys.set(version, ring.peekDecrypt?.(c.tenantId, version) ?? (await ring.forDecrypt(c.tenantId, version)));
       }
-      return key;
-    };
+    }
+    return this.#openWith(c, views, keys);
+  }
+
+  /**
+   * `#open` with the keys given, without I/O (inside a transaction): a ciphertext under a version
+   * neither given nor held in memory throws `KeysNeeded`, for the caller to load it and run again.
+   */
+  #openWith(c: CompiledCollection, views: RecordView[], keys: Map<number, KeyObject>): RecordView[] {
+    const fields = encryptedFields(c);
+    if (fields.length === 0 || views.length === 0) return views;
+    const missing = new Set<number>();
     const out: RecordView[] = [];
     for (const view of views) {
       const opened: Record<string, unknown> = { ...view.fields };
@@ -271,10 +321,20 @@ export class Records {
         if (value === undefined) continue;
         if (!isCiphertext(value)) throw new DecryptionFailedError();
         const version = keyVersionOf(value);
-        opened[field] = decryptField(await keyOf(version), version, { tenantId: c.tenantId, collection: c.name, field, recordId: view.id }, value);
+        let key = keys.get(version);
+        if (!key) {
+          key = this.#keyring().peekDecrypt?.(c.tenantId, version);
+          if (key) keys.set(version, key);
+        }
+        if (!key) {
+          missing.add(version);
+          continue;
+        }
+        opened[field] = decryptField(key, version, { tenantId: c.tenantId, collection: c.name, field, recordId: view.id }, value);
       }
       out.push({ ...view, fields: opened });
     }
+    if (missing.size > 0) throw new KeysNeeded([...missing]);
     return out;
   }
 
@@ -314,6 +374,51 @@ export class Records {
       return fn(current);
     }
   }
+}
+
+/** What a transaction of the record path was given from the key store before it began. */
+interface TxKeys {
+  readonly decrypt: Map<number, KeyObject>;
+  lease: Lease | undefined;
+  /** Encryptions the lease was counted for: the transaction may make at most this many. */
+  leased: number;
+  index: KeyObject | undefined;
+}
+
+/**
+ * The record as stored: the encrypted fields among `names` get a fresh ciphertext under `lease`
+ * (counted for `leased` encryptions), bound to tenant, collection, field, record and key version;
+ * other encrypted fields keep what `stored` holds; every other field is stored as it is.
+ */
+function sealWith(
+  c: CompiledCollection,
+  id: string,
+  data: Record<string, unknown>,
+  names: readonly string[],
+  stored: Record<string, unknown>,
+  lease: Lease | undefined,
+  leased: number,
+): Record<string, unknown> {
+  const fields = encryptedFields(c);
+  if (fields.length === 0) return data;
+  const out: Record<string, unknown> = { ...data };
+  for (const f of fields) if (data[f] !== undefined) out[f] = stored[f];
+  const fresh = fields.filter((f) => data[f] !== undefined && names.includes(f));
+  if (fresh.length === 0) return out;
+  // Every encryption must have been counted against the key's bound before it is made.
+  if (!lease || fresh.length > leased) throw new BulkheadError('INTERNAL', 'more values to encrypt than the data key was counted for');
+  for (const field of fresh) {
+    out[field] = encryptField(lease.key, lease.version, { tenantId: c.tenantId, collection: c.name, field, recordId: id }, data[field] as JsonValue);
+  }
+  return out;
+}
+
+/** The blind indexes, under `indexKey`, of the encrypted fields among `names` that have a value table. */
+function blindsWith(c: CompiledCollection, data: Record<string, unknown>, names: readonly string[], indexKey: KeyObject | undefined): ReadonlyMap<string, string> {
+  const fields = names.filter((f) => c.definition.fields[f]?.encrypted && keyTableOf(c.definition.fields[f]!) && data[f] !== undefined);
+  if (fields.length === 0) return new Map();
+  if (!indexKey) throw new BulkheadError('INTERNAL', 'a blind index is needed and the index key was not loaded');
+  return new Map(fields.map((field) => [field, blindIndex(indexKey, { collection: c.name, field }, data[field] as JsonValue)]));
 }
 
 /** Takes a share lock on the collection row: a concurrent definition change waits, or this write sees it. */
