@@ -3,12 +3,14 @@
  * derived per region and version) and the PKCS#11 provider against a SoftHSM2 token made here.
  * Every failed unwrap is the one KMS_UNWRAP_FAILED error; rotation keeps old wrapped keys
  * readable until their version is destroyed, and re-wraps them onto the newest version.
+ * Tenant keys (crypto-shredding) run one shared suite against both providers: once a tenant key
+ * is destroyed, no key wrapped under it before unwraps again, here or after a restart.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { createSecretKey, randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createDecipheriv, createHmac, createSecretKey, hkdfSync, randomBytes, randomUUID } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
@@ -19,13 +21,15 @@ import { HTTP_STATUS } from '../src/http/problem.js';
 import {
   DATA_KEY_BYTES,
   KmsUnwrapError,
+  MAX_WRAPPED_KEY_CHARS,
   describeWrappedKey,
   generateDataKey,
   type Kms,
   type KmsContext,
+  type KmsProvider,
 } from '../src/crypto/kms.js';
-import { JsonFileKmsStateStore, openLocalKms, parseMasterKey } from '../src/crypto/local-kms.js';
-import { DEFAULT_PKCS11_MODULE, kekLabel } from '../src/crypto/pkcs11-kms.js';
+import { JsonFileKmsStateStore, openLocalKms, parseMasterKey, type KmsState, type KmsStateStore } from '../src/crypto/local-kms.js';
+import { DEFAULT_PKCS11_MODULE, kekLabel, tenantKeyDestroyedLabel, tenantKeyLabel } from '../src/crypto/pkcs11-kms.js';
 import { openKms, parseKmsSettings, type Pkcs11KmsSettings } from '../src/crypto/kms-config.js';
 
 const UNWRAP_MESSAGE = new KmsUnwrapError().message;
@@ -75,6 +79,233 @@ function ulong(value: Buffer): number {
 }
 
 const WRAPPED_FORMAT = /^bhk1:(local|pkcs11):[a-z0-9-]+:[1-9][0-9]*:[A-Za-z0-9_-]{80}$/;
+const TENANT_WRAPPED_FORMAT = /^bht1:(local|pkcs11):[a-z0-9-]+:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:[0-9a-f]{32}:[A-Za-z0-9_-]{80}$/;
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+
+/** The KEK version a region wrap names (a tenant wrap fails the test). */
+function kekVersionOf(wrapped: string): number {
+  const info = describeWrappedKey(wrapped);
+  assert.equal(info.kind, 'region', 'a region wrap');
+  return info.kind === 'region' ? info.kekVersion : 0;
+}
+
+/** The tenant key id a tenant wrap names (a region wrap fails the test). */
+function keyIdOf(wrapped: string): string {
+  const info = describeWrappedKey(wrapped);
+  assert.equal(info.kind, 'tenant', 'a tenant wrap');
+  return info.kind === 'tenant' ? info.keyId : '';
+}
+
+/** The context of data-key version `version` of `tenant`, as the keyring makes them. */
+function contextOf(tenant: string, version = '1'): KmsContext {
+  return { tenant, dataKeyVersion: version };
+}
+
+/**
+ * The tenant-key tests, one suite for each provider. `place()` gives a test its own KMS (a state
+ * directory, or the one test token), and its `open()` opens a provider there, as a restarted or a
+ * second process would. Tenants are fresh random ids, so tests sharing a token never meet.
+ */
+function tenantKeyTests(provider: KmsProvider, place: () => { open(): Promise<Kms> }): void {
+  const otherProvider = provider === 'local' ? 'pkcs11' : 'local';
+
+  it('tenant keys: a key made on first use wraps and unwraps, in the bht1 format', async () => {
+    const kms = await place().open();
+    const tenant = randomUUID();
+    assert.deepEqual(await kms.tenantKeyInfo('eu', tenant), { state: 'absent' });
+    const dataKey = generateDataKey();
+    const a = await kms.wrapForTenant('eu', tenant, dataKey, contextOf(tenant));
+    const b = await kms.wrapForTenant('eu', tenant, dataKey, contextOf(tenant));
+    assert.match(a, TENANT_WRAPPED_FORMAT);
+    assert.ok(a.startsWith(`bht1:${provider}:eu:${tenant}:`), a);
+    assert.ok(a.length <= MAX_WRAPPED_KEY_CHARS && MAX_WRAPPED_KEY_CHARS === 512, 'fits the database column');
+    assert.notEqual(a, b, 'a fresh IV per wrap');
+    const info = await kms.tenantKeyInfo('eu', tenant);
+    assert.equal(info.state, 'active');
+    assert.match(info.keyId ?? '', /^[0-9a-f]{32}$/);
+    assert.deepEqual(describeWrappedKey(a), { kind: 'tenant', provider, region: 'eu', tenantId: tenant, keyId: info.keyId });
+    assert.equal(keyIdOf(b), info.keyId, 'one key per tenant and region');
+    assert.deepEqual(await kms.unwrap(a, contextOf(tenant)), dataKey);
+    assert.deepEqual(await kms.unwrap(b, { dataKeyVersion: '1', tenant }), dataKey, 'entries in any order');
+    // Each region has the tenant's own key there.
+    const us = await kms.wrapForTenant('us', tenant, dataKey, contextOf(tenant));
+    assert.notEqual(keyIdOf(us), info.keyId);
+    assert.deepEqual(await kms.unwrap(us, contextOf(tenant)), dataKey);
+    // rewrap keeps the tenant key, with a fresh IV.
+    const again = await kms.rewrap(a, contextOf(tenant));
+    assert.notEqual(again, a);
+    assert.deepEqual(describeWrappedKey(again), describeWrappedKey(a));
+    assert.deepEqual(await kms.unwrap(again, contextOf(tenant)), dataKey);
+    // A context without a tenant entry is the caller's choice: the tenant is bound by the header.
+    const plain = await kms.wrapForTenant('eu', tenant, dataKey, { purpose: 'fields' });
+    assert.deepEqual(await kms.unwrap(plain, { purpose: 'fields' }), dataKey);
+  });
+
+  it("tenant keys: a wrap is bound to its tenant, its key and its context; another tenant's id fails", async () => {
+    const kms = await place().open();
+    const a = randomUUID();
+    const b = randomUUID();
+    const dataKey = generateDataKey();
+    const wrapped = await kms.wrapForTenant('eu', a, dataKey, contextOf(a));
+    const forB = await kms.wrapForTenant('eu', b, dataKey, contextOf(b));
+    for (const context of [contextOf(b), contextOf(a, '2'), { tenant: a }, { ...contextOf(a), purpose: 'index' }, {}]) {
+      await unwrapFails(kms.unwrap(wrapped, context), `context ${JSON.stringify(context)}`);
+    }
+    await unwrapFails(kms.unwrap(withField(wrapped, 3, b), contextOf(a)), "the header names tenant b");
+    await unwrapFails(kms.unwrap(withField(wrapped, 3, b), contextOf(b)), 'the header and the context name tenant b');
+    await unwrapFails(kms.unwrap(withField(wrapped, 4, keyIdOf(forB)), contextOf(a)), "tenant b's key id");
+    await unwrapFails(kms.unwrap(withField(withField(wrapped, 3, b), 4, keyIdOf(forB)), contextOf(b)), "tenant b's whole header on a's payload");
+    await unwrapFails(kms.unwrap(withField(wrapped, 4, '0'.repeat(32)), contextOf(a)), 'an unknown key id');
+    await unwrapFails(kms.unwrap(withField(wrapped, 3, a.toUpperCase()), contextOf(a)), 'the tenant id in upper case');
+    await unwrapFails(kms.unwrap(withField(wrapped, 2, 'us'), contextOf(a)), 'region edited');
+    await unwrapFails(kms.unwrap(withField(wrapped, 1, otherProvider), contextOf(a)), 'provider edited');
+    await unwrapFails(kms.unwrap(withField(wrapped, 0, 'bhk1'), contextOf(a)), 'format tag edited');
+    await unwrapFails(kms.unwrap(`bhk1:${provider}:eu:1:${wrapped.split(':')[5]}`, contextOf(a)), 'the payload under a region header');
+    for (const i of [0, 11, 12, 43, 44, 59]) await unwrapFails(kms.unwrap(flipPayloadBit(wrapped, i), contextOf(a)), `bit flipped in byte ${i}`);
+    await unwrapFails(kms.unwrap(wrapped.slice(0, -1), contextOf(a)), 'truncated');
+    await unwrapFails(kms.unwrap(`${wrapped}AAAA`, contextOf(a)), 'extended');
+    await unwrapFails(kms.unwrap(`${wrapped}:${'A'.repeat(MAX_WRAPPED_KEY_CHARS)}`, contextOf(a)), 'longer than the column');
+    assert.deepEqual(await kms.unwrap(forB, contextOf(b)), dataKey, "b's own wrap unwraps");
+    // Wrapping under a's key a data key whose context says it is b's is a caller's bug.
+    await rejectsCode(kms.wrapForTenant('eu', a, dataKey, contextOf(b)), 'KMS_INPUT_INVALID', /another tenant/);
+  });
+
+  it('tenant keys: the key survives a reopen of the provider', async () => {
+    const { open } = place();
+    const first = await open();
+    const tenant = randomUUID();
+    const dataKey = generateDataKey();
+    const wrapped = await first.wrapForTenant('eu', tenant, dataKey, contextOf(tenant));
+    const { keyId } = await first.tenantKeyInfo('eu', tenant);
+    await first.close();
+    await rejectsCode(first.wrapForTenant('eu', tenant, dataKey, contextOf(tenant)), 'KMS_UNAVAILABLE', /closed/);
+    await rejectsCode(first.unwrap(wrapped, contextOf(tenant)), 'KMS_UNAVAILABLE', /closed/);
+    const second = await open();
+    assert.deepEqual(await second.unwrap(wrapped, contextOf(tenant)), dataKey);
+    assert.deepEqual(await second.tenantKeyInfo('eu', tenant), { state: 'active', keyId });
+    assert.equal(keyIdOf(await second.wrapForTenant('eu', tenant, dataKey, contextOf(tenant))), keyId, 'no new key after a restart');
+  });
+
+  it('tenant keys: once destroyed, keys wrapped before no longer unwrap, here, elsewhere and after a reopen; others are untouched', async () => {
+    const { open } = place();
+    const kms = await open();
+    const second = await open(); // another process on the same KMS, which has used the key
+    const gone = randomUUID();
+    const kept = randomUUID();
+    const dataKey = generateDataKey();
+    // Copies taken before the erase, as in a database dump.
+    const dump = await kms.wrapForTenant('eu', gone, dataKey, contextOf(gone));
+    const dump2 = await kms.wrapForTenant('eu', gone, generateDataKey(), contextOf(gone, '2'));
+    const keptWrapped = await kms.wrapForTenant('eu', kept, dataKey, contextOf(kept));
+    const regionWrapped = await kms.wrap('eu', dataKey, contextOf(gone));
+    assert.deepEqual(await second.unwrap(dump, contextOf(gone)), dataKey, 'the second instance holds the key too');
+    const { keyId } = await kms.tenantKeyInfo('eu', gone);
+    assert.ok(keyId);
+
+    const before = Date.now();
+    const destruction = await kms.destroyTenantKey('eu', gone);
+    assert.deepEqual(destruction, { keyId, destroyedAt: destruction.destroyedAt, alreadyDestroyed: false });
+    assert.match(destruction.destroyedAt, ISO_TIME);
+    assert.ok(Math.abs(Date.parse(destruction.destroyedAt) - before) < 60_000, 'destroyedAt is now');
+    await unwrapFails(kms.unwrap(dump, contextOf(gone)), 'a copy taken before the destroy');
+    await unwrapFails(kms.unwrap(dump2, contextOf(gone, '2')), 'another copy taken before the destroy');
+    await unwrapFails(kms.rewrap(dump, contextOf(gone)), 'rewrap after the destroy');
+    await rejectsCode(kms.wrapForTenant('eu', gone, generateDataKey(), contextOf(gone)), 'KMS_TENANT_KEY_DESTROYED');
+    assert.deepEqual(await kms.tenantKeyInfo('eu', gone), { state: 'destroyed', keyId });
+    assert.deepEqual(await kms.unwrap(keptWrapped, contextOf(kept)), dataKey, 'other tenants keep their keys');
+    assert.deepEqual(await kms.unwrap(regionWrapped, contextOf(gone)), dataKey, 'region wraps are not under the tenant key');
+    assert.deepEqual(await kms.destroyTenantKey('eu', gone), { ...destruction, alreadyDestroyed: true }, 'idempotent');
+
+    // The second instance: on a token, its handle died with the object; the local provider's copy
+    // in memory goes at its next reading of the state (docs/encryption.md, the local provider's limits).
+    if (provider === 'local') assert.deepEqual(await second.tenantKeyInfo('eu', gone), { state: 'destroyed', keyId });
+    await unwrapFails(second.unwrap(dump, contextOf(gone)), 'the second instance');
+    await rejectsCode(second.wrapForTenant('eu', gone, generateDataKey(), contextOf(gone)), 'KMS_TENANT_KEY_DESTROYED', undefined, 'the second instance');
+    assert.deepEqual(await second.unwrap(keptWrapped, contextOf(kept)), dataKey);
+
+    await kms.close();
+    await second.close();
+    const reopened = await open();
+    await unwrapFails(reopened.unwrap(dump, contextOf(gone)), 'after a reopen');
+    await rejectsCode(reopened.wrapForTenant('eu', gone, generateDataKey(), contextOf(gone)), 'KMS_TENANT_KEY_DESTROYED', undefined, 'after a reopen');
+    assert.deepEqual(await reopened.tenantKeyInfo('eu', gone), { state: 'destroyed', keyId });
+    assert.deepEqual(await reopened.destroyTenantKey('eu', gone), { ...destruction, alreadyDestroyed: true });
+    assert.deepEqual(await reopened.unwrap(keptWrapped, contextOf(kept)), dataKey);
+  });
+
+  it('tenant keys: destroying a tenant that never had a key still refuses its later wraps', async () => {
+    const { open } = place();
+    const kms = await open();
+    const tenant = randomUUID();
+    const destruction = await kms.destroyTenantKey('eu', tenant);
+    assert.deepEqual(destruction, { keyId: null, destroyedAt: destruction.destroyedAt, alreadyDestroyed: false });
+    assert.match(destruction.destroyedAt, ISO_TIME);
+    assert.deepEqual(await kms.tenantKeyInfo('eu', tenant), { state: 'destroyed' });
+    await rejectsCode(kms.wrapForTenant('eu', tenant, generateDataKey(), contextOf(tenant)), 'KMS_TENANT_KEY_DESTROYED');
+    // Destruction is per region: the erasure destroys the tenant's key in each region it has one.
+    const us = await kms.wrapForTenant('us', tenant, generateDataKey(), contextOf(tenant));
+    assert.equal(describeWrappedKey(us).region, 'us');
+    await kms.close();
+    const reopened = await open();
+    await rejectsCode(reopened.wrapForTenant('eu', tenant, generateDataKey(), contextOf(tenant)), 'KMS_TENANT_KEY_DESTROYED', undefined, 'after a reopen');
+    assert.deepEqual(await reopened.destroyTenantKey('eu', tenant), { ...destruction, alreadyDestroyed: true });
+  });
+
+  it('tenant keys: a bad tenant id, region, data key or context is KMS_INPUT_INVALID and makes nothing', async () => {
+    const kms = await place().open();
+    const tenant = randomUUID();
+    const bad = ['', 'not-a-uuid', TENANT_A.toUpperCase(), `{${tenant}}`, tenant.replace(/-/g, ''), ` ${tenant}`, `${tenant}\n`, `${tenant}-eu`, 42, null, undefined];
+    for (const id of bad as string[]) {
+      const what = `tenant id ${JSON.stringify(id)}`;
+      await rejectsCode(kms.wrapForTenant('eu', id, generateDataKey(), { purpose: 'x' }), 'KMS_INPUT_INVALID', /tenant id/, what);
+      await rejectsCode(kms.destroyTenantKey('eu', id), 'KMS_INPUT_INVALID', /tenant id/, what);
+      await rejectsCode(kms.tenantKeyInfo('eu', id), 'KMS_INPUT_INVALID', /tenant id/, what);
+    }
+    for (const region of ['', 'EU', 'eu/x', 'e'.repeat(33)]) {
+      await rejectsCode(kms.wrapForTenant(region, tenant, generateDataKey(), contextOf(tenant)), 'KMS_INPUT_INVALID', /region/, `region ${region}`);
+      await rejectsCode(kms.destroyTenantKey(region, tenant), 'KMS_INPUT_INVALID', /region/, `region ${region}`);
+      await rejectsCode(kms.tenantKeyInfo(region, tenant), 'KMS_INPUT_INVALID', /region/, `region ${region}`);
+    }
+    await rejectsCode(kms.wrapForTenant('eu', tenant, new Uint8Array(31), contextOf(tenant)), 'KMS_INPUT_INVALID', /32 bytes/);
+    await rejectsCode(kms.wrapForTenant('eu', tenant, generateDataKey(), {}), 'KMS_INPUT_INVALID', /context/);
+    await rejectsCode(kms.wrapForTenant('eu', tenant, generateDataKey(), { tenant: 1 } as unknown as KmsContext), 'KMS_INPUT_INVALID', /context/);
+    assert.deepEqual(await kms.tenantKeyInfo('eu', tenant), { state: 'absent' }, 'no key was made');
+  });
+
+  it('tenant keys: concurrent first wraps of one tenant make one key, and every wrap unwraps', async () => {
+    const { open } = place();
+    const kms = await open();
+    const tenant = randomUUID();
+    const keys = Array.from({ length: 8 }, () => generateDataKey());
+    const wrapped = await Promise.all(keys.map((key, i) => kms.wrapForTenant('eu', tenant, key, contextOf(tenant, String(i + 1)))));
+    const ids = new Set(wrapped.map(keyIdOf));
+    assert.equal(ids.size, 1, 'one key id');
+    for (const [i, w] of wrapped.entries()) assert.deepEqual(await kms.unwrap(w, contextOf(tenant, String(i + 1))), keys[i]);
+    await kms.close();
+    const reopened = await open();
+    assert.deepEqual(await reopened.tenantKeyInfo('eu', tenant), { state: 'active', keyId: [...ids][0] }, 'the key kept is the key used');
+    for (const [i, w] of wrapped.entries()) assert.deepEqual(await reopened.unwrap(w, contextOf(tenant, String(i + 1))), keys[i], 'after a reopen');
+  });
+
+  it('tenant keys: a destroy racing wraps leaves no wrap that unwraps afterwards', async () => {
+    const kms = await place().open();
+    const tenant = randomUUID();
+    const wrap = () => kms.wrapForTenant('eu', tenant, generateDataKey(), contextOf(tenant));
+    const settled = await Promise.allSettled([wrap(), wrap(), kms.destroyTenantKey('eu', tenant), wrap(), wrap()]);
+    for (const [i, result] of settled.entries()) {
+      if (i === 2) {
+        assert.equal(result.status, 'fulfilled');
+        continue;
+      }
+      if (result.status === 'fulfilled') {
+        await unwrapFails(kms.unwrap(result.value as string, contextOf(tenant)), `wrap ${i}, made before the destroy`);
+      } else {
+        assert.ok(result.reason instanceof BulkheadError && result.reason.code === 'KMS_TENANT_KEY_DESTROYED', `wrap ${i}: ${String(result.reason)}`);
+      }
+    }
+    assert.equal((await kms.tenantKeyInfo('eu', tenant)).state, 'destroyed');
+  });
+}
 
 describe('KMS error codes', () => {
   it('are registered with a status', () => {
@@ -82,6 +313,9 @@ describe('KMS error codes', () => {
       assert.ok(ERROR_CODES[code].length > 0, code);
       assert.ok(HTTP_STATUS[code] >= 500, code);
     }
+    // A destroyed tenant key is the state of an erased tenant, not a server fault.
+    assert.ok(ERROR_CODES.KMS_TENANT_KEY_DESTROYED.length > 0);
+    assert.ok(HTTP_STATUS.KMS_TENANT_KEY_DESTROYED >= 400 && HTTP_STATUS.KMS_TENANT_KEY_DESTROYED < 500);
   });
 });
 
@@ -127,7 +361,7 @@ describe('local KMS', () => {
     assert.ok(a.startsWith('bhk1:local:eu:1:'), a);
     assert.notEqual(a, b, 'a fresh IV per wrap');
     assert.ok(!a.includes(Buffer.from(dataKey).toString('base64url').slice(0, 20)), 'the data key is not in the wrapped key');
-    assert.deepEqual(describeWrappedKey(a), { provider: 'local', region: 'eu', kekVersion: 1 });
+    assert.deepEqual(describeWrappedKey(a), { kind: 'region', provider: 'local', region: 'eu', kekVersion: 1 });
     assert.deepEqual(await kms.unwrap(a, CONTEXT), dataKey);
     assert.deepEqual(await kms.unwrap(b, CONTEXT), dataKey);
     // The context is a set of entries: their order does not matter.
@@ -217,7 +451,7 @@ describe('local KMS', () => {
     const other = await openLocal(d);
     assert.equal(await other.rotateKek('eu'), 2);
     const v2 = await other.wrap('eu', dataKey, CONTEXT);
-    assert.equal(describeWrappedKey(v2).kekVersion, 2);
+    assert.equal(kekVersionOf(v2), 2);
     assert.deepEqual(await kms.unwrap(v2, CONTEXT), dataKey, 'the first process reads the new version from the state');
   });
 
@@ -296,7 +530,7 @@ describe('local KMS', () => {
   });
 
   it('refuses a malformed state file', async () => {
-    for (const text of ['{', '[]', '{"format":2,"keyCheck":"AAAAAAAAAAAAAAAAAAAAAA","regions":{}}', '{"format":1,"keyCheck":"x","regions":{}}']) {
+    for (const text of ['{', '[]', '{"format":3,"keyCheck":"AAAAAAAAAAAAAAAAAAAAAA","regions":{},"tenantKeys":{}}', '{"format":1,"keyCheck":"x","regions":{}}']) {
       const d = freshDir();
       writeFileSync(join(d, 'kms-state.json'), text, { mode: 0o600 });
       await rejectsCode(openLocal(d), 'KMS_CONFIG_INVALID', undefined, text);
@@ -319,10 +553,10 @@ describe('local KMS', () => {
     assert.deepEqual(await kms.kekVersions('eu'), [1, 2]);
     assert.deepEqual(await kms.kekVersions('us'), [1], 'other regions keep their versions');
     const v2 = await kms.wrap('eu', dataKey, CONTEXT);
-    assert.equal(describeWrappedKey(v2).kekVersion, 2, 'new wraps use the newest version');
+    assert.equal(kekVersionOf(v2), 2, 'new wraps use the newest version');
     assert.deepEqual(await kms.unwrap(v1, CONTEXT), dataKey, 'an old version still unwraps');
     const rewrapped = await kms.rewrap(v1, CONTEXT);
-    assert.deepEqual(describeWrappedKey(rewrapped), { provider: 'local', region: 'eu', kekVersion: 2 });
+    assert.deepEqual(describeWrappedKey(rewrapped), { kind: 'region', provider: 'local', region: 'eu', kekVersion: 2 });
     assert.deepEqual(await kms.unwrap(rewrapped, CONTEXT), dataKey);
     await unwrapFails(kms.unwrap(rewrapped, { tenant: TENANT_B, dataKeyVersion: '1' }), 'rewrapped key, other tenant');
     await unwrapFails(kms.rewrap(v1, { tenant: TENANT_B, dataKeyVersion: '1' }), 'rewrap under another context');
@@ -361,7 +595,7 @@ describe('local KMS', () => {
     assert.deepEqual(await second.kekVersions('eu'), [1, 3]);
     assert.deepEqual(await second.unwrap(v1, CONTEXT), dataKey);
     assert.deepEqual(await second.unwrap(v3, CONTEXT), dataKey);
-    assert.equal(describeWrappedKey(await second.wrap('eu', dataKey, CONTEXT)).kekVersion, 3);
+    assert.equal(kekVersionOf(await second.wrap('eu', dataKey, CONTEXT)), 3);
     assert.equal(await second.rotateKek('eu'), 4);
   });
 
@@ -417,6 +651,253 @@ describe('local KMS', () => {
         `master key ${text.length} characters`,
       );
     }
+  });
+
+  tenantKeyTests('local', () => {
+    const d = freshDir();
+    return { open: () => openLocal(d) };
+  });
+
+  // `any` on purpose: the tests read and edit the state file at any depth, its shape being what the provider checks.
+  type StateJson = Record<string, any>;
+
+  /** The state file of `d`, parsed. */
+  function stateOf(d: string): StateJson {
+    return JSON.parse(readFileSync(join(d, 'kms-state.json'), 'utf8')) as StateJson;
+  }
+
+  /** Writes `state` as the state file of `d`. */
+  function writeState(d: string, state: unknown): void {
+    writeFileSync(join(d, 'kms-state.json'), JSON.stringify(state), { mode: 0o600 });
+  }
+
+  /**
+   * Opens a tenant key of the state as docs/encryption.md says, with node:crypto alone: AES-256-GCM
+   * under the region KEK (HKDF of the master key) with the entry's place as associated data.
+   */
+  function openSealedTenantKey(master: Buffer, region: string, tenantId: string, entry: { keyId: string; kekVersion: number; sealed: string }): Buffer {
+    const kek = Buffer.from(hkdfSync('sha256', master, 'bulkhead/kms/local/kek-salt/v1', `bulkhead/kms/local/kek/v1\u0000${region}\u0000${entry.kekVersion}`, 32));
+    const bytes = Buffer.from(entry.sealed, 'base64url');
+    const decipher = createDecipheriv('aes-256-gcm', kek, bytes.subarray(0, 12), { authTagLength: 16 });
+    decipher.setAAD(Buffer.from(JSON.stringify(['bulkhead/kms/local/tenant-key/v1', region, tenantId, entry.keyId, entry.kekVersion]), 'utf8'));
+    decipher.setAuthTag(bytes.subarray(44));
+    return Buffer.concat([decipher.update(bytes.subarray(12, 44)), decipher.final()]);
+  }
+
+  it('tenant keys: random, sealed under the region KEK in the state, never in clear, and gone from it once destroyed', async () => {
+    const d = freshDir();
+    const master = randomBytes(32);
+    const kms = await openLocal(d, createSecretKey(master));
+    const gone = randomUUID();
+    const kept = randomUUID();
+    const dataKey = generateDataKey();
+    const dump = await kms.wrapForTenant('eu', gone, dataKey, contextOf(gone));
+    await kms.wrapForTenant('eu', kept, generateDataKey(), contextOf(kept));
+    const path = join(d, 'kms-state.json');
+    const beforeText = readFileSync(path, 'utf8');
+    const before = JSON.parse(beforeText);
+    assert.equal(before.format, 2);
+    const entry = before.tenantKeys.eu[gone];
+    assert.deepEqual(Object.keys(entry).sort(), ['kekVersion', 'keyId', 'sealed', 'state']);
+    assert.equal(entry.state, 'active');
+    assert.equal(entry.keyId, keyIdOf(dump));
+    const tenantKey = openSealedTenantKey(master, 'eu', gone, entry);
+    assert.notDeepEqual(tenantKey, openSealedTenantKey(master, 'eu', kept, before.tenantKeys.eu[kept]), 'a key of its own per tenant');
+    const forms = (key: Buffer): string[] => [key.toString('hex'), key.toString('hex').toUpperCase(), key.toString('base64'), key.toString('base64url'), key.toString('base64url').slice(0, 16)];
+    for (const form of forms(tenantKey)) assert.ok(!beforeText.includes(form), 'the state holds no tenant key in clear');
+
+    const destruction = await kms.destroyTenantKey('eu', gone);
+    const afterText = readFileSync(path, 'utf8');
+    const after = JSON.parse(afterText);
+    assert.deepEqual(after.tenantKeys.eu[gone], { state: 'destroyed', keyId: entry.keyId, destroyedAt: destruction.destroyedAt });
+    assert.ok(!afterText.includes(entry.sealed), 'the sealed key is gone from the state');
+    for (const form of forms(tenantKey)) assert.ok(!afterText.includes(form), 'no form of the key either');
+    assert.deepEqual(after.tenantKeys.eu[kept], before.tenantKeys.eu[kept], "other tenants' entries are untouched");
+    assert.equal(statSync(path).mode & 0o777, 0o600);
+    assert.deepEqual(readdirSync(d).filter((name) => name.endsWith('.tmp')), [], 'no temporary copy of the old state is left');
+
+    // The documented limit of this provider: a copy of the state taken before the erase, with the
+    // master key, still opens the key. Physical destruction needs pkcs11.
+    const copy = freshDir();
+    writeFileSync(join(copy, 'kms-state.json'), beforeText, { mode: 0o600 });
+    const fromCopy = await openLocal(copy, createSecretKey(master));
+    assert.deepEqual(await fromCopy.unwrap(dump, contextOf(gone)), dataKey);
+  });
+
+  it('tenant keys: unwraps the known-answer vector built from the documented formats with node:crypto, and wraps in that format', async () => {
+    const d = freshDir();
+    const master = Buffer.from('000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f', 'hex');
+    const tenant = '0192f7c8-3b1a-7cde-8f00-000000000001';
+    const keyId = '00112233445566778899aabbccddeeff';
+    // The tenant key c0..df sealed with IV b0..bb under the KEK of eu version 1, AAD
+    // ["bulkhead/kms/local/tenant-key/v1","eu",tenant,keyId,1]; the data key f0f1…eeff wrapped
+    // under it with IV a0..ab and the context {tenant, dataKeyVersion: "1"}.
+    const sealed = 'sLGys7S1tre4ubq70iO8FeSabglFgBjH2MJDZDfqgmjxqJ-8V2ZgY2YNwvnXfkRvgUSymERI6g4QqgXr';
+    const vector = `bht1:local:eu:${tenant}:${keyId}:oKGio6SlpqeoqaqrJsbnkmem-ppJwnzoSsyl46AED-TII6kSvz4JfkALlRfJOv378IGwVPPTbk__nPhO`;
+    const keyCheck = createHmac('sha256', master).update('bulkhead/kms/local/key-check/v1').digest().subarray(0, 16).toString('base64url');
+    writeState(d, {
+      format: 2,
+      keyCheck,
+      regions: { eu: { current: 1, destroyed: [] } },
+      tenantKeys: { eu: { [tenant]: { state: 'active', keyId, kekVersion: 1, sealed } } },
+    });
+    const tenantKey = openSealedTenantKey(master, 'eu', tenant, { keyId, kekVersion: 1, sealed });
+    assert.equal(tenantKey.toString('hex'), 'c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf');
+    const kms = await openLocal(d, createSecretKey(master));
+    assert.equal(Buffer.from(await kms.unwrap(vector, contextOf(tenant))).toString('hex'), 'f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff00112233445566778899aabbccddeeff');
+    await unwrapFails(kms.unwrap(vector, contextOf(tenant, '2')), 'vector, other context');
+    assert.deepEqual(await kms.tenantKeyInfo('eu', tenant), { state: 'active', keyId });
+
+    // And the other way: a wrap by the provider opens with node:crypto and the documented AAD.
+    const dataKey = generateDataKey();
+    const wrapped = await kms.wrapForTenant('eu', tenant, dataKey, { purpose: 'fields', tenant });
+    const payload = Buffer.from(wrapped.split(':')[5]!, 'base64url');
+    const decipher = createDecipheriv('aes-256-gcm', tenantKey, payload.subarray(0, 12), { authTagLength: 16 });
+    decipher.setAAD(Buffer.from(JSON.stringify(['bht1', 'local', 'eu', tenant, keyId, [['purpose', 'fields'], ['tenant', tenant]]]), 'utf8'));
+    decipher.setAuthTag(payload.subarray(44));
+    assert.deepEqual(Buffer.concat([decipher.update(payload.subarray(12, 44)), decipher.final()]), Buffer.from(dataKey));
+  });
+
+  it('tenant keys: rotating the region KEK re-seals them, so the old KEK version can be destroyed', async () => {
+    const d = freshDir();
+    const kms = await openLocal(d);
+    const tenant = randomUUID();
+    const dataKey = generateDataKey();
+    const wrapped = await kms.wrapForTenant('eu', tenant, dataKey, contextOf(tenant));
+    const elsewhere = await kms.wrapForTenant('us', tenant, dataKey, contextOf(tenant));
+    const v1 = stateOf(d).tenantKeys.eu[tenant];
+    assert.equal(v1.kekVersion, 1);
+    assert.equal(await kms.rotateKek('eu'), 2);
+    const v2 = stateOf(d).tenantKeys.eu[tenant];
+    assert.deepEqual([v2.kekVersion, v2.keyId], [2, v1.keyId], 'the same key, sealed under version 2');
+    assert.notEqual(v2.sealed, v1.sealed);
+    assert.equal(stateOf(d).tenantKeys.us[tenant].kekVersion, 1, "other regions' tenant keys stay");
+    await kms.destroyKekVersion('eu', 1);
+    assert.deepEqual(await kms.unwrap(wrapped, contextOf(tenant)), dataKey);
+    await kms.close();
+    const reopened = await openLocal(d);
+    assert.deepEqual(await reopened.unwrap(wrapped, contextOf(tenant)), dataKey, 'a new process opens the key under version 2');
+    assert.deepEqual(await reopened.unwrap(elsewhere, contextOf(tenant)), dataKey);
+    const newcomer = randomUUID();
+    await reopened.wrapForTenant('eu', newcomer, dataKey, contextOf(newcomer));
+    assert.equal(stateOf(d).tenantKeys.eu[newcomer].kekVersion, 2, 'new tenant keys are sealed under the newest version');
+    await reopened.close();
+
+    // A state where a tenant key is still on an old version (written before rotations re-sealed):
+    // destroying that version moves it to the newest first.
+    const state = stateOf(d);
+    state.regions.us.current = 2;
+    writeState(d, state);
+    const third = await openLocal(d);
+    await third.destroyKekVersion('us', 1);
+    assert.equal(stateOf(d).tenantKeys.us[tenant].kekVersion, 2);
+    await third.close();
+    assert.deepEqual(await (await openLocal(d)).unwrap(elsewhere, contextOf(tenant)), dataKey);
+  });
+
+  it('tenant keys: reads a format-1 state and refuses malformed tenant entries', async () => {
+    const d = freshDir();
+    const master = createSecretKey(randomBytes(32));
+    const first = await openLocal(d, master);
+    const dataKey = generateDataKey();
+    const regionWrapped = await first.wrap('eu', dataKey, CONTEXT);
+    await first.close();
+    const old = stateOf(d);
+    delete old.tenantKeys;
+    old.format = 1;
+    writeState(d, old); // as the release before tenant keys wrote it
+    const second = await openLocal(d, master);
+    assert.deepEqual(await second.unwrap(regionWrapped, CONTEXT), dataKey);
+    const tenant = randomUUID();
+    const gone = randomUUID();
+    await second.wrapForTenant('eu', tenant, dataKey, contextOf(tenant));
+    await second.destroyTenantKey('eu', gone);
+    await second.close();
+    const good = stateOf(d);
+    assert.equal(good.format, 2, 'written in the new format from the first change');
+    assert.ok(await openLocal(d, master));
+
+    const edits: [string, (s: StateJson) => void][] = [
+      ['format 1 with tenant keys', (s) => (s.format = 1)],
+      ['format 2 without tenant keys', (s) => delete s.tenantKeys],
+      ['format 3', (s) => (s.format = 3)],
+      ['tenantKeys an array', (s) => (s.tenantKeys = [])],
+      ['a region not a region name', (s) => (s.tenantKeys.EU = s.tenantKeys.eu)],
+      ['a tenant id not canonical', (s) => (s.tenantKeys.eu[tenant.toUpperCase()] = s.tenantKeys.eu[tenant])],
+      ['an unknown state', (s) => (s.tenantKeys.eu[tenant].state = 'retired')],
+      ['a member more', (s) => (s.tenantKeys.eu[tenant].key = 'AAAA')],
+      ['a member less', (s) => delete s.tenantKeys.eu[tenant].keyId],
+      ['a key id not 32 hex digits', (s) => (s.tenantKeys.eu[tenant].keyId = 'ABCDEF')],
+      ['a KEK version beyond the newest', (s) => (s.tenantKeys.eu[tenant].kekVersion = 2)],
+      ['a KEK version 0', (s) => (s.tenantKeys.eu[tenant].kekVersion = 0)],
+      ['a KEK version destroyed', (s) => { s.regions.eu = { current: 2, destroyed: [1] }; }],
+      ['a key in a region without KEK', (s) => (s.tenantKeys.us = { [tenant]: s.tenantKeys.eu[tenant] })],
+      ['a sealed key too short', (s) => (s.tenantKeys.eu[tenant].sealed = s.tenantKeys.eu[tenant].sealed.slice(1))],
+      ['a sealed key with padding', (s) => (s.tenantKeys.eu[tenant].sealed = `${s.tenantKeys.eu[tenant].sealed.slice(1)}=`)],
+      ['a destroyed entry keeping its sealed key', (s) => (s.tenantKeys.eu[gone].sealed = s.tenantKeys.eu[tenant].sealed)],
+      ['a destroyed entry with no time', (s) => delete s.tenantKeys.eu[gone].destroyedAt],
+      ['a destroyed entry with a bad time', (s) => (s.tenantKeys.eu[gone].destroyedAt = 'yesterday')],
+      ['a destroyed entry with a bad key id', (s) => (s.tenantKeys.eu[gone].keyId = 42)],
+    ];
+    for (const [what, edit] of edits) {
+      const state = structuredClone(good);
+      edit(state);
+      writeState(d, state);
+      await rejectsCode(openLocal(d, master), 'KMS_CONFIG_INVALID', /restore/, what);
+    }
+  });
+
+  it("tenant keys: a sealed key moved into another tenant's entry does not open", async () => {
+    const d = freshDir();
+    const kms = await openLocal(d);
+    const a = randomUUID();
+    const b = randomUUID();
+    const dataKey = generateDataKey();
+    const forA = await kms.wrapForTenant('eu', a, dataKey, contextOf(a));
+    const forB = await kms.wrapForTenant('eu', b, dataKey, contextOf(b));
+    await kms.close();
+    const state = stateOf(d);
+    const entryA = state.tenantKeys.eu[a];
+    state.tenantKeys.eu[a] = { ...state.tenantKeys.eu[b], keyId: entryA.keyId }; // b's key in a's place
+    writeState(d, state);
+    const reopened = await openLocal(d);
+    await unwrapFails(reopened.unwrap(forA, contextOf(a)), "a's wrap with b's sealed key in a's entry");
+    await rejectsCode(reopened.wrapForTenant('eu', a, dataKey, contextOf(a)), 'KMS_CONFIG_INVALID', /restore/);
+    assert.deepEqual(await reopened.unwrap(forB, contextOf(b)), dataKey, "b's own entry still opens");
+  });
+
+  it('tenant keys: wraps and unwraps under a known tenant key read no state file, nor do refusals after a destroy', async () => {
+    const d = freshDir();
+    const inner = new JsonFileKmsStateStore(join(d, 'kms-state.json'));
+    const counts = { loads: 0, saves: 0 };
+    const store: KmsStateStore = {
+      load: () => {
+        counts.loads++;
+        return inner.load();
+      },
+      save: (state: KmsState) => {
+        counts.saves++;
+        return inner.save(state);
+      },
+    };
+    const kms = await openLocalKms({ masterKey: createSecretKey(randomBytes(32)), state: store });
+    open.push(kms);
+    const tenant = randomUUID();
+    const first = await kms.wrapForTenant('eu', tenant, generateDataKey(), contextOf(tenant));
+    const after = { ...counts };
+    for (let i = 0; i < 20; i++) {
+      const dataKey = generateDataKey();
+      assert.deepEqual(await kms.unwrap(await kms.wrapForTenant('eu', tenant, dataKey, contextOf(tenant)), contextOf(tenant)), dataKey);
+    }
+    await kms.unwrap(first, contextOf(tenant));
+    assert.deepEqual(counts, after, 'no state read or written for a known key');
+    await kms.destroyTenantKey('eu', tenant);
+    const destroyed = { ...counts };
+    for (let i = 0; i < 5; i++) {
+      await unwrapFails(kms.unwrap(first, contextOf(tenant)), 'after the destroy');
+      await rejectsCode(kms.wrapForTenant('eu', tenant, generateDataKey(), contextOf(tenant)), 'KMS_TENANT_KEY_DESTROYED');
+    }
+    assert.deepEqual(counts, destroyed, 'a destroyed key is refused from memory');
   });
 });
 
@@ -627,7 +1108,7 @@ describe('PKCS#11 KMS on SoftHSM2', () => {
     const dataKey = generateDataKey();
     const wrapped = await k.wrap('eu', dataKey, CONTEXT);
     assert.match(wrapped, WRAPPED_FORMAT);
-    assert.deepEqual(describeWrappedKey(wrapped), { provider: 'pkcs11', region: 'eu', kekVersion: 1 });
+    assert.deepEqual(describeWrappedKey(wrapped), { kind: 'region', provider: 'pkcs11', region: 'eu', kekVersion: 1 });
     assert.notEqual(await k.wrap('eu', dataKey, CONTEXT), wrapped, 'a fresh IV per wrap');
     assert.deepEqual(await k.unwrap(wrapped, CONTEXT), dataKey);
     assert.deepEqual(await k.kekVersions('eu'), [1]);
@@ -685,10 +1166,10 @@ describe('PKCS#11 KMS on SoftHSM2', () => {
     assert.equal(await k.rotateKek('eu'), 2);
     assert.deepEqual(await k.kekVersions('eu'), [1, 2]);
     const v2 = await k.wrap('eu', dataKey, CONTEXT);
-    assert.equal(describeWrappedKey(v2).kekVersion, 2);
+    assert.equal(kekVersionOf(v2), 2);
     assert.deepEqual(await k.unwrap(v1, CONTEXT), dataKey, 'an old version still unwraps');
     const rewrapped = await k.rewrap(v1, CONTEXT);
-    assert.deepEqual(describeWrappedKey(rewrapped), { provider: 'pkcs11', region: 'eu', kekVersion: 2 });
+    assert.deepEqual(describeWrappedKey(rewrapped), { kind: 'region', provider: 'pkcs11', region: 'eu', kekVersion: 2 });
     assert.deepEqual(await k.unwrap(rewrapped, CONTEXT), dataKey);
     await unwrapFails(k.rewrap(v1, { tenant: TENANT_B, dataKeyVersion: '1' }), 'rewrap under another context');
 
@@ -699,7 +1180,7 @@ describe('PKCS#11 KMS on SoftHSM2', () => {
     assert.deepEqual(await reopened.kekVersions('eu'), [1, 2]);
     assert.deepEqual(await reopened.unwrap(v1, CONTEXT), dataKey);
     assert.deepEqual(await reopened.unwrap(rewrapped, CONTEXT), dataKey);
-    assert.equal(describeWrappedKey(await reopened.wrap('eu', dataKey, CONTEXT)).kekVersion, 2);
+    assert.equal(kekVersionOf(await reopened.wrap('eu', dataKey, CONTEXT)), 2);
   });
 
   it('refuses to unwrap once the KEK object is deleted from the token, and to wrap without the newest KEK', async () => {
@@ -728,7 +1209,7 @@ describe('PKCS#11 KMS on SoftHSM2', () => {
     await rejectsCode(k.wrap('eu', dataKey, CONTEXT), 'KMS_KEK_NOT_FOUND', /rotate/);
     await unwrapFails(k.unwrap(v3, CONTEXT), 'KEK version 3 deleted from the token');
     assert.equal(await k.rotateKek('eu'), 4, 'a rotation makes a new version and does not reuse a deleted number');
-    assert.equal(describeWrappedKey(await k.wrap('eu', dataKey, CONTEXT)).kekVersion, 4);
+    assert.equal(kekVersionOf(await k.wrap('eu', dataKey, CONTEXT)), 4);
   });
 
   it('destroys an old KEK version through the API, and never the newest', async () => {
@@ -744,5 +1225,112 @@ describe('PKCS#11 KMS on SoftHSM2', () => {
     assert.deepEqual(await k.unwrap(moved, CONTEXT), dataKey);
     await rejectsCode(k.destroyKekVersion('us', 1), 'KMS_KEK_NOT_FOUND');
     onToken((p, lib, session) => assert.equal(objects(p, lib, session, kekLabel('us', 1)).length, 0, 'the object is gone'));
+  });
+
+  const instances: Kms[] = [];
+  after(async () => {
+    for (const k of instances) await k.close();
+  });
+
+  tenantKeyTests('pkcs11', () => ({
+    open: async () => {
+      if (setupError) throw setupError;
+      const k = await openKms(settings());
+      instances.push(k);
+      return k;
+    },
+  }));
+
+  /** Reads boolean and ulong attributes of a token object. */
+  function flags(p: typeof pkcs11js, lib: Pkcs11Types.PKCS11, session: Buffer, handle: Buffer, types: number[]): number[] {
+    return lib.C_GetAttributeValue(session, handle, types.map((type) => ({ type }))).map((a) => ulong(a.value as Buffer));
+  }
+
+  it('keeps tenant keys on the token: sensitive, not extractable, not copyable; destroyed, the object goes and a marker stays', async () => {
+    const k = ready();
+    const tenant = randomUUID();
+    const dataKey = generateDataKey();
+    const wrapped = await k.wrapForTenant('eu', tenant, dataKey, contextOf(tenant));
+    const keyId = keyIdOf(wrapped);
+    onToken((p, lib, session) => {
+      const handles = objects(p, lib, session, tenantKeyLabel('eu', tenant));
+      assert.equal(handles.length, 1, 'one object per tenant key');
+      assert.equal(tenantKeyLabel('eu', tenant), `bulkhead-tenant-${tenant}-eu`);
+      const [cls, keyType, valueLen, token, priv, sensitive, extractable, alwaysSensitive, neverExtractable, copyable, wrap, modifiable] = flags(p, lib, session, handles[0]!, [
+        p.CKA_CLASS, p.CKA_KEY_TYPE, p.CKA_VALUE_LEN, p.CKA_TOKEN, p.CKA_PRIVATE, p.CKA_SENSITIVE, p.CKA_EXTRACTABLE,
+        p.CKA_ALWAYS_SENSITIVE, p.CKA_NEVER_EXTRACTABLE, p.CKA_COPYABLE, p.CKA_WRAP, p.CKA_MODIFIABLE,
+      ]);
+      assert.deepEqual(
+        { cls, keyType, valueLen, token, priv, sensitive, extractable, alwaysSensitive, neverExtractable, copyable, wrap, modifiable },
+        { cls: p.CKO_SECRET_KEY, keyType: p.CKK_AES, valueLen: 32, token: 1, priv: 1, sensitive: 1, extractable: 0, alwaysSensitive: 1, neverExtractable: 1, copyable: 0, wrap: 0, modifiable: 0 },
+      );
+      const [id] = lib.C_GetAttributeValue(session, handles[0]!, [{ type: p.CKA_ID }]);
+      assert.equal((id!.value as Buffer).toString('hex'), keyId, 'CKA_ID is the key id');
+      assert.throws(() => lib.C_GetAttributeValue(session, handles[0]!, [{ type: p.CKA_VALUE }]), /CKR_ATTRIBUTE_SENSITIVE/);
+      assert.throws(() => lib.C_CopyObject(session, handles[0]!, [{ type: p.CKA_LABEL, value: 'a-copy' }]), 'no copy can outlive it');
+      assert.equal(objects(p, lib, session, tenantKeyDestroyedLabel('eu', tenant)).length, 0);
+    });
+
+    const destruction = await k.destroyTenantKey('eu', tenant);
+    onToken((p, lib, session) => {
+      assert.equal(objects(p, lib, session, tenantKeyLabel('eu', tenant)).length, 0, 'the key object is gone');
+      const markers = objects(p, lib, session, tenantKeyDestroyedLabel('eu', tenant));
+      assert.equal(markers.length, 1, 'one destruction marker');
+      const [cls, value] = lib.C_GetAttributeValue(session, markers[0]!, [{ type: p.CKA_CLASS }, { type: p.CKA_VALUE }]);
+      assert.equal(ulong(cls!.value as Buffer), p.CKO_DATA);
+      assert.deepEqual(JSON.parse((value!.value as Buffer).toString('utf8')), { keyId, destroyedAt: destruction.destroyedAt });
+    });
+
+    // A tenant wrap of one provider is not the other's.
+    const localDir = mkdtempSync(join(tmpdir(), 'bulkhead-kms-local-'));
+    try {
+      const local = await openLocalKms({ keyFile: join(localDir, 'master.key'), state: new JsonFileKmsStateStore(join(localDir, 's.json')) });
+      const other = randomUUID();
+      await unwrapFails(k.unwrap(await local.wrapForTenant('eu', other, dataKey, contextOf(other)), contextOf(other)), 'a local tenant wrap on the token');
+      await unwrapFails(local.unwrap(await k.wrapForTenant('eu', other, dataKey, contextOf(other)), contextOf(other)), 'a token tenant wrap in local');
+      await local.close();
+    } finally {
+      rmSync(localDir, { recursive: true, force: true });
+    }
+  });
+
+  it('completes a destroy that stopped after its marker; a key deleted outside Bulkhead is absent, not destroyed', async () => {
+    const k = ready();
+    const tenant = randomUUID();
+    const dataKey = generateDataKey();
+    const wrapped = await k.wrapForTenant('eu', tenant, dataKey, contextOf(tenant));
+    const keyId = keyIdOf(wrapped);
+    // The destroying process died between its two steps: the marker is there, the key still is.
+    const destroyedAt = '2024-05-01T12:00:00.000Z';
+    onToken((p, lib, session) => {
+      lib.C_CreateObject(session, [
+        { type: p.CKA_CLASS, value: p.CKO_DATA },
+        { type: p.CKA_TOKEN, value: true },
+        { type: p.CKA_PRIVATE, value: true },
+        { type: p.CKA_LABEL, value: tenantKeyDestroyedLabel('eu', tenant) },
+        { type: p.CKA_VALUE, value: Buffer.from(JSON.stringify({ keyId, destroyedAt })) },
+      ]);
+    });
+    const fresh = await openKms(settings());
+    instances.push(fresh);
+    await rejectsCode(fresh.wrapForTenant('eu', tenant, dataKey, contextOf(tenant)), 'KMS_TENANT_KEY_DESTROYED');
+    await unwrapFails(fresh.unwrap(wrapped, contextOf(tenant)), 'a marker and no destroy yet');
+    assert.deepEqual(await fresh.tenantKeyInfo('eu', tenant), { state: 'destroyed', keyId });
+    assert.deepEqual(await fresh.destroyTenantKey('eu', tenant), { keyId, destroyedAt, alreadyDestroyed: true });
+    onToken((p, lib, session) => assert.equal(objects(p, lib, session, tenantKeyLabel('eu', tenant)).length, 0, 'the retry destroyed the key'));
+    await unwrapFails(k.unwrap(wrapped, contextOf(tenant)), 'the first instance, whose handle died with the object');
+
+    // An operator deletes a tenant key on the token, without a marker: its wraps fail, and the
+    // tenant is not erased, so its next wrap makes a new key.
+    const other = randomUUID();
+    const lost = await k.wrapForTenant('eu', other, dataKey, contextOf(other));
+    onToken((p, lib, session) => {
+      for (const handle of objects(p, lib, session, tenantKeyLabel('eu', other))) lib.C_DestroyObject(session, handle);
+    });
+    await unwrapFails(k.unwrap(lost, contextOf(other)), 'its key deleted on the token');
+    assert.deepEqual(await k.tenantKeyInfo('eu', other), { state: 'absent' });
+    const renewed = await k.wrapForTenant('eu', other, dataKey, contextOf(other));
+    assert.notEqual(keyIdOf(renewed), keyIdOf(lost));
+    assert.deepEqual(await k.unwrap(renewed, contextOf(other)), dataKey);
   });
 });

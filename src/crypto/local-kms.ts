@@ -9,6 +9,11 @@
  * side: destroying a version here is a refusal recorded in the state, not an erasure of key
  * material (the master key could derive it again). Where KEK destruction must be physical, use the
  * `pkcs11` provider.
+ *
+ * Tenant keys are the exception: each is 32 random bytes, since a key derivable from the master key
+ * could never be destroyed. The state file keeps it sealed under the region's newest KEK, and
+ * destroying it removes it from the state. A copy of the state file taken before, with the master
+ * key, still holds it; that is the limit of this provider (docs/encryption.md).
  */
 import {
   createCipheriv,
@@ -25,22 +30,33 @@ import { constants as fsConstants } from 'node:fs';
 import { link, mkdir, open, rename, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { BulkheadError } from '../errors.js';
+import { isUuid } from '../ids.js';
 import {
   DATA_KEY_BYTES,
   KmsUnwrapError,
+  MAX_KEK_VERSION,
   SerialQueue,
+  TenantKeyDestroyedError,
   WRAP_IV_BYTES,
   WRAP_TAG_BYTES,
   checkContext,
   checkDataKey,
   checkKekVersion,
   checkRegion,
+  checkTenantContext,
+  checkTenantId,
   formatWrappedKey,
+  isTenantKeyId,
+  newTenantKeyId,
   parseWrappedKey,
   wrapAad,
   type Kms,
   type KmsContext,
-  type WrappedKeyInfo,
+  type ParsedWrappedKey,
+  type RegionWrappedKeyInfo,
+  type TenantKeyDestruction,
+  type TenantKeyInfo,
+  type TenantWrappedKeyInfo,
 } from './kms.js';
 
 /** The KEK versions of one region: 1 to `current`, less those destroyed. */
@@ -49,15 +65,26 @@ export interface KmsRegionState {
   readonly destroyed: readonly number[];
 }
 
-/** What the local provider persists between starts. */
+/**
+ * A tenant key in the local state. Active: its id, and the key sealed under version `kekVersion`
+ * of the region's KEK (base64url of IV ‖ encrypted key ‖ tag, 80 characters). Destroyed: its id
+ * (null when the tenant never had a key) and when, with no key material left.
+ */
+export type KmsTenantKeyState =
+  | { readonly state: 'active'; readonly keyId: string; readonly kekVersion: number; readonly sealed: string }
+  | { readonly state: 'destroyed'; readonly keyId: string | null; readonly destroyedAt: string };
+
+/** What the local provider persists between starts (format 2; format 1 had no `tenantKeys`). */
 export interface KmsState {
-  readonly format: 1;
+  readonly format: 2;
   /**
    * A check value of the master key (16 bytes of an HMAC under it, base64url): a restart with
    * another master key is refused at once instead of failing every unwrap later.
    */
   readonly keyCheck: string;
   readonly regions: Readonly<Record<string, KmsRegionState>>;
+  /** Tenant keys by region, then tenant id. */
+  readonly tenantKeys: Readonly<Record<string, Readonly<Record<string, KmsTenantKeyState>>>>;
 }
 
 /** Where the local provider keeps its state; `JsonFileKmsStateStore` is the default. */
@@ -185,8 +212,9 @@ async function readKeyFile(path: string): Promise<KeyObject | undefined> {
 
 /**
  * The local provider's state in a JSON file (mode 0600), replaced atomically on each save:
- * written to a temporary file, flushed, renamed over the old one. It holds no key material, but
- * it decides which KEK versions unwrap, so a file others may write is refused like the key file.
+ * written to a temporary file, flushed, renamed over the old one. It decides which KEK versions
+ * unwrap and holds the tenant keys (sealed under region KEKs, never in clear), so a file others
+ * may read or write is refused like the key file.
  */
 export class JsonFileKmsStateStore implements KmsStateStore {
   /** The file's path. */
@@ -247,20 +275,45 @@ interface RegionVersions {
   destroyed: Set<number>;
 }
 
-/** Checks what a state store returned; anything unexpected is KMS_CONFIG_INVALID. */
+/** A tenant key held in memory, unwrapped: its id and its 32 bytes (wiped when dropped). */
+interface OpenTenantKey {
+  readonly keyId: string;
+  readonly key: Buffer;
+}
+
+const REGION_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/;
+const SEALED_TENANT_KEY = /^[A-Za-z0-9_-]{80}$/;
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+const TENANT_KEY_AAD = 'bulkhead/kms/local/tenant-key/v1';
+
+/** True when `value` is a plain object (not null, not an array). */
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** True when `object` has exactly the members `names`, no more and no fewer. */
+function hasExactly(object: Record<string, unknown>, names: readonly string[]): boolean {
+  const keys = Object.keys(object);
+  return keys.length === names.length && names.every((name) => Object.hasOwn(object, name));
+}
+
+/**
+ * Checks what a state store returned; anything unexpected is KMS_CONFIG_INVALID. Format 1 (before
+ * tenant keys) is read as format 2 with no tenant keys, and written as format 2 at the next save.
+ */
 function checkState(raw: unknown): KmsState {
   const bad = (): never => {
     throw new BulkheadError('KMS_CONFIG_INVALID', 'the KMS state is malformed; restore the KMS state file from a backup');
   };
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return bad();
-  const s = raw as Record<string, unknown>;
-  if (s.format !== 1 || typeof s.keyCheck !== 'string' || !/^[A-Za-z0-9_-]{22}$/.test(s.keyCheck)) return bad();
-  if (typeof s.regions !== 'object' || s.regions === null || Array.isArray(s.regions)) return bad();
+  if (!isRecord(raw)) return bad();
+  const s = raw;
+  if ((s.format !== 1 && s.format !== 2) || typeof s.keyCheck !== 'string' || !/^[A-Za-z0-9_-]{22}$/.test(s.keyCheck)) return bad();
+  if (!isRecord(s.regions)) return bad();
   const regions: Record<string, KmsRegionState> = {};
-  for (const [region, value] of Object.entries(s.regions as Record<string, unknown>)) {
-    if (!/^[a-z0-9][a-z0-9-]{0,31}$/.test(region) || typeof value !== 'object' || value === null) return bad();
+  for (const [region, value] of Object.entries(s.regions)) {
+    if (!REGION_NAME.test(region) || !isRecord(value)) return bad();
     const { current, destroyed } = value as { current?: unknown; destroyed?: unknown };
-    if (typeof current !== 'number' || !Number.isInteger(current) || current < 1 || current > 2 ** 31 - 1) return bad();
+    if (typeof current !== 'number' || !Number.isInteger(current) || current < 1 || current > MAX_KEK_VERSION) return bad();
     if (!Array.isArray(destroyed)) return bad();
     const seen = new Set<number>();
     for (const v of destroyed) {
@@ -269,7 +322,34 @@ function checkState(raw: unknown): KmsState {
     }
     regions[region] = { current, destroyed: [...seen].sort((a, b) => a - b) };
   }
-  return { format: 1, keyCheck: s.keyCheck, regions };
+  if (s.format === 1 ? s.tenantKeys !== undefined : !isRecord(s.tenantKeys)) return bad();
+  const tenantKeys: Record<string, Record<string, KmsTenantKeyState>> = {};
+  for (const [region, tenants] of Object.entries(isRecord(s.tenantKeys) ? s.tenantKeys : {})) {
+    if (!REGION_NAME.test(region) || !isRecord(tenants)) return bad();
+    const checked: Record<string, KmsTenantKeyState> = {};
+    for (const [tenantId, entry] of Object.entries(tenants)) {
+      if (!isUuid(tenantId) || !isRecord(entry)) return bad();
+      if (entry.state === 'active') {
+        const { keyId, kekVersion, sealed } = entry;
+        // The KEK version sealing an active key must be one that can still unwrap, or the key is lost.
+        const versions = regions[region];
+        if (!hasExactly(entry, ['state', 'keyId', 'kekVersion', 'sealed']) || !isTenantKeyId(keyId)) return bad();
+        if (typeof kekVersion !== 'number' || !Number.isInteger(kekVersion) || kekVersion < 1) return bad();
+        if (versions === undefined || kekVersion > versions.current || versions.destroyed.includes(kekVersion)) return bad();
+        if (typeof sealed !== 'string' || !SEALED_TENANT_KEY.test(sealed)) return bad();
+        checked[tenantId] = { state: 'active', keyId, kekVersion, sealed };
+      } else if (entry.state === 'destroyed') {
+        const { keyId, destroyedAt } = entry;
+        if (!hasExactly(entry, ['state', 'keyId', 'destroyedAt']) || (keyId !== null && !isTenantKeyId(keyId))) return bad();
+        if (typeof destroyedAt !== 'string' || !ISO_TIME.test(destroyedAt) || Number.isNaN(Date.parse(destroyedAt))) return bad();
+        checked[tenantId] = { state: 'destroyed', keyId, destroyedAt };
+      } else {
+        return bad();
+      }
+    }
+    tenantKeys[region] = checked;
+  }
+  return { format: 2, keyCheck: s.keyCheck, regions, tenantKeys };
 }
 
 function keyCheckOf(master: KeyObject): string {
@@ -297,6 +377,50 @@ export async function openLocalKms(options: LocalKmsOptions): Promise<Kms> {
   return kms;
 }
 
+/** The key of a tenant key in the provider's maps: region names hold no `/`. */
+function slotOf(region: string, tenantId: string): string {
+  return `${region}/${tenantId}`;
+}
+
+/** AES-256-GCM with a fresh 96-bit IV: the IV and the ciphertext followed by its 16-byte tag. */
+function gcmSeal(key: Buffer, aad: Buffer, plaintext: Uint8Array): { iv: Buffer; sealed: Buffer } {
+  const iv = randomBytes(WRAP_IV_BYTES);
+  const cipher = createCipheriv('aes-256-gcm', key, iv, { authTagLength: WRAP_TAG_BYTES });
+  cipher.setAAD(aad);
+  return { iv, sealed: Buffer.concat([cipher.update(plaintext), cipher.final(), cipher.getAuthTag()]) };
+}
+
+/** Opens what `gcmSeal` made, a 32-byte key; any failure is the uniform unwrap error. */
+function gcmOpen(key: Buffer, aad: Buffer, iv: Buffer, sealed: Buffer): Buffer {
+  try {
+    const decipher = createDecipheriv('aes-256-gcm', key, iv, { authTagLength: WRAP_TAG_BYTES });
+    decipher.setAAD(aad);
+    decipher.setAuthTag(sealed.subarray(DATA_KEY_BYTES));
+    const out = Buffer.concat([decipher.update(sealed.subarray(0, DATA_KEY_BYTES)), decipher.final()]);
+    if (out.length !== DATA_KEY_BYTES) throw new KmsUnwrapError();
+    return out;
+  } catch {
+    throw new KmsUnwrapError();
+  }
+}
+
+/** Unwraps a data key with an open key into a fresh array, wiping the intermediate buffer. */
+function openDataKey(key: Buffer, aad: Buffer, parsed: ParsedWrappedKey): Uint8Array {
+  const raw = gcmOpen(key, aad, parsed.iv, parsed.sealed);
+  const out = new Uint8Array(raw);
+  raw.fill(0);
+  return out;
+}
+
+/**
+ * The associated data sealing a tenant key in the state: the JSON array
+ * `["bulkhead/kms/local/tenant-key/v1", region, tenantId, keyId, kekVersion]`. It binds the entry
+ * to its place, so a sealed key copied to another tenant's entry, or relabelled, does not open.
+ */
+function tenantKeyAad(region: string, tenantId: string, keyId: string, kekVersion: number): Buffer {
+  return Buffer.from(JSON.stringify([TENANT_KEY_AAD, region, tenantId, keyId, kekVersion]), 'utf8');
+}
+
 /** The local provider; made by `openLocalKms`. */
 class LocalKms implements Kms {
   readonly provider = 'local' as const;
@@ -304,8 +428,15 @@ class LocalKms implements Kms {
   readonly #keyCheck: string;
   readonly #store: KmsStateStore;
   #regions = new Map<string, RegionVersions>();
+  /** Tenant key entries as last loaded or saved, by `slotOf(region, tenant)`. */
+  #tenants = new Map<string, KmsTenantKeyState>();
   /** Derived KEKs by `region:version`; wiped on close. */
   readonly #keks = new Map<string, Buffer>();
+  /**
+   * Tenant keys opened by this process, by slot, so that wraps and unwraps under a known tenant
+   * key read no file. Wiped on destroy, on close, and when a reload shows the key gone.
+   */
+  readonly #tenantKeys = new Map<string, OpenTenantKey>();
   readonly #queue = new SerialQueue();
 
   constructor(master: KeyObject, store: KmsStateStore) {
@@ -317,7 +448,7 @@ class LocalKms implements Kms {
   /** Loads the state, or saves a new one on first start. */
   async start(): Promise<void> {
     const state = await this.#load();
-    if (state === undefined) await this.#save(new Map());
+    if (state === undefined) await this.#save({ regions: new Map() });
   }
 
   async wrap(region: string, dataKey: Uint8Array, context: KmsContext): Promise<string> {
@@ -326,16 +457,10 @@ class LocalKms implements Kms {
     checkContext(context);
     return this.#queue.run(async () => {
       this.#checkOpen();
-      let versions = this.#regions.get(region);
-      if (versions === undefined) {
-        await this.#load();
-        versions = this.#regions.get(region);
-        if (versions === undefined) {
-          await this.#save(withRegion(this.#regions, region, { current: 1, destroyed: new Set() }));
-          versions = this.#regions.get(region)!;
-        }
-      }
-      return this.#seal({ provider: 'local', region, kekVersion: versions.current }, dataKey, context);
+      const version = await this.#currentVersion(region);
+      const info: RegionWrappedKeyInfo = { kind: 'region', provider: 'local', region, kekVersion: version };
+      const { iv, sealed } = gcmSeal(this.#kek(region, version), wrapAad(info, context)!, dataKey);
+      return formatWrappedKey(info, iv, sealed);
     });
   }
 
@@ -345,20 +470,13 @@ class LocalKms implements Kms {
       const parsed = parseWrappedKey(wrapped);
       const aad = wrapAad(parsed, context);
       if (parsed.provider !== 'local' || aad === undefined) throw new KmsUnwrapError();
+      if (parsed.kind === 'tenant') return await this.#unwrapTenant(parsed, aad);
       if (!this.#usable(parsed.region, parsed.kekVersion)) {
         // Another process sharing this state may have rotated since it was read.
         await this.#queue.run(() => this.#load());
         if (!this.#usable(parsed.region, parsed.kekVersion)) throw new KmsUnwrapError();
       }
-      const kek = this.#kek(parsed.region, parsed.kekVersion);
-      const decipher = createDecipheriv('aes-256-gcm', kek, parsed.iv, { authTagLength: WRAP_TAG_BYTES });
-      decipher.setAAD(aad);
-      decipher.setAuthTag(parsed.sealed.subarray(DATA_KEY_BYTES));
-      const key = Buffer.concat([decipher.update(parsed.sealed.subarray(0, DATA_KEY_BYTES)), decipher.final()]);
-      if (key.length !== DATA_KEY_BYTES) throw new KmsUnwrapError();
-      const out = new Uint8Array(key);
-      key.fill(0);
-      return out;
+      return openDataKey(this.#kek(parsed.region, parsed.kekVersion), aad, parsed);
     } catch (error) {
       if (error instanceof BulkheadError && error.code === 'KMS_UNAVAILABLE') throw error;
       throw new KmsUnwrapError();
@@ -368,7 +486,10 @@ class LocalKms implements Kms {
   async rewrap(wrapped: string, context: KmsContext): Promise<string> {
     const dataKey = await this.unwrap(wrapped, context);
     try {
-      return await this.wrap(parseWrappedKey(wrapped).region, dataKey, context);
+      const parsed = parseWrappedKey(wrapped);
+      return parsed.kind === 'tenant'
+        ? await this.wrapForTenant(parsed.region, parsed.tenantId, dataKey, context)
+        : await this.wrap(parsed.region, dataKey, context);
     } finally {
       dataKey.fill(0);
     }
@@ -382,7 +503,12 @@ class LocalKms implements Kms {
       const before = this.#regions.get(region);
       const next = (before?.current ?? 0) + 1;
       checkKekVersion(next);
-      await this.#save(withRegion(this.#regions, region, { current: next, destroyed: new Set(before?.destroyed ?? []) }));
+      // The region's tenant keys move to the new version in the same save, so the old version
+      // holds nothing that the state still needs and can be destroyed once the data keys moved.
+      await this.#save({
+        regions: withRegion(this.#regions, region, { current: next, destroyed: new Set(before?.destroyed ?? []) }),
+        tenants: this.#resealed(region, next, () => true),
+      });
       return next;
     });
   }
@@ -413,10 +539,72 @@ class LocalKms implements Kms {
       if (version === versions.current) {
         throw new BulkheadError('KMS_INPUT_INVALID', `KEK version ${version} is the newest of region ${region}; rotate the KEK and re-wrap the data keys first`);
       }
-      await this.#save(withRegion(this.#regions, region, { current: versions.current, destroyed: new Set([...versions.destroyed, version]) }));
+      await this.#save({
+        regions: withRegion(this.#regions, region, { current: versions.current, destroyed: new Set([...versions.destroyed, version]) }),
+        // rotateKek already moved every tenant key; this covers a state written by an older Bulkhead.
+        tenants: this.#resealed(region, versions.current, (entry) => entry.kekVersion === version),
+      });
       const cached = this.#keks.get(`${region}:${version}`);
       cached?.fill(0);
       this.#keks.delete(`${region}:${version}`);
+    });
+  }
+
+  async wrapForTenant(region: string, tenantId: string, dataKey: Uint8Array, context: KmsContext): Promise<string> {
+    checkRegion(region);
+    checkTenantId(tenantId);
+    checkDataKey(dataKey);
+    checkTenantContext(tenantId, context);
+    this.#checkOpen();
+    const slot = slotOf(region, tenantId);
+    const seal = (open: OpenTenantKey): string => {
+      const info: TenantWrappedKeyInfo = { kind: 'tenant', provider: 'local', region, tenantId, keyId: open.keyId };
+      const { iv, sealed } = gcmSeal(open.key, wrapAad(info, context)!, dataKey);
+      return formatWrappedKey(info, iv, sealed);
+    };
+    // Known key: sealed in this turn of the event loop, so a destroy cannot wipe it in between.
+    const known = this.#tenantKeys.get(slot);
+    if (known !== undefined) return seal(known);
+    if (this.#tenants.get(slot)?.state === 'destroyed') throw new TenantKeyDestroyedError();
+    // In the queue, so that two first wraps of one tenant make one key.
+    return this.#queue.run(async () => {
+      this.#checkOpen();
+      return seal(await this.#openTenantKey(region, tenantId, true));
+    });
+  }
+
+  async destroyTenantKey(region: string, tenantId: string): Promise<TenantKeyDestruction> {
+    checkRegion(region);
+    checkTenantId(tenantId);
+    return this.#queue.run(async () => {
+      this.#checkOpen();
+      await this.#load();
+      const slot = slotOf(region, tenantId);
+      const entry = this.#tenants.get(slot);
+      let result: TenantKeyDestruction;
+      if (entry?.state === 'destroyed') {
+        result = { keyId: entry.keyId, destroyedAt: entry.destroyedAt, alreadyDestroyed: true };
+      } else {
+        // One save drops the sealed key and records the refusal: there is no state in between
+        // where the key is gone but a new one could be made for the tenant.
+        const destroyed: KmsTenantKeyState = { state: 'destroyed', keyId: entry?.keyId ?? null, destroyedAt: new Date().toISOString() };
+        await this.#save({ tenants: new Map(this.#tenants).set(slot, destroyed) });
+        result = { keyId: destroyed.keyId, destroyedAt: destroyed.destroyedAt, alreadyDestroyed: false };
+      }
+      this.#forgetTenantKey(slot);
+      return Object.freeze(result);
+    });
+  }
+
+  async tenantKeyInfo(region: string, tenantId: string): Promise<TenantKeyInfo> {
+    checkRegion(region);
+    checkTenantId(tenantId);
+    return this.#queue.run(async () => {
+      this.#checkOpen();
+      await this.#load();
+      const entry = this.#tenants.get(slotOf(region, tenantId));
+      if (entry === undefined) return Object.freeze({ state: 'absent' as const });
+      return Object.freeze(entry.keyId === null ? { state: entry.state } : { state: entry.state, keyId: entry.keyId });
     });
   }
 
@@ -424,6 +612,7 @@ class LocalKms implements Kms {
     await this.#queue.run(() => {
       for (const kek of this.#keks.values()) kek.fill(0);
       this.#keks.clear();
+      for (const slot of [...this.#tenantKeys.keys()]) this.#forgetTenantKey(slot);
       this.#master = undefined;
     });
   }
@@ -435,6 +624,20 @@ class LocalKms implements Kms {
   #usable(region: string, version: number): boolean {
     const versions = this.#regions.get(region);
     return versions !== undefined && version <= versions.current && !versions.destroyed.has(version);
+  }
+
+  /** The newest KEK version of `region`, making version 1 on its first use. Runs in the queue. */
+  async #currentVersion(region: string): Promise<number> {
+    let versions = this.#regions.get(region);
+    if (versions === undefined) {
+      await this.#load();
+      versions = this.#regions.get(region);
+      if (versions === undefined) {
+        await this.#save({ regions: withRegion(this.#regions, region, { current: 1, destroyed: new Set() }) });
+        versions = this.#regions.get(region)!;
+      }
+    }
+    return versions.current;
   }
 
   /** The KEK of a region and version: HKDF-SHA-256 of the master key, `info` binding both. */
@@ -450,12 +653,89 @@ class LocalKms implements Kms {
     return kek;
   }
 
-  #seal(info: WrappedKeyInfo, dataKey: Uint8Array, context: KmsContext): string {
-    const iv = randomBytes(WRAP_IV_BYTES);
-    const cipher = createCipheriv('aes-256-gcm', this.#kek(info.region, info.kekVersion), iv, { authTagLength: WRAP_TAG_BYTES });
-    cipher.setAAD(wrapAad(info, context)!);
-    const sealed = Buffer.concat([cipher.update(dataKey), cipher.final(), cipher.getAuthTag()]);
-    return formatWrappedKey(info, iv, sealed);
+  /** Unwraps a tenant wrap: from the open key when this process holds it, else from the state. */
+  async #unwrapTenant(parsed: ParsedWrappedKey & TenantWrappedKeyInfo, aad: Buffer): Promise<Uint8Array> {
+    const slot = slotOf(parsed.region, parsed.tenantId);
+    const known = this.#tenantKeys.get(slot);
+    if (known !== undefined && known.keyId === parsed.keyId) return openDataKey(known.key, aad, parsed);
+    // Destruction is final: no need to read the state again to refuse.
+    if (this.#tenants.get(slot)?.state === 'destroyed') throw new KmsUnwrapError();
+    return this.#queue.run(async () => {
+      this.#checkOpen();
+      const open = await this.#openTenantKey(parsed.region, parsed.tenantId, false);
+      if (open.keyId !== parsed.keyId) throw new KmsUnwrapError();
+      return openDataKey(open.key, aad, parsed);
+    });
+  }
+
+  /**
+   * The open key of a tenant, read from a fresh load of the state (another process sharing it may
+   * have made or destroyed the key) and kept in memory. With `create`, a tenant without a key gets
+   * one: 32 random bytes, sealed under the region's newest KEK and saved before first use. A
+   * destroyed key is KMS_TENANT_KEY_DESTROYED with `create`, else the uniform unwrap error, as is
+   * a missing one. Runs in the queue.
+   */
+  async #openTenantKey(region: string, tenantId: string, create: boolean): Promise<OpenTenantKey> {
+    const slot = slotOf(region, tenantId);
+    await this.#load();
+    const known = this.#tenantKeys.get(slot);
+    if (known !== undefined) return known;
+    const entry = this.#tenants.get(slot);
+    if (entry?.state === 'destroyed') throw create ? new TenantKeyDestroyedError() : new KmsUnwrapError();
+    if (entry === undefined && !create) throw new KmsUnwrapError();
+    let open: OpenTenantKey;
+    if (entry !== undefined) {
+      open = { keyId: entry.keyId, key: this.#unsealTenantKey(region, tenantId, entry) };
+    } else {
+      const version = await this.#currentVersion(region);
+      open = { keyId: newTenantKeyId(), key: randomBytes(DATA_KEY_BYTES) };
+      const sealed = this.#sealTenantKey(region, tenantId, open, version);
+      await this.#save({ tenants: new Map(this.#tenants).set(slot, sealed) });
+    }
+    this.#tenantKeys.set(slot, open);
+    return open;
+  }
+
+  /** A tenant key sealed under version `version` of its region's KEK, as stored in the state. */
+  #sealTenantKey(region: string, tenantId: string, open: OpenTenantKey, version: number): KmsTenantKeyState {
+    const { iv, sealed } = gcmSeal(this.#kek(region, version), tenantKeyAad(region, tenantId, open.keyId, version), open.key);
+    return { state: 'active', keyId: open.keyId, kekVersion: version, sealed: Buffer.concat([iv, sealed]).toString('base64url') };
+  }
+
+  /** Opens a stored tenant key; one that does not open means a damaged state (KMS_CONFIG_INVALID). */
+  #unsealTenantKey(region: string, tenantId: string, entry: KmsTenantKeyState & { state: 'active' }): Buffer {
+    if (!this.#usable(region, entry.kekVersion)) throw new BulkheadError('KMS_CONFIG_INVALID', 'the KMS state holds a tenant key under a destroyed KEK version; restore the KMS state file from a backup');
+    const bytes = Buffer.from(entry.sealed, 'base64url');
+    try {
+      return gcmOpen(this.#kek(region, entry.kekVersion), tenantKeyAad(region, tenantId, entry.keyId, entry.kekVersion), bytes.subarray(0, WRAP_IV_BYTES), bytes.subarray(WRAP_IV_BYTES));
+    } catch {
+      throw new BulkheadError('KMS_CONFIG_INVALID', 'a tenant key in the KMS state does not decrypt; restore the KMS state file from a backup');
+    }
+  }
+
+  /** A copy of the tenant entries with the active keys of `region` that `which` picks sealed again under `version`. */
+  #resealed(region: string, version: number, which: (entry: KmsTenantKeyState & { state: 'active' }) => boolean): Map<string, KmsTenantKeyState> {
+    const copy = new Map(this.#tenants);
+    const prefix = `${region}/`;
+    for (const [slot, entry] of this.#tenants) {
+      if (!slot.startsWith(prefix) || entry.state !== 'active' || entry.kekVersion === version || !which(entry)) continue;
+      const tenantId = slot.slice(prefix.length);
+      const key = this.#unsealTenantKey(region, tenantId, entry);
+      try {
+        copy.set(slot, this.#sealTenantKey(region, tenantId, { keyId: entry.keyId, key }, version));
+      } finally {
+        key.fill(0);
+      }
+    }
+    return copy;
+  }
+
+  /** Drops and wipes the open key of a slot. */
+  #forgetTenantKey(slot: string): void {
+    const open = this.#tenantKeys.get(slot);
+    if (open === undefined) return;
+    this.#tenantKeys.delete(slot);
+    open.key.fill(0);
   }
 
   /** Reads the stored state into memory; undefined when nothing was stored yet. */
@@ -471,21 +751,44 @@ class LocalKms implements Kms {
     }
     const regions = new Map<string, RegionVersions>();
     for (const [region, r] of Object.entries(state.regions)) regions.set(region, { current: r.current, destroyed: new Set(r.destroyed) });
+    const tenants = new Map<string, KmsTenantKeyState>();
+    for (const [region, entries] of Object.entries(state.tenantKeys)) {
+      for (const [tenantId, entry] of Object.entries(entries)) tenants.set(slotOf(region, tenantId), entry);
+    }
     this.#regions = regions;
+    this.#adoptTenants(tenants);
     return state;
   }
 
-  /** Saves `regions` and adopts them only once the save succeeded. */
-  async #save(regions: Map<string, RegionVersions>): Promise<void> {
+  /** Saves the state with `regions` and `tenants` (the current ones where not given), adopting them once saved. */
+  async #save(change: { regions?: Map<string, RegionVersions>; tenants?: Map<string, KmsTenantKeyState> }): Promise<void> {
+    const regions = change.regions ?? this.#regions;
+    const tenants = change.tenants ?? this.#tenants;
+    const tenantKeys: Record<string, Record<string, KmsTenantKeyState>> = {};
+    for (const [slot, entry] of [...tenants].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      const at = slot.indexOf('/');
+      (tenantKeys[slot.slice(0, at)] ??= {})[slot.slice(at + 1)] = entry;
+    }
     const state: KmsState = {
-      format: 1,
+      format: 2,
       keyCheck: this.#keyCheck,
       regions: Object.fromEntries(
         [...regions].map(([region, r]) => [region, { current: r.current, destroyed: [...r.destroyed].sort((a, b) => a - b) }]),
       ),
+      tenantKeys,
     };
     await this.#store.save(state);
     this.#regions = regions;
+    this.#adoptTenants(tenants);
+  }
+
+  /** Takes `tenants` as the entries, dropping open keys that are no longer active under the same id. */
+  #adoptTenants(tenants: Map<string, KmsTenantKeyState>): void {
+    this.#tenants = tenants;
+    for (const [slot, open] of [...this.#tenantKeys]) {
+      const entry = tenants.get(slot);
+      if (entry?.state !== 'active' || entry.keyId !== open.keyId) this.#forgetTenantKey(slot);
+    }
   }
 }
 

@@ -9,6 +9,12 @@
  * labelled `bulkhead-kek-<r>-v<n>`. Destroying a version destroys the object, after which keys
  * wrapped under it can never be unwrapped again, by anyone.
  *
+ * A tenant's own key in region r is an AES-256 object labelled `bulkhead-tenant-<uuid>-<r>` (its
+ * key id in CKA_ID), generated on the token like a KEK and not copyable either. Destroying it
+ * first stores a data object `bulkhead-tenant-destroyed-<uuid>-<r>` recording the destruction,
+ * then destroys every key object of that label: from the marker on, wraps are refused, and a crash
+ * between the two steps leaves a refusal, never a tenant who could get a fresh key.
+ *
  * Calls into the module are synchronous on purpose: a PKCS#11 session runs one operation at a time
  * (an encrypt is C_EncryptInit then C_Encrypt), and doing both in one turn of the event loop keeps
  * operations of concurrent requests from interleaving on the shared session without a lock. On a
@@ -20,17 +26,24 @@ import { BulkheadError } from '../errors.js';
 import {
   DATA_KEY_BYTES,
   KmsUnwrapError,
+  TenantKeyDestroyedError,
   WRAP_IV_BYTES,
   WRAP_TAG_BYTES,
   checkContext,
   checkDataKey,
   checkKekVersion,
   checkRegion,
+  checkTenantContext,
+  checkTenantId,
   formatWrappedKey,
+  isTenantKeyId,
+  newTenantKeyId,
   parseWrappedKey,
   wrapAad,
   type Kms,
   type KmsContext,
+  type TenantKeyDestruction,
+  type TenantKeyInfo,
   type WrappedKeyInfo,
 } from './kms.js';
 
@@ -52,8 +65,32 @@ export function kekLabel(region: string, version: number): string {
   return `bulkhead-kek-${checkRegion(region)}-v${checkKekVersion(version)}`;
 }
 
+/**
+ * The label of the token object holding the tenant's own key in `region`. The tenant id comes
+ * first: it is a UUID, so no region name can make this label equal a destruction marker's.
+ */
+export function tenantKeyLabel(region: string, tenantId: string): string {
+  return `bulkhead-tenant-${checkTenantId(tenantId)}-${checkRegion(region)}`;
+}
+
+/** The label of the data object recording that the tenant's key in `region` was destroyed. */
+export function tenantKeyDestroyedLabel(region: string, tenantId: string): string {
+  return `bulkhead-tenant-destroyed-${checkTenantId(tenantId)}-${checkRegion(region)}`;
+}
+
 type Pkcs11Namespace = typeof Pkcs11Js;
 type Handle = Buffer;
+
+/** A tenant key object on the token: its id (CKA_ID, in hex) and its handle in this process. */
+interface TenantKeyObject {
+  readonly keyId: string;
+  readonly handle: Handle;
+}
+
+/** What the token says about a tenant's key: destroyed (with its record), or its key objects. */
+type TenantKeyLookup =
+  | { readonly state: 'destroyed'; readonly marker: Handle }
+  | { readonly state: 'keys'; readonly keys: readonly TenantKeyObject[] };
 
 /** A loaded module and how many open providers use it: C_Finalize runs when the last one closes. */
 interface LoadedModule {
@@ -170,6 +207,14 @@ class Pkcs11Kms implements Kms {
    * are refused rather than silently made under an older version.
    */
   readonly #newest = new Map<string, number>();
+  /**
+   * Handles of tenant keys found or made by this process, by `region/tenant`, so that wraps and
+   * unwraps under a known tenant key do not search the token. Dropped on destroy, when the token
+   * reports the handle invalid, when the session is reopened, and on close.
+   */
+  readonly #tenantKeys = new Map<string, TenantKeyObject>();
+  /** Tenants whose key this process saw destroyed: destruction is final, refused without a search. */
+  readonly #destroyedTenants = new Set<string>();
 
   constructor(modulePath: string, entry: LoadedModule, slot: Handle, pin: string) {
     this.#modulePath = modulePath;
@@ -208,11 +253,7 @@ class Pkcs11Kms implements Kms {
         throw new BulkheadError('KMS_KEK_NOT_FOUND', `the PKCS#11 token holds ${handles.length} objects labelled ${kekLabel(region, current)}; remove the duplicates`);
       }
       this.#newest.set(region, current);
-      const info: WrappedKeyInfo = { provider: 'pkcs11', region, kekVersion: current };
-      const iv = randomBytes(WRAP_IV_BYTES);
-      lib.C_EncryptInit(session, { mechanism: p.CKM_AES_GCM, parameter: this.#gcm(iv, wrapAad(info, context)!) }, handles[0]!);
-      const sealed = lib.C_Encrypt(session, Buffer.from(dataKey), Buffer.alloc(DATA_KEY_BYTES + WRAP_TAG_BYTES + 16));
-      return formatWrappedKey(info, iv, sealed);
+      return this.#encrypt(session, handles[0]!, { kind: 'region', provider: 'pkcs11', region, kekVersion: current }, dataKey, context);
     });
   }
 
@@ -224,14 +265,37 @@ class Pkcs11Kms implements Kms {
       if (parsed.provider !== 'pkcs11' || aad === undefined) throw new KmsUnwrapError();
       return this.#call((session) => {
         const { p, lib } = this.#entry;
-        const handles = this.#find(session, kekLabel(parsed.region, parsed.kekVersion));
-        if (handles.length !== 1) throw new KmsUnwrapError();
-        lib.C_DecryptInit(session, { mechanism: p.CKM_AES_GCM, parameter: this.#gcm(parsed.iv, aad) }, handles[0]!);
-        const key = lib.C_Decrypt(session, parsed.sealed, Buffer.alloc(parsed.sealed.length + 16));
-        if (key.length !== DATA_KEY_BYTES) throw new KmsUnwrapError();
-        const out = new Uint8Array(key);
-        key.fill(0);
-        return out;
+        const decrypt = (handle: Handle): Uint8Array => {
+          lib.C_DecryptInit(session, { mechanism: p.CKM_AES_GCM, parameter: this.#gcm(parsed.iv, aad) }, handle);
+          const key = lib.C_Decrypt(session, parsed.sealed, Buffer.alloc(parsed.sealed.length + 16));
+          if (key.length !== DATA_KEY_BYTES) throw new KmsUnwrapError();
+          const out = new Uint8Array(key);
+          key.fill(0);
+          return out;
+        };
+        if (parsed.kind === 'region') {
+          const handles = this.#find(session, kekLabel(parsed.region, parsed.kekVersion));
+          if (handles.length !== 1) throw new KmsUnwrapError();
+          return decrypt(handles[0]!);
+        }
+        const slot = `${parsed.region}/${parsed.tenantId}`;
+        if (this.#destroyedTenants.has(slot)) throw new KmsUnwrapError();
+        const known = this.#tenantKeys.get(slot);
+        if (known !== undefined && known.keyId === parsed.keyId) {
+          try {
+            return decrypt(known.handle);
+          } catch (error) {
+            // Destroyed by another process since it was found: look again, which sees the marker.
+            if (!this.#handleInvalid(error)) throw error;
+            this.#tenantKeys.delete(slot);
+          }
+        }
+        const found = this.#lookupTenantKey(session, parsed.region, parsed.tenantId);
+        if (found.state === 'destroyed') throw new KmsUnwrapError();
+        const match = found.keys.find((k) => k.keyId === parsed.keyId);
+        if (match === undefined) throw new KmsUnwrapError();
+        if (match === found.keys[0]) this.#tenantKeys.set(slot, match); // the key wraps use
+        return decrypt(match.handle);
       });
     } catch (error) {
       // An unreachable token says nothing about the wrapped key; every other failure is uniform.
@@ -243,7 +307,10 @@ class Pkcs11Kms implements Kms {
   async rewrap(wrapped: string, context: KmsContext): Promise<string> {
     const dataKey = await this.unwrap(wrapped, context);
     try {
-      return await this.wrap(parseWrappedKey(wrapped).region, dataKey, context);
+      const parsed = parseWrappedKey(wrapped);
+      return parsed.kind === 'tenant'
+        ? await this.wrapForTenant(parsed.region, parsed.tenantId, dataKey, context)
+        : await this.wrap(parsed.region, dataKey, context);
     } finally {
       dataKey.fill(0);
     }
@@ -283,9 +350,84 @@ class Pkcs11Kms implements Kms {
     });
   }
 
+  async wrapForTenant(region: string, tenantId: string, dataKey: Uint8Array, context: KmsContext): Promise<string> {
+    checkRegion(region);
+    checkTenantId(tenantId);
+    checkDataKey(dataKey);
+    checkTenantContext(tenantId, context);
+    this.#checkOpen();
+    const slot = `${region}/${tenantId}`;
+    if (this.#destroyedTenants.has(slot)) throw new TenantKeyDestroyedError();
+    // One synchronous call: two first wraps of a tenant cannot both find no key and make one each.
+    return this.#call((session) => {
+      let key = this.#tenantKeys.get(slot);
+      if (key !== undefined && !this.#isTenantKey(session, key, region, tenantId)) {
+        this.#tenantKeys.delete(slot);
+        key = undefined;
+      }
+      if (key === undefined) {
+        const found = this.#lookupTenantKey(session, region, tenantId);
+        if (found.state === 'destroyed') throw new TenantKeyDestroyedError();
+        key = found.keys[0] ?? this.#generateTenantKey(session, region, tenantId);
+        this.#tenantKeys.set(slot, key);
+      }
+      return this.#encrypt(session, key.handle, { kind: 'tenant', provider: 'pkcs11', region, tenantId, keyId: key.keyId }, dataKey, context);
+    });
+  }
+
+  async destroyTenantKey(region: string, tenantId: string): Promise<TenantKeyDestruction> {
+    checkRegion(region);
+    checkTenantId(tenantId);
+    this.#checkOpen();
+    const slot = `${region}/${tenantId}`;
+    return this.#call((session) => {
+      const { p, lib } = this.#entry;
+      const markers = this.#findData(session, tenantKeyDestroyedLabel(region, tenantId));
+      const keys = this.#tenantKeyObjects(session, region, tenantId);
+      let record: { keyId: string | null; destroyedAt: string } | undefined;
+      if (markers.length === 0) {
+        // The marker first: from here on wraps are refused even if the process dies before the keys go.
+        record = { keyId: keys[0]?.keyId ?? null, destroyedAt: new Date().toISOString() };
+        lib.C_CreateObject(session, [
+          { type: p.CKA_CLASS, value: p.CKO_DATA },
+          { type: p.CKA_TOKEN, value: true },
+          { type: p.CKA_PRIVATE, value: true },
+          { type: p.CKA_MODIFIABLE, value: false },
+          { type: p.CKA_LABEL, value: tenantKeyDestroyedLabel(region, tenantId) },
+          { type: p.CKA_APPLICATION, value: 'bulkhead' },
+          { type: p.CKA_VALUE, value: Buffer.from(JSON.stringify(record), 'utf8') },
+        ]);
+      }
+      // Also after an earlier destroy: it may have stopped between the marker and the keys, or
+      // another process may have made a key since; every object of the label goes.
+      for (const key of keys) lib.C_DestroyObject(session, key.handle);
+      this.#tenantKeys.delete(slot);
+      this.#destroyedTenants.add(slot);
+      record ??= this.#readMarker(session, markers[0]!);
+      return Object.freeze({ keyId: record.keyId, destroyedAt: record.destroyedAt, alreadyDestroyed: markers.length > 0 });
+    });
+  }
+
+  async tenantKeyInfo(region: string, tenantId: string): Promise<TenantKeyInfo> {
+    checkRegion(region);
+    checkTenantId(tenantId);
+    this.#checkOpen();
+    return this.#call((session) => {
+      const found = this.#lookupTenantKey(session, region, tenantId);
+      if (found.state === 'destroyed') {
+        const { keyId } = this.#readMarker(session, found.marker);
+        return Object.freeze(keyId === null ? { state: 'destroyed' as const } : { state: 'destroyed' as const, keyId });
+      }
+      const key = found.keys[0];
+      return Object.freeze(key === undefined ? { state: 'absent' as const } : { state: 'active' as const, keyId: key.keyId });
+    });
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#tenantKeys.clear();
+    this.#destroyedTenants.clear();
     // No C_Logout: the login is shared by every session of this process on the token.
     this.#closeSession();
     releaseModule(this.#modulePath, this.#entry);
@@ -297,6 +439,107 @@ class Pkcs11Kms implements Kms {
 
   #gcm(iv: Buffer, aad: Buffer): Pkcs11Js.GcmParams {
     return { type: this.#entry.p.CK_PARAMS_GCM, iv, ivBits: WRAP_IV_BYTES * 8, aad, tagBits: WRAP_TAG_BYTES * 8 };
+  }
+
+  /** Wraps `dataKey` on the token under `handle`, with a fresh IV, into the format of `info`. */
+  #encrypt(session: Handle, handle: Handle, info: WrappedKeyInfo, dataKey: Uint8Array, context: KmsContext): string {
+    const { p, lib } = this.#entry;
+    const iv = randomBytes(WRAP_IV_BYTES);
+    lib.C_EncryptInit(session, { mechanism: p.CKM_AES_GCM, parameter: this.#gcm(iv, wrapAad(info, context)!) }, handle);
+    const sealed = lib.C_Encrypt(session, Buffer.from(dataKey), Buffer.alloc(DATA_KEY_BYTES + WRAP_TAG_BYTES + 16));
+    return formatWrappedKey(info, iv, sealed);
+  }
+
+  #handleInvalid(error: unknown): boolean {
+    const code = ckr(error);
+    return code === this.#entry.p.CKR_OBJECT_HANDLE_INVALID || code === this.#entry.p.CKR_KEY_HANDLE_INVALID;
+  }
+
+  /**
+   * Whether a remembered handle still names the tenant's key: one attribute read, cheaper than a
+   * search, and done before each wrap because a wrap under a wrong key would lose the data key.
+   * (SoftHSM2 invalidates the handle of an object another process destroyed; a token that reuses
+   * handle numbers would show another label or id here.)
+   */
+  #isTenantKey(session: Handle, key: TenantKeyObject, region: string, tenantId: string): boolean {
+    const { p, lib } = this.#entry;
+    try {
+      const [label, id] = lib.C_GetAttributeValue(session, key.handle, [{ type: p.CKA_LABEL }, { type: p.CKA_ID }]);
+      return label?.value.toString('utf8') === tenantKeyLabel(region, tenantId) && id?.value.toString('hex') === key.keyId;
+    } catch (error) {
+      if (this.#handleInvalid(error)) return false;
+      throw error;
+    }
+  }
+
+  /** The tenant's key objects on the token, lowest key id first (normally one). */
+  #tenantKeyObjects(session: Handle, region: string, tenantId: string): TenantKeyObject[] {
+    const { p, lib } = this.#entry;
+    const keys: TenantKeyObject[] = [];
+    for (const handle of this.#find(session, tenantKeyLabel(region, tenantId))) {
+      const [id] = lib.C_GetAttributeValue(session, handle, [{ type: p.CKA_ID }]);
+      const keyId = id?.value.toString('hex') ?? '';
+      if (isTenantKeyId(keyId)) keys.push({ keyId, handle });
+    }
+    // Two processes making a tenant's first key at once can leave two objects: both unwrap (the
+    // wrapped key names its key id), wraps use the lowest id, and destruction removes both.
+    return keys.sort((a, b) => (a.keyId < b.keyId ? -1 : a.keyId > b.keyId ? 1 : 0));
+  }
+
+  /** Searches the token for the tenant's destruction marker, then its key objects. */
+  #lookupTenantKey(session: Handle, region: string, tenantId: string): TenantKeyLookup {
+    const slot = `${region}/${tenantId}`;
+    const [marker] = this.#findData(session, tenantKeyDestroyedLabel(region, tenantId));
+    if (marker !== undefined) {
+      this.#tenantKeys.delete(slot);
+      this.#destroyedTenants.add(slot);
+      return { state: 'destroyed', marker };
+    }
+    return { state: 'keys', keys: this.#tenantKeyObjects(session, region, tenantId) };
+  }
+
+  /** The destruction record a marker holds; a malformed one is KMS_CONFIG_INVALID. */
+  #readMarker(session: Handle, marker: Handle): { keyId: string | null; destroyedAt: string } {
+    const { p, lib } = this.#entry;
+    const [value] = lib.C_GetAttributeValue(session, marker, [{ type: p.CKA_VALUE }]);
+    let record: unknown;
+    try {
+      record = JSON.parse(value?.value.toString('utf8') ?? '');
+    } catch {
+      record = undefined;
+    }
+    const { keyId, destroyedAt } = (typeof record === 'object' && record !== null ? record : {}) as Record<string, unknown>;
+    if ((keyId !== null && !isTenantKeyId(keyId)) || typeof destroyedAt !== 'string' || Number.isNaN(Date.parse(destroyedAt))) {
+      throw new BulkheadError('KMS_CONFIG_INVALID', 'a tenant key destruction record on the PKCS#11 token is malformed; it was not written by Bulkhead');
+    }
+    return { keyId, destroyedAt };
+  }
+
+  /** Generates a tenant key on the token: a KEK's attributes, a random key id, and no copies. */
+  #generateTenantKey(session: Handle, region: string, tenantId: string): TenantKeyObject {
+    const { p, lib } = this.#entry;
+    const keyId = newTenantKeyId();
+    const handle = lib.C_GenerateKey(session, { mechanism: p.CKM_AES_KEY_GEN }, [
+      ...this.#keyTemplate(tenantKeyLabel(region, tenantId), Buffer.from(keyId, 'hex')),
+      // A copy (C_CopyObject) could take another label and outlive the destruction of this one.
+      { type: p.CKA_COPYABLE, value: false },
+    ]);
+    return { keyId, handle };
+  }
+
+  /** Handles of the token's data objects labelled `label`. */
+  #findData(session: Handle, label: string): Handle[] {
+    const { p, lib } = this.#entry;
+    lib.C_FindObjectsInit(session, [
+      { type: p.CKA_CLASS, value: p.CKO_DATA },
+      { type: p.CKA_TOKEN, value: true },
+      { type: p.CKA_LABEL, value: label },
+    ]);
+    try {
+      return lib.C_FindObjects(session, 16);
+    } finally {
+      lib.C_FindObjectsFinal(session);
+    }
   }
 
   /**
@@ -313,6 +556,8 @@ class Pkcs11Kms implements Kms {
         const code = ckr(error);
         if (code === undefined || !this.#sessionLost(code)) throw error;
         this.#closeSession();
+        // A token that came back may number its objects anew: find the tenant keys again.
+        this.#tenantKeys.clear();
         if (attempt >= 1) throw new BulkheadError('KMS_UNAVAILABLE', 'the PKCS#11 token is not reachable; check the HSM', { cause: error });
       }
     }
@@ -420,12 +665,18 @@ class Pkcs11Kms implements Kms {
     if (this.#find(session, label).length > 0) {
       throw new BulkheadError('KMS_KEK_NOT_FOUND', `the PKCS#11 token already holds an object labelled ${label}; remove it or rotate again`);
     }
-    lib.C_GenerateKey(session, { mechanism: p.CKM_AES_KEY_GEN }, [
+    lib.C_GenerateKey(session, { mechanism: p.CKM_AES_KEY_GEN }, this.#keyTemplate(label, Buffer.from(label, 'utf8')));
+  }
+
+  /** The template of a key made on the token: it can encrypt and decrypt, and nothing else, and never be read out. */
+  #keyTemplate(label: string, id: Buffer): Pkcs11Js.Template {
+    const { p } = this.#entry;
+    return [
       { type: p.CKA_CLASS, value: p.CKO_SECRET_KEY },
       { type: p.CKA_KEY_TYPE, value: p.CKK_AES },
       { type: p.CKA_VALUE_LEN, value: DATA_KEY_BYTES },
       { type: p.CKA_LABEL, value: label },
-      { type: p.CKA_ID, value: Buffer.from(label, 'utf8') },
+      { type: p.CKA_ID, value: id },
       { type: p.CKA_TOKEN, value: true },
       { type: p.CKA_PRIVATE, value: true },
       { type: p.CKA_SENSITIVE, value: true },
@@ -439,6 +690,6 @@ class Pkcs11Kms implements Kms {
       { type: p.CKA_SIGN, value: false },
       { type: p.CKA_VERIFY, value: false },
       { type: p.CKA_DERIVE, value: false },
-    ]);
+    ];
   }
 }
