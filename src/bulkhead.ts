@@ -2,7 +2,7 @@ import { Authorizer } from './access/authorizer.js';
 import { OperatorTokenVerifier, generateOperatorToken, hashOperatorToken, looksLikeOperatorToken } from './access/operator-tokens.js';
 import type { Action, Principal, Resource, Decision, TenantRole } from './access/principal.js';
 import { TokenVerifier, generateJwtSecret, mintTenantToken } from './access/tokens.js';
-import { resolveJwtSecret, type Config } from './config.js';
+import { MAX_ERASE_GRACE_SECONDS, resolveJwtSecret, type Config } from './config.js';
 import { AccessDeniedError, AuthenticationError, BulkheadError } from './errors.js';
 import { Cells } from './placement/cells.js';
 import { Moves, type MovesOptions } from './placement/moves.js';
@@ -18,6 +18,7 @@ import { openKms } from './crypto/kms-config.js';
 import type { Kms } from './crypto/kms.js';
 import { TenantKeyring } from './crypto/keyring.js';
 import { KeyRotations, type KeyRotationsOptions } from './tenancy/key-rotations.js';
+import { Erasures, type ErasuresOptions } from './tenancy/erasures.js';
 
 /** What `Bulkhead.open` may be given besides the configuration (tests inject an engine). */
 export interface OpenOptions {
@@ -36,7 +37,17 @@ export interface OpenOptions {
   readonly rotations?: Pick<KeyRotationsOptions, 'onStep'>;
   /** Resume unfinished key rotations on open (default true); crash tests turn it off, as for moves. */
   readonly resumeRotations?: boolean;
+  /** Options of the eraser (a step observer for crash tests). */
+  readonly erasures?: Pick<ErasuresOptions, 'onStep'>;
+  /**
+   * Run due erasures on open and then every `ERASURE_CHECK_MS` (default true). Tests turn it off
+   * to run them with `erasures.runDue()` at a chosen moment.
+   */
+  readonly runErasures?: boolean;
 }
+
+/** How often a server looks for erasures whose grace period is over. */
+export const ERASURE_CHECK_MS = 60_000;
 
 /**
  * One Bulkhead instance: the store, the registry, the low-code data model and the two
@@ -69,6 +80,9 @@ export class Bulkhead {
   readonly keyring: TenantKeyring;
   /** Data-key rotations with resumable re-encryption. */
   readonly keyRotations: KeyRotations;
+  /** Scheduled, cancellable tenant erasures by crypto-shredding. */
+  readonly erasures: Erasures;
+  #erasureTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     config: Config,
@@ -80,6 +94,7 @@ export class Bulkhead {
     operators: OperatorTokenVerifier,
     kms: Kms,
     rotations: Pick<KeyRotationsOptions, 'onStep'> = {},
+    erasures: Pick<ErasuresOptions, 'onStep'> = {},
   ) {
     this.config = config;
     this.placements = placements;
@@ -110,6 +125,10 @@ export class Bulkhead {
       keyCacheMs: config.keyCacheMs,
       ...rotations,
     });
+    this.erasures = new Erasures(
+      { placements, tenants: this.tenants, kms, keyring: this.keyring, busy: (tenantId) => this.#busyWith(tenantId) },
+      { defaultGraceSeconds: config.eraseGraceSeconds, maxGraceSeconds: MAX_ERASE_GRACE_SECONDS, ...erasures },
+    );
     this.records = new Records(placements, this.collections, this.usage, this.keyring);
     this.health = new Health(store, this.usage, {}, placements);
   }
@@ -142,10 +161,12 @@ export class Bulkhead {
         options.onOperatorTokenGenerated?.(token);
       }
       if (config.operatorToken !== undefined) hashes.push(hashOperatorToken(config.operatorToken));
-      const bh = new Bulkhead(config, placements, new Moves(placements, { batchSize: config.moveBatchSize, ...options.moves }), authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes), kms, options.rotations);
+      const bh = new Bulkhead(config, placements, new Moves(placements, { batchSize: config.moveBatchSize, ...options.moves }), authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes), kms, options.rotations, options.erasures);
       // A move or rotation interrupted by a crash or a restart goes on from the state it was in.
       if (options.resumeMoves ?? true) await bh.moves.resume();
       if (options.resumeRotations ?? true) await bh.keyRotations.resume();
+      // Erasures whose grace period ended while no server ran, or that a crash interrupted, go on.
+      if (options.runErasures ?? true) bh.#startErasures();
       return bh;
     } catch (error) {
       await kms?.close().catch(() => {});
@@ -206,14 +227,47 @@ export class Bulkhead {
     return this.keyRotations.start(tenant, actor);
   }
 
-  /** Stops the movers and rotators at a persisted step, flushes the usage counters and closes the cells. */
+  /**
+   * Schedules the erasure of a tenant (by id or slug) after its grace period, and marks it
+   * offboarding at once; with no grace period it runs now, in the background.
+   */
+  async eraseTenant(idOrSlug: string, input: unknown, actor: string) {
+    const tenant = await this.tenants.get(idOrSlug);
+    const erasure = await this.erasures.schedule(tenant, input, actor);
+    if (erasure.graceSeconds === 0) void this.erasures.runDue().catch(() => {});
+    return erasure;
+  }
+
+  /** Cancels the scheduled erasure of a tenant (by id or slug); it gets its earlier status back. */
+  async cancelErasure(idOrSlug: string, actor: string) {
+    const tenant = await this.tenants.get(idOrSlug);
+    return this.erasures.cancel(tenant, actor);
+  }
+
+  /** Stops the movers, rotators and erasers at a persisted step, flushes the usage counters and closes the cells. */
   async close(): Promise<void> {
+    if (this.#erasureTimer) clearInterval(this.#erasureTimer);
+    await this.erasures.close();
     await this.moves.close();
     await this.keyRotations.close();
     // A store that cannot take the last counts must not keep the process from closing.
     await this.usage.close().catch(() => {});
     await this.placements.cells.close();
     await this.kms.close();
+  }
+
+  /** What keeps a tenant from being erased now: a move or a key rotation under way. */
+  async #busyWith(tenantId: string): Promise<string | null> {
+    if ((await this.moves.list(tenantId)).some((m) => m.state !== 'done' && m.state !== 'rolled_back')) return 'move';
+    if (await this.keyRotations.busy(tenantId)) return 'key rotation';
+    return null;
+  }
+
+  /** Runs due erasures now and every ERASURE_CHECK_MS; a failure is retried at the next check (the erasure says how far it got). */
+  #startErasures(): void {
+    void this.erasures.runDue().catch(() => {});
+    this.#erasureTimer = setInterval(() => void this.erasures.runDue().catch(() => {}), ERASURE_CHECK_MS);
+    this.#erasureTimer.unref();
   }
 
   async #verifyOperator(token: string): Promise<Principal> {

@@ -36,6 +36,12 @@ function counting(kms: Kms): { kms: Kms; wraps: () => number; unwraps: () => num
         wraps++;
         return kms.wrap(region, key, context);
       },
+      wrapForTenant: (region, tenantId, key, context) => {
+        wraps++;
+        return kms.wrapForTenant(region, tenantId, key, context);
+      },
+      destroyTenantKey: (region, tenantId) => kms.destroyTenantKey(region, tenantId),
+      tenantKeyInfo: (region, tenantId) => kms.tenantKeyInfo(region, tenantId),
       unwrap: (wrapped, context) => {
         unwraps++;
         return kms.unwrap(wrapped, context);
@@ -63,13 +69,13 @@ function gated(kms: Kms, n: number): Kms {
   });
   return {
     ...counting(kms).kms,
-    wrap: async (region, key, context) => {
+    wrapForTenant: async (region, tenantId, key, context) => {
       if (++arrived >= n) open();
       const timeout = setTimeout(() => open(), 10_000);
       await gate;
       clearTimeout(timeout);
       assert.ok(arrived >= n, `only ${arrived} of ${n} wraps arrived: the keyrings did not race`);
-      return kms.wrap(region, key, context);
+      return kms.wrapForTenant(region, tenantId, key, context);
     },
   };
 }
@@ -187,7 +193,7 @@ for (const kind of BACKENDS) {
       assert.equal(inSchema!.rows[0]!.n, 1);
     });
 
-    it('makes one data key and one index key on first use, stored only wrapped under the tenant\'s region with a bound context', async () => {
+    it('makes one data key and one index key on first use, stored only wrapped under the tenant\'s own KEK in its region with a bound context', async () => {
       const a = await tenant();
       const k = keyring();
       const { version, key } = await k.forEncrypt(a.id, 1);
@@ -202,7 +208,8 @@ for (const kind of BACKENDS) {
       const region = await regionOf(a.id);
       const text = JSON.stringify(rows);
       for (const [row, raw] of [[rows[0]!, key], [rows[1]!, index]] as const) {
-        assert.match(row.wrapped as string, new RegExp(`^bhk1:local:${region}:1:[A-Za-z0-9_-]{80}$`));
+        // Wrapped under the tenant's own key-encryption key (bht1), which an erasure destroys.
+        assert.match(row.wrapped as string, new RegExp(`^bht1:local:${region}:${a.id}:[0-9a-f]{32}:[A-Za-z0-9_-]{80}$`));
         // The raw key is nowhere in the rows, in any spelling.
         for (const spelled of spellings(raw)) assert.ok(!text.includes(spelled), `the raw ${row.purpose as string} key is stored`);
         // What is stored is that key, wrapped with tenant, purpose and version bound in.

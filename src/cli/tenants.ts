@@ -5,6 +5,7 @@ import type { ResolvedPlacement } from '../placement/placements.js';
 import { TIERS } from '../placement/tier.js';
 import type { TenantHistoryEntry, TenantView } from '../tenancy/tenants.js';
 import { BulkheadClient, CliError, type CliIO, type GlobalOptions } from './client.js';
+import { eraseCommands } from './erase.js';
 import { emit, keyValues, printable, table } from './output.js';
 import { progressBar } from './progress.js';
 
@@ -115,6 +116,7 @@ export function tenantsCommand(parent: Command, io: CliIO): Command {
     });
 
   moveCommands(tenants, io);
+  eraseCommands(tenants, io);
   return tenants;
 }
 

@@ -391,12 +391,14 @@ export class TenantKeyring implements FieldKeys {
     return { version, key, expires: Date.now() + this.#cacheMs };
   }
 
-  /** A fresh key wrapped under the tenant's region's KEK; its bytes are wiped once wrapped (it is used only as unwrapped back from its row). */
+  /** A fresh key wrapped under the tenant's own KEK in its region; its bytes are wiped once wrapped (it is used only as unwrapped back from its row). */
   async #wrapNew(tenantId: string, purpose: Purpose, version: number): Promise<string> {
     const region = await this.#regionOf(tenantId);
     const raw = generateDataKey();
     try {
-      return await this.#kms.wrap(region, raw, contextOf(tenantId, purpose, version));
+      // Under the tenant's own key-encryption key: destroying it in the KMS (an erasure) makes every
+      // copy of these rows unreadable, old dumps included (docs/encryption.md, "Crypto-shredding").
+      return await this.#kms.wrapForTenant(region, tenantId, raw, contextOf(tenantId, purpose, version));
     } finally {
       raw.fill(0);
     }

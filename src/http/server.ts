@@ -185,6 +185,21 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
     const tenant = await bh.tenants.get(req.params.id);
     return bh.keyRotations.get(tenant.id, req.params.rotationId);
   });
+  // Erasure by crypto-shredding (operator): scheduled with a grace period, cancellable until it ends.
+  app.post<{ Params: { id: string } }>('/v1/tenants/:id/erase', async (req, reply) => {
+    const actor = operator(req, 'tenant.erase');
+    reply.code(202);
+    return bh.eraseTenant(req.params.id, req.body ?? {}, actor);
+  });
+  app.delete<{ Params: { id: string } }>('/v1/tenants/:id/erase', async (req) => {
+    const actor = operator(req, 'tenant.erase');
+    return bh.cancelErasure(req.params.id, actor);
+  });
+  app.get<{ Params: { id: string } }>('/v1/tenants/:id/erasures', async (req) => {
+    operator(req, 'tenant.erase');
+    const tenant = await bh.tenants.get(req.params.id);
+    return { erasures: await bh.erasures.list(tenant.id) };
+  });
   app.get('/v1/placements', async (req) => {
     operator(req, 'tenant.partitions');
     return { placements: await bh.placements.list(), cells: bh.placements.cells.all().map((c) => ({ name: c.name, region: c.region, kind: c.host.kind, control: c.control })) };

@@ -3,6 +3,7 @@ import { isUuid, uuidv7 } from '../ids.js';
 import type { Placements } from '../placement/placements.js';
 import { PLACE_NAME, TIERS, type TierName } from '../placement/tier.js';
 import type { Store } from '../store/store.js';
+import type { EngineTransaction } from '../store/engine.js';
 
 /** Lifecycle states of a tenant (SPEC section 1). */
 export const TENANT_STATUSES = ['active', 'suspended', 'quarantined', 'migrating', 'offboarding', 'erased'] as const;
@@ -168,24 +169,43 @@ export class Tenants {
     if (!MANUAL_TRANSITIONS[tenant.status]?.includes(status as TenantStatus)) {
       invalid(`the tenant is ${tenant.status}; it cannot be made ${status} here`, 'status');
     }
-    const [r] = await this.#store.platform().batch([
-      {
-        text:
-          'UPDATE bulkhead.tenants SET status = $2, updated_at = now() WHERE id = $1 AND status = $3 ' +
-          'RETURNING id, slug, name, status, tier, region, created_at, updated_at',
-        values: [tenant.id, status, tenant.status],
-      },
-      {
-        text:
-          "INSERT INTO bulkhead.tenant_history (tenant_id, event, from_status, to_status, actor) SELECT $1, 'status', $3, $2, $4 " +
-          'WHERE EXISTS (SELECT 1 FROM bulkhead.tenants WHERE id = $1 AND status = $2)',
-        values: [tenant.id, status, tenant.status, actor],
-      },
-    ]);
-    const row = r!.rows[0];
-    if (!row) throw new BulkheadError('TENANT_INVALID', 'the tenant changed concurrently; retry', { details: { field: 'status' } });
-    this.#status.set(tenant.id, { status: status as TenantStatus, at: Date.now() });
-    const view = toView(row);
+    return this.transition(tenant, status as TenantStatus, 'status', actor);
+  }
+
+  /**
+   * Changes a tenant's status from the one in `tenant` to `to`, with a history entry of `event`, in
+   * one transaction with `within` (the workflow's own statements, such as an erasure's row; it may
+   * throw to roll everything back). Refused with TENANT_INVALID when the status changed meanwhile:
+   * nothing is written then. The copy at the tenant's placement is brought in line afterwards.
+   */
+  async transition(
+    tenant: TenantView,
+    to: TenantStatus,
+    event: string,
+    actor: string,
+    within: (tx: EngineTransaction) => Promise<unknown> = async () => {},
+  ): Promise<TenantView> {
+    const [r] = await this.#store.platform().transaction(async (tx) => {
+      const results = await tx.batch([
+        {
+          text:
+            'UPDATE bulkhead.tenants SET status = $2, updated_at = now() WHERE id = $1 AND status = $3 ' +
+            'RETURNING id, slug, name, status, tier, region, created_at, updated_at',
+          values: [tenant.id, to, tenant.status],
+        },
+      ]);
+      if (!results[0]!.rows[0]) throw new BulkheadError('TENANT_INVALID', 'the tenant changed concurrently; retry', { details: { field: 'status' } });
+      await tx.batch([
+        {
+          text: 'INSERT INTO bulkhead.tenant_history (tenant_id, event, from_status, to_status, actor) VALUES ($1, $2, $3, $4, $5)',
+          values: [tenant.id, event, tenant.status, to, actor],
+        },
+      ]);
+      await within(tx);
+      return results;
+    });
+    this.#status.set(tenant.id, { status: to, at: Date.now() });
+    const view = toView(r!.rows[0]!);
     // A placement outside the control plane checks the tenant's status against its own copy.
     await this.#placements.mirror(view);
     return view;
