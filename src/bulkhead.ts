@@ -126,7 +126,7 @@ export class Bulkhead {
       ...rotations,
     });
     this.erasures = new Erasures(
-      { placements, tenants: this.tenants, kms, keyring: this.keyring, busy: (tenantId) => this.#busyWith(tenantId) },
+      { placements, tenants: this.tenants, kms, keyring: this.keyring, busy: (tenantId) => this.#busyWith(tenantId), regions: [...new Set([...config.regions, ...placements.cells.all().map((c) => c.region)])] },
       { defaultGraceSeconds: config.eraseGraceSeconds, maxGraceSeconds: MAX_ERASE_GRACE_SECONDS, ...erasures },
     );
     this.records = new Records(placements, this.collections, this.usage, this.keyring);

@@ -109,7 +109,7 @@ for (const kind of BACKENDS) {
       const [done] = JSON.parse(erasures.stdout).erasures;
       assert.equal(done.state, 'done');
       assert.equal(done.certificate.records.people, 4);
-      assert.match(done.certificate.tenantKey.keyId, /^[0-9a-f]{32}$/);
+      assert.match(done.certificate.tenantKeys[0].keyId, /^[0-9a-f]{32}$/);
       const table = await cli(['tenants', 'erasures', tenant.slug]);
       assert.match(table.stdout, /done/);
       assert.equal((await request(t.app, 'GET', `/v1/tenants/${tenant.id}`, { token: t.operatorToken })).body.status, 'erased');

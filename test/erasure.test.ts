@@ -160,8 +160,9 @@ for (const kind of BACKENDS) {
       assert.equal(cert.rows.unique_values, 12);
       assert.deepEqual(cert.dataKeys.map((k: { purpose: string; version: number }) => `${k.purpose}:${k.version}`), ['data:1', 'index:1']);
       const keyIds = new Set([...dump.matchAll(TENANT_WRAP)].filter((m) => m[1] === a.id).map((m) => m[2]));
-      assert.deepEqual([...keyIds], [cert.tenantKey.keyId], 'the certificate names the destroyed key the data was wrapped under');
-      assert.equal(cert.tenantKey.alreadyDestroyed, false);
+      const destroyed = cert.tenantKeys.filter((k: { keyId: string | null }) => k.keyId !== null);
+      assert.deepEqual(destroyed.map((k: { keyId: string }) => k.keyId), [...keyIds], 'the certificate names the destroyed key the data was wrapped under');
+      assert.deepEqual(destroyed.map((k: { region: string; alreadyDestroyed: boolean }) => [k.region, k.alreadyDestroyed]), [[cert.tenant.region, false]]);
       assert.ok(Date.parse(cert.erasedAt) >= Date.parse(cert.purgedAt));
       for (const w of written) assert.ok(!JSON.stringify(done).includes(w.ssn) && !JSON.stringify(done).includes(w.name), 'the certificate holds no tenant data');
       // The other tenant is untouched and reads as before.
@@ -244,6 +245,50 @@ for (const kind of BACKENDS) {
       ]);
       assert.equal(r!.rows[0]!.gone, true, 'the schema was dropped');
       assert.equal(roles!.rows[0]!.n, 0, "the tenant's role was dropped");
+    });
+  });
+}
+
+for (const kind of BACKENDS) {
+  describe(`erasure after a region move (${kind})`, () => {
+    let t: TestBulkhead;
+    before(async () => {
+      t = await openTestBulkhead(kind, { BULKHEAD_KEY_CACHE_MS: '200' }, { cells: [{ name: 'eu-1', region: 'eu' }], controlRegion: 'us' });
+    });
+    after(async () => {
+      await t?.close();
+    });
+
+    it("destroys the tenant's key in every region its keys were wrapped in", async () => {
+      const a = await createTenant(t, `erase-moved-${kind}`);
+      await defineCollection(t, a.token, 'patients', PATIENTS);
+      const secret = marker('SSN');
+      assert.equal((await request(t.app, 'POST', '/v1/collections/patients/records', { token: a.token, body: { fields: { name: 'x', ssn: secret } } })).status, 201);
+      const moved = await request(t.app, 'POST', `/v1/tenants/${a.id}/moves`, {
+        token: t.operatorToken,
+        body: { tier: 'pool', region: 'eu', legalBasis: 'GDPR Art. 46(2)(c) standard contractual clauses, test' },
+      });
+      assert.equal(moved.status, 202, moved.text);
+      await t.bh.moves.wait(moved.body.id);
+      assert.equal((await t.bh.moves.get(a.id, moved.body.id)).state, 'done');
+      // A rotation in the new region: the new data key is wrapped under the tenant's key there,
+      // the index key stays wrapped under its key in the old region.
+      const rotated = await t.bh.rotateKeys(a.id, 'operator:test');
+      await t.bh.keyRotations.wait(rotated.id);
+      const [keys] = await t.bh.placements.tenant(a.id).batch([{ text: 'SELECT purpose, version, wrapped FROM tenant_keys WHERE tenant_id = $1 ORDER BY 1, 2', values: [a.id] }]);
+      const dump = keys!.rows.map((r) => r.wrapped as string).join('\n');
+      const regions = new Set([...dump.matchAll(TENANT_WRAP)].map((m) => m[0].split(':')[2]));
+      assert.deepEqual([...regions].sort(), ['eu', 'us'], 'the keys are wrapped in both regions');
+      const beforeErase = await openWrapped(t, dump, a.id);
+      assert.equal(beforeErase.keys.length, 2, 'the live index key and data key open before the erase');
+
+      assert.equal((await request(t.app, 'POST', `/v1/tenants/${a.id}/erase`, { token: t.operatorToken, body: { graceSeconds: 0 } })).status, 202);
+      await t.bh.erasures.runDue();
+      const [done] = await t.bh.erasures.list(a.id);
+      assert.equal(done!.state, 'done', JSON.stringify(done));
+      const destroyed = done!.certificate!.tenantKeys!.filter((k) => k.keyId !== null).map((k) => k.region).sort();
+      assert.deepEqual(destroyed, ['eu', 'us']);
+      assert.equal((await openWrapped(t, dump, a.id)).keys.length, 0, 'no key opens in either region');
     });
   });
 }

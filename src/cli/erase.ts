@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { ErasureView } from '../tenancy/erasures.js';
+import type { ErasureCertificate, ErasureView } from '../tenancy/erasures.js';
 import { BulkheadClient, UsageError, type CliIO, type GlobalOptions } from './client.js';
 import { emit, keyValues, table } from './output.js';
 import { tenantPath } from './tenants.js';
@@ -13,6 +13,11 @@ export function parseGrace(text: string): number {
   return Number(m[1]) * UNIT_SECONDS[m[2] || 's']!;
 }
 
+/** The tenant keys an erasure destroyed that existed (a region where none was made has a null id). */
+function made(c: ErasureCertificate) {
+  return (c.tenantKeys ?? []).filter((k) => k.keyId !== null);
+}
+
 function describeErasure(e: ErasureView): string {
   const c = e.certificate;
   return keyValues([
@@ -24,7 +29,7 @@ function describeErasure(e: ErasureView): string {
     ['requested by', e.actor],
     ['cancelled by', e.cancelledBy],
     ['records', c ? Object.entries(c.records).map(([name, n]) => `${name}: ${n}`).join(', ') || '0' : null],
-    ['tenant key destroyed', c?.tenantKey ? `${c.tenantKey.keyId ?? '(none made)'} at ${c.tenantKey.destroyedAt}` : null],
+    ['tenant keys destroyed', c?.tenantKeys ? made(c).map((k) => `${k.keyId} (${k.region}) at ${k.destroyedAt}`).join(', ') || '(none was made)' : null],
     ['erased', c?.erasedAt ?? null],
   ]);
 }
@@ -71,7 +76,7 @@ export function eraseCommands(tenants: Command, io: CliIO): void {
               { header: 'due', value: (e) => e.dueAt },
               { header: 'requested by', value: (e) => e.actor },
               { header: 'records', value: (e) => (e.certificate ? Object.values(e.certificate.records).reduce((a, b) => a + b, 0) : null) },
-              { header: 'tenant key', value: (e) => e.certificate?.tenantKey?.keyId ?? null },
+              { header: 'tenant keys destroyed', value: (e) => (e.certificate?.tenantKeys ? made(e.certificate).map((k) => k.keyId).join(' ') : null) },
               { header: 'erased', value: (e) => e.certificate?.erasedAt ?? null },
             ]),
       );

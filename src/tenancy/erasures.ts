@@ -9,8 +9,8 @@
  *
  * 1. the tenant's rows are counted per table and collection, and its key versions listed, for the
  *    certificate (saved before anything is destroyed);
- * 2. the tenant's own key-encryption key is destroyed in the KMS: every data key ever wrapped under
- *    it, in the live database or in any dump or backup taken earlier, is unreadable from then on;
+ * 2. the tenant's own key-encryption keys are destroyed in the KMS (in every region): every data
+ *    key ever wrapped under them, in the live database or in any dump or backup taken earlier, is unreadable from then on;
  * 3. the tenant's storage is purged at its placement (rows, or its schema or database);
  * 4. the tenant is marked `erased` and the erasure certificate completed: what was erased, when,
  *    by whom, the key ids destroyed and the row counts. It holds no tenant data.
@@ -48,9 +48,12 @@ export interface ErasureCertificate {
   readonly records: Readonly<Record<string, number>>;
   /** The tenant's data and blind-index key versions, all wrapped under the destroyed key. */
   readonly dataKeys: readonly { readonly purpose: string; readonly version: number; readonly state: string }[];
-  /** The KMS provider and the tenant key destroyed in it. */
+  /**
+   * The KMS provider and the tenant's key-encryption keys destroyed in it, one per region where the
+   * KMS could hold one (a tenant moved between regions has one in each; `keyId` null: none was made).
+   */
   readonly kmsProvider?: string;
-  readonly tenantKey?: TenantKeyDestruction;
+  readonly tenantKeys?: readonly (TenantKeyDestruction & { readonly region: string })[];
   readonly purgedAt?: string;
   readonly erasedAt?: string;
 }
@@ -90,6 +93,8 @@ export interface ErasuresDeps {
   readonly keyring: TenantKeyring;
   /** Whether a move or a key rotation of the tenant is under way (an erasure waits for it to end). */
   readonly busy: (tenantId: string) => Promise<string | null>;
+  /** Every region of the deployment: a tenant key is destroyed in each, wherever the tenant once lived. */
+  readonly regions: readonly string[];
 }
 
 /** Statuses from which a tenant can be erased. A quarantined tenant is frozen for responders: lift the quarantine first. */
@@ -260,11 +265,14 @@ export class Erasures {
       };
       erasure = await this.#saveCertificate(id, cert);
     }
-    if (!cert.tenantKey) {
-      // 2. Destroy the tenant's key-encryption key: from here on nothing it wrapped opens.
-      const destroyed = await this.#deps.kms.destroyTenantKey(placed.region, tenantId);
+    if (!cert.tenantKeys) {
+      // 2. Destroy the tenant's key-encryption keys: from here on nothing they wrapped opens. Every
+      // region, not only the current one: keys made before a region move are wrapped in the old one.
+      const regions = [...new Set([placed.region, ...this.#deps.regions])];
+      const tenantKeys = [];
+      for (const region of regions) tenantKeys.push({ region, ...(await this.#deps.kms.destroyTenantKey(region, tenantId)) });
       this.#deps.keyring.forget(tenantId);
-      cert = { ...cert, kmsProvider: this.#deps.kms.provider, tenantKey: destroyed };
+      cert = { ...cert, kmsProvider: this.#deps.kms.provider, tenantKeys };
       erasure = await this.#saveCertificate(id, cert);
     }
     if (!cert.purgedAt) {
