@@ -259,7 +259,8 @@ for (const kind of BACKENDS) {
   describe(`OpenAPI document against the server (${kind})`, () => {
     let t: TestBulkhead;
     before(async () => {
-      t = await openTestBulkhead(kind);
+      // A short key cache: a key rotation waits for it to pass before its last pass, and the rotation below runs to its end.
+      t = await openTestBulkhead(kind, { BULKHEAD_KEY_CACHE_MS: '200' });
     });
     after(async () => {
       await t?.close();
@@ -393,6 +394,83 @@ for (const kind of BACKENDS) {
       checkAgainstDocument('GET', '/v1/partitions', await request(t.app, 'GET', '/v1/partitions', { token: ops }));
       checkAgainstDocument('GET', '/v1/partitions', await request(t.app, 'GET', '/v1/partitions?x=1', { token: ops }));
       checkAgainstDocument('GET', '/v1/partitions', await request(t.app, 'GET', '/v1/partitions', { token }));
+    });
+
+    it('describes real key, rotation and erasure responses, and lists their errors', async () => {
+      const ops = t.operatorToken;
+      const created = await request(t.app, 'POST', '/v1/tenants', { token: ops, body: { slug: `oa-keys-${kind}`, name: 'Keys' } });
+      assert.equal(created.status, 201, created.text);
+      const id = created.body.id as string;
+      const token = await mintToken(t, id, ['tenant_admin']);
+      const definition = { fields: { name: { type: 'string', classification: 'public' }, ssn: { type: 'string', unique: true, classification: 'pii' } } };
+      assert.equal((await request(t.app, 'PUT', '/v1/collections/people', { token, body: definition })).status, 201);
+      for (let i = 0; i < 3; i++) {
+        const res = await request(t.app, 'POST', '/v1/collections/people/records', { token, body: { fields: { name: `p${i}`, ssn: `000-00-000${i}` } } });
+        assert.equal(res.status, 201, res.text);
+      }
+      /** Sends a request (with the operator token unless told), checks it against the document and asserts its status or error code. */
+      const check = async (method: 'GET' | 'POST' | 'DELETE', path: string, url: string, expected: number | ErrorCode, options: { body?: unknown; token?: string } = {}) => {
+        const res = await request(t.app, method, url, { token: ops, ...options });
+        checkAgainstDocument(method, path, res);
+        if (typeof expected === 'number') assert.equal(res.status, expected, `${method} ${url}: ${res.text.slice(0, 300)}`);
+        else assert.equal(res.body.code, expected, `${method} ${url}: ${res.text.slice(0, 300)}`);
+        return res;
+      };
+      const KEYS = '/v1/tenants/{id}/keys';
+      const ROTATE = '/v1/tenants/{id}/keys/rotate';
+      const ROTATIONS = '/v1/tenants/{id}/keys/rotations';
+      const ROTATION = '/v1/tenants/{id}/keys/rotations/{rotationId}';
+      const ERASE = '/v1/tenants/{id}/erase';
+      const ERASURES = '/v1/tenants/{id}/erasures';
+
+      // Keys and their rotation, run to its end.
+      const keys = await check('GET', KEYS, `/v1/tenants/${id}/keys`, 200);
+      assert.deepEqual(keys.body.keys.map((k: Doc) => `${k.purpose}:${k.version}:${k.state}`), ['data:1:active', 'index:1:active']);
+      await check('GET', KEYS, '/v1/tenants/no-such-tenant/keys', 'TENANT_NOT_FOUND');
+      await check('GET', KEYS, `/v1/tenants/${id}/keys`, 'ACCESS_DENIED', { token });
+      await check('POST', ROTATE, `/v1/tenants/${id}/keys/rotate`, 'REQUEST_INVALID', { body: { now: true } });
+      await check('POST', ROTATE, '/v1/tenants/no-such-tenant/keys/rotate', 'TENANT_NOT_FOUND', { body: {} });
+      const rotation = await check('POST', ROTATE, `/v1/tenants/${id}/keys/rotate`, 202, { body: {} });
+      const rotationId = rotation.body.id as string;
+      await t.bh.keyRotations.wait(rotationId);
+      const done = await check('GET', ROTATION, `/v1/tenants/${id}/keys/rotations/${rotationId}`, 200);
+      assert.equal(done.body.state, 'done', done.text);
+      assert.deepEqual(done.body.progress.destroyed, [1]);
+      await check('GET', ROTATION, `/v1/tenants/${id}/keys/rotations/not-a-uuid`, 'KEY_ROTATION_NOT_FOUND');
+      await check('GET', ROTATION, '/v1/tenants/no-such-tenant/keys/rotations/01936f4e-7c2a-7b3d-9e4f-0a1b2c3d4e5f', 'TENANT_NOT_FOUND');
+      const rotations = await check('GET', ROTATIONS, `/v1/tenants/${id}/keys/rotations`, 200);
+      assert.deepEqual(rotations.body.rotations.map((r: Doc) => r.id), [rotationId]);
+      const rotated = await check('GET', KEYS, `/v1/tenants/${id}/keys`, 200);
+      assert.deepEqual(rotated.body.keys.map((k: Doc) => `${k.purpose}:${k.version}:${k.state}`), ['data:1:destroyed', 'data:2:active', 'index:1:active']);
+      // The key rows are read at the tenant's placement, which serves an active tenant only.
+      assert.equal((await request(t.app, 'PATCH', `/v1/tenants/${id}`, { token: ops, body: { status: 'suspended' } })).status, 200);
+      await check('GET', KEYS, `/v1/tenants/${id}/keys`, 'AUTH_TENANT_INACTIVE');
+      await check('POST', ROTATE, `/v1/tenants/${id}/keys/rotate`, 'TENANT_BUSY', { body: {} });
+      assert.equal((await request(t.app, 'PATCH', `/v1/tenants/${id}`, { token: ops, body: { status: 'active' } })).status, 200);
+
+      // An erasure refused, scheduled, refused again, cancelled.
+      await check('POST', ERASE, `/v1/tenants/${id}/erase`, 'TENANT_ERASE_INVALID', { body: { graceSeconds: -1 } });
+      await check('POST', ERASE, '/v1/tenants/no-such-tenant/erase', 'TENANT_NOT_FOUND', { body: {} });
+      await check('DELETE', ERASE, `/v1/tenants/${id}/erase`, 'TENANT_ERASE_NOT_SCHEDULED');
+      await check('POST', ERASE, `/v1/tenants/${id}/erase`, 202, { body: { graceSeconds: 3600 } });
+      await check('POST', ERASE, `/v1/tenants/${id}/erase`, 'TENANT_BUSY', { body: {} });
+      await check('POST', ROTATE, `/v1/tenants/${id}/keys/rotate`, 'TENANT_BUSY', { body: {} });
+      await check('GET', KEYS, `/v1/tenants/${id}/keys`, 'AUTH_TENANT_INACTIVE');
+      const cancelled = await check('DELETE', ERASE, `/v1/tenants/${id}/erase`, 200);
+      assert.equal(cancelled.body.state, 'cancelled');
+
+      // An erasure run to its end, with its certificate.
+      await check('POST', ERASE, `/v1/tenants/${id}/erase`, 202, { body: { graceSeconds: 0 } });
+      await t.bh.erasures.runDue();
+      const erasures = await check('GET', ERASURES, `/v1/tenants/${id}/erasures`, 200);
+      assert.deepEqual(erasures.body.erasures.map((e: Doc) => e.state), ['done', 'cancelled']);
+      assert.equal(erasures.body.erasures[0].certificate.records.people, 3);
+      await check('GET', ERASURES, '/v1/tenants/no-such-tenant/erasures', 'TENANT_NOT_FOUND');
+      await check('DELETE', ERASE, `/v1/tenants/${id}/erase`, 'TENANT_ERASE_TOO_LATE');
+      await check('POST', ERASE, `/v1/tenants/${id}/erase`, 'TENANT_ERASE_INVALID', { body: {} });
+      await check('GET', ROTATIONS, `/v1/tenants/${id}/keys/rotations`, 200);
+      const history = await request(t.app, 'GET', `/v1/tenants/${id}/history`, { token: ops });
+      checkAgainstDocument('GET', '/v1/tenants/{id}/history', history);
     });
 
     it('states the roles the live policies allow for every tenant operation, and operators only on the registry', () => {

@@ -8,6 +8,8 @@
  */
 import { TENANT_ROLES, type Action, type TenantRole } from '../access/principal.js';
 import { MAX_MINT_TTL_SECONDS, MAX_SUBJECT_LENGTH } from '../access/tokens.js';
+import { MAX_ERASE_GRACE_SECONDS } from '../config.js';
+import { DEFAULT_KEY_CACHE_MS } from '../crypto/keyring.js';
 import { ERROR_CODES, type ErrorCode } from '../errors.js';
 import { CLASSIFICATIONS, COLLECTION_NAME, FIELD_NAME, FIELD_TYPES, LIMITS, type FieldType } from '../tenancy/fields.js';
 import { OPERATORS, QUERY_LIMITS, type Operator } from '../tenancy/query.js';
@@ -15,6 +17,8 @@ import { HEALTH_DEFAULTS } from '../tenancy/health.js';
 import { COPY_TABLES } from '../placement/copy.js';
 import { PLACE_NAME } from '../placement/tier.js';
 import { MOVE_STATES } from '../placement/moves.js';
+import { ERASURE_STATES } from '../tenancy/erasures.js';
+import { ROTATION_STATES } from '../tenancy/key-rotations.js';
 import { TENANT_STATUSES, TIERS } from '../tenancy/tenants.js';
 import { USAGE_DEFAULTS, USAGE_WINDOW_PATTERN } from '../tenancy/usage.js';
 import { MAX_JSON_DEPTH } from '../tenancy/validation.js';
@@ -38,6 +42,10 @@ const PLACE_NAME_PATTERN = PLACE_NAME.source;
 const LOCATION_PATTERN = '^[a-z_][a-z0-9_]{0,62}$';
 /** Bounds of a move's legal basis, as `src/placement/moves.ts` and migration 3 check it. */
 const LEGAL_BASIS = { min: 10, max: 2000 } as const;
+/** Key versions run from 1 to 2^31 − 1 (`src/crypto/keyring.ts`; a ciphertext names its version). */
+const MAX_KEY_VERSION = 2 ** 31 - 1;
+/** The cache time in words, for the descriptions of rotation. */
+const KEY_CACHE_NOTE = `\`BULKHEAD_KEY_CACHE_MS\`, ${DEFAULT_KEY_CACHE_MS / 1000} s by default`;
 const NEEDLE_MAX = 1000;
 
 /** What a value of each field type looks like in a record (the JSON Schema `src/tenancy/validation.ts` compiles). */
@@ -235,7 +243,11 @@ const schemas: JsonObject = {
     properties: {
       seq: { type: 'integer', minimum: 1 },
       at: { type: 'string', format: 'date-time' },
-      event: { type: 'string', examples: ['created', 'status', 'moved'], description: '`moved`: a move switched the tenant to a new placement (the status is unchanged).' },
+      event: {
+        type: 'string',
+        examples: ['created', 'status', 'moved', 'erase-scheduled', 'erase-cancelled', 'erased'],
+        description: '`moved`: a move switched the tenant to a new placement (the status is unchanged); `erase-scheduled`, `erase-cancelled`, `erased`: the steps of an erasure.',
+      },
       fromStatus: { enum: [...TENANT_STATUSES, null] },
       toStatus: { type: 'string', enum: [...TENANT_STATUSES] },
       actor: { type: 'string' },
@@ -469,6 +481,201 @@ const schemas: JsonObject = {
     },
   },
   MoveList: { type: 'object', required: ['moves'], properties: { moves: { type: 'array', items: schema('Move'), description: 'Newest first.' } } },
+  KeyRow: {
+    type: 'object',
+    description: 'One key version of the tenant as its row holds it, without key material: neither the key nor its wrapped form leaves the server.',
+    required: ['purpose', 'version', 'state', 'encryptionsReserved', 'createdAt', 'retiredAt'],
+    properties: {
+      purpose: {
+        type: 'string',
+        enum: ['data', 'index'],
+        description: '`data`: an AES-256-GCM key of the classified fields (versioned, rotated); `index`: the HMAC key of the blind indexes (never rotated: a new one would mean recomputing every index).',
+      },
+      version: { type: 'integer', minimum: 1, maximum: MAX_KEY_VERSION, description: 'A field ciphertext names the version of its data key.' },
+      state: {
+        type: 'string',
+        enum: ['active', 'retired', 'destroyed'],
+        description: '`active`: encrypts new values (one per purpose); `retired`: only decrypts; `destroyed`: its wrapped key is overwritten, nothing under it opens again.',
+      },
+      encryptionsReserved: {
+        type: 'integer',
+        minimum: 0,
+        description: 'Encryptions reserved under the key: at least those made, since processes reserve blocks ahead and a process that stops loses the rest of its block.',
+      },
+      createdAt: { type: 'string', format: 'date-time' },
+      retiredAt: { type: ['string', 'null'], format: 'date-time' },
+    },
+  },
+  KeyList: {
+    type: 'object',
+    required: ['keys'],
+    properties: { keys: { type: 'array', items: schema('KeyRow'), description: 'By purpose, then version. Empty until the tenant\'s first encrypted value: keys are made on first use.' } },
+  },
+  KeyRotationRequest: {
+    type: 'object',
+    additionalProperties: false,
+    properties: {},
+    description: 'A rotation takes no options: send `{}` or no body. A property is `REQUEST_INVALID`.',
+  },
+  KeyRotationProgress: {
+    type: 'object',
+    required: ['done', 'total', 'reencrypted', 'pass', 'collection', 'cursor', 'percent'],
+    properties: {
+      done: { type: 'integer', minimum: 0, description: 'Records looked at in the current pass.' },
+      total: { type: 'integer', minimum: 0, description: 'Records of the collections with encrypted fields when the pass began.' },
+      reencrypted: { type: 'integer', minimum: 0, description: 'Values encrypted again so far, both passes together.' },
+      pass: {
+        type: 'integer',
+        enum: [1, 2],
+        description: '1: the re-encryption; 2: the pass after every process\'s key cache has expired, which re-encrypts what was written under the old version meanwhile.',
+      },
+      collection: { type: ['string', 'null'], pattern: COLLECTION_NAME.source, description: 'The collection being re-encrypted (in name order); null before the pass reaches the first.' },
+      cursor: {
+        type: ['string', 'null'],
+        format: 'uuid',
+        description: 'The last record id done in `collection`, persisted after every batch so that a resumed rotation starts after it; null at the start of a collection.',
+      },
+      percent: { type: 'integer', minimum: 0, maximum: 100, description: 'The first pass is 0–90, the second 90–99; `done` is 100.' },
+      destroyed: { type: 'array', items: { type: 'integer', minimum: 1, maximum: MAX_KEY_VERSION }, description: 'The data-key versions destroyed at the end.' },
+    },
+  },
+  KeyRotation: {
+    type: 'object',
+    required: ['id', 'tenantId', 'state', 'fromVersion', 'toVersion', 'progress', 'error', 'actor', 'createdAt', 'updatedAt', 'rotatedAt', 'finishedAt'],
+    properties: {
+      id: { type: 'string', format: 'uuid', description: 'A UUIDv7.' },
+      tenantId: { type: 'string', format: 'uuid' },
+      state: {
+        type: 'string',
+        enum: [...ROTATION_STATES],
+        description:
+          '`rotating` → `reencrypting` → `settling` → `destroying` → `done`, or `failed`. `settling` waits out the key cache time ' +
+          `(${KEY_CACHE_NOTE}) after the new version was made, since until then another process may still encrypt under the old one; ` +
+          'only after a second pass are the old versions destroyed. Persisted: a restarted server resumes an unfinished rotation from its state. ' +
+          'A failed rotation loses nothing: old versions are destroyed last, so every record stays readable.',
+      },
+      fromVersion: { type: ['integer', 'null'], minimum: 1, maximum: MAX_KEY_VERSION, description: 'The data-key version retired; null when the tenant had no data key (nothing to rotate: the rotation is `done` at once).' },
+      toVersion: { type: ['integer', 'null'], minimum: 1, maximum: MAX_KEY_VERSION, description: 'The version new writes use and every record is brought to; null until it is made.' },
+      progress: schema('KeyRotationProgress'),
+      error: {
+        type: ['string', 'null'],
+        description: 'Why a rotation failed: the state it failed in and a stable code (e.g. `reencrypting: CRYPTO_DECRYPT_FAILED`), with a SQLSTATE for a database error; never data.',
+      },
+      actor: { type: 'string' },
+      ...timestamps,
+      rotatedAt: { type: ['string', 'null'], format: 'date-time', description: 'When the new version was made active; the settling pass waits until the key cache time after it.' },
+      finishedAt: { type: ['string', 'null'], format: 'date-time', description: 'When the rotation reached `done` or `failed`.' },
+    },
+  },
+  KeyRotationList: {
+    type: 'object',
+    required: ['rotations'],
+    properties: { rotations: { type: 'array', items: schema('KeyRotation'), description: 'Newest first.' } },
+  },
+  ErasureRequest: {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      graceSeconds: {
+        type: 'integer',
+        minimum: 0,
+        maximum: MAX_ERASE_GRACE_SECONDS,
+        description:
+          'How long the erasure can still be cancelled before the tenant\'s keys are destroyed; by default the server\'s ' +
+          '(`BULKHEAD_ERASE_GRACE_SECONDS`, 7 days unless set). 0 erases at once, in the background. Out of range, or another property: `TENANT_ERASE_INVALID`.',
+      },
+    },
+  },
+  ErasureCertificate: {
+    type: 'object',
+    description:
+      'What was erased, when, by whom and with which keys: identifiers and counts only, never tenant data. Saved as each stage ends ' +
+      '(counts first, before anything is destroyed), so a certificate of an erasure under way lacks the later members.',
+    required: ['format', 'erasureId', 'tenant', 'placement', 'requestedBy', 'requestedAt', 'graceSeconds', 'dueAt', 'method', 'rows', 'records', 'dataKeys'],
+    properties: {
+      format: { const: 'bulkhead-erasure-certificate/1' },
+      erasureId: { type: 'string', format: 'uuid' },
+      tenant: {
+        type: 'object',
+        required: ['id', 'slug', 'region'],
+        properties: { id: { type: 'string', format: 'uuid' }, slug: { type: 'string', pattern: SLUG_PATTERN }, region: { type: 'string', pattern: PLACE_NAME_PATTERN } },
+      },
+      placement: {
+        type: 'object',
+        required: ['tier', 'cell', 'location'],
+        properties: { tier: { type: 'string', enum: [...TIERS] }, cell: { type: 'string', pattern: PLACE_NAME_PATTERN }, location: { type: 'string', pattern: LOCATION_PATTERN } },
+      },
+      requestedBy: { type: 'string' },
+      requestedAt: { type: 'string', format: 'date-time' },
+      graceSeconds: { type: 'integer', minimum: 0, maximum: MAX_ERASE_GRACE_SECONDS },
+      dueAt: { type: 'string', format: 'date-time' },
+      method: { const: 'crypto-shredding: tenant key-encryption key destroyed in the KMS, then the tenant storage purged' },
+      rows: {
+        type: 'object',
+        description: 'Rows the tenant held when the erasure began, by data table.',
+        additionalProperties: { type: 'integer', minimum: 0 },
+      },
+      records: {
+        type: 'object',
+        description: 'Records by collection, when the erasure began.',
+        propertyNames: { pattern: COLLECTION_NAME.source },
+        additionalProperties: { type: 'integer', minimum: 0 },
+      },
+      dataKeys: {
+        type: 'array',
+        description: 'The tenant\'s data and blind-index key versions, all wrapped under the tenant keys destroyed.',
+        items: {
+          type: 'object',
+          required: ['purpose', 'version', 'state'],
+          properties: { purpose: { type: 'string', enum: ['data', 'index'] }, version: { type: 'integer', minimum: 1, maximum: MAX_KEY_VERSION }, state: { type: 'string', enum: ['active', 'retired', 'destroyed'] } },
+        },
+      },
+      kmsProvider: { type: 'string', examples: ['local', 'pkcs11'], description: 'The KMS the tenant keys were destroyed in.' },
+      tenantKeys: {
+        type: 'array',
+        description:
+          'The tenant\'s key-encryption keys destroyed in the KMS, one per region of the deployment (a tenant moved between regions has keys wrapped in each): ' +
+          'from then on no copy of a data key wrapped under them unwraps, in the live database or in any dump or backup.',
+        items: {
+          type: 'object',
+          required: ['region', 'keyId', 'destroyedAt', 'alreadyDestroyed'],
+          properties: {
+            region: { type: 'string', pattern: PLACE_NAME_PATTERN },
+            keyId: { type: ['string', 'null'], description: 'The KMS id of the key destroyed; null when the tenant never had a key in the region (the refusal is recorded all the same).' },
+            destroyedAt: { type: 'string', format: 'date-time' },
+            alreadyDestroyed: { type: 'boolean', description: 'True when an earlier run of the same erasure had destroyed it (a resumed erasure).' },
+          },
+        },
+      },
+      purgedAt: { type: 'string', format: 'date-time', description: 'When the tenant\'s storage was purged at its placement.' },
+      erasedAt: { type: 'string', format: 'date-time', description: 'When the tenant was marked `erased`: the certificate is complete.' },
+    },
+  },
+  Erasure: {
+    type: 'object',
+    required: ['id', 'tenantId', 'state', 'priorStatus', 'graceSeconds', 'dueAt', 'actor', 'cancelledBy', 'certificate', 'createdAt', 'updatedAt', 'finishedAt'],
+    properties: {
+      id: { type: 'string', format: 'uuid', description: 'A UUIDv7.' },
+      tenantId: { type: 'string', format: 'uuid' },
+      state: {
+        type: 'string',
+        enum: [...ERASURE_STATES],
+        description:
+          '`scheduled` (the tenant is `offboarding`: no token of it is accepted) → `erasing` → `done` (the tenant is `erased`), or `cancelled`. ' +
+          '`erasing` counts what the tenant holds, destroys its key-encryption keys in the KMS, purges its storage and completes the certificate, ' +
+          'each stage saved as it ends: an erasure interrupted by a crash resumes where it stopped.',
+      },
+      priorStatus: { type: 'string', enum: ['active', 'suspended'], description: 'The tenant\'s status before the erasure was scheduled; a cancellation gives it back.' },
+      graceSeconds: { type: 'integer', minimum: 0, maximum: MAX_ERASE_GRACE_SECONDS },
+      dueAt: { type: 'string', format: 'date-time', description: 'The end of the grace period: the erasure can be cancelled until it begins, at this time or soon after.' },
+      actor: { type: 'string', description: 'Who scheduled it.' },
+      cancelledBy: { type: ['string', 'null'] },
+      certificate: { anyOf: [schema('ErasureCertificate'), { type: 'null' }], description: 'Null until the erasure begins.' },
+      ...timestamps,
+      finishedAt: { type: ['string', 'null'], format: 'date-time', description: 'When the erasure reached `done` or `cancelled`.' },
+    },
+  },
+  ErasureList: { type: 'object', required: ['erasures'], properties: { erasures: { type: 'array', items: schema('Erasure'), description: 'Newest first.' } } },
   Placement: {
     type: 'object',
     required: ['tenantId', 'tier', 'cell', 'location', 'region', 'writesPausedUntil', 'epoch'],
@@ -656,6 +863,13 @@ const parameters: JsonObject = {
     description: 'A move id of this tenant; anything else (another tenant\'s move, a value that is not a UUID) is `MOVE_NOT_FOUND`.',
     schema: { type: 'string', format: 'uuid' },
   },
+  RotationId: {
+    name: 'rotationId',
+    in: 'path',
+    required: true,
+    description: 'A key rotation id of this tenant; anything else (another tenant\'s rotation, a value that is not a UUID) is `KEY_ROTATION_NOT_FOUND`.',
+    schema: { type: 'string', format: 'uuid' },
+  },
   CollectionName: {
     name: 'name',
     in: 'path',
@@ -801,6 +1015,97 @@ const paths: JsonObject = {
       operationId: 'getTenantMove',
       summary: 'One move: its state, progress and checksums',
       responses: { 200: ok('The move.', schema('Move')), ...problems(AUTHENTICATED, ['TENANT_NOT_FOUND', 'MOVE_NOT_FOUND']) },
+    }),
+  },
+  '/v1/tenants/{id}/keys': {
+    parameters: [ref('parameters', 'TenantId')],
+    get: operatorOperation('tenant.keys', {
+      tags: ['keys'],
+      operationId: 'listTenantKeys',
+      summary: 'A tenant\'s key versions, without key material',
+      description:
+        'Purpose, version, state and encryptions reserved of each data and blind-index key. The rows are read at the tenant\'s placement, ' +
+        'which serves an active tenant only: for a suspended, offboarding or erased tenant the answer is `AUTH_TENANT_INACTIVE`.',
+      responses: { 200: ok('The key versions.', schema('KeyList')), ...problems(AUTHENTICATED, ROUTED, ['TENANT_NOT_FOUND']) },
+    }),
+  },
+  '/v1/tenants/{id}/keys/rotate': {
+    parameters: [ref('parameters', 'TenantId')],
+    post: operatorOperation('tenant.keys', {
+      tags: ['keys'],
+      operationId: 'rotateTenantKeys',
+      summary: 'Rotate a tenant\'s data key, re-encrypting its records',
+      description:
+        'Makes a new data-key version for new writes and runs the rest in the background: every encrypted value of the tenant is ' +
+        're-encrypted under it in resumable batches (record versions and dates unchanged), a second pass follows once the key cache time ' +
+        `(${KEY_CACHE_NOTE}) is over, so that no process still encrypts under an old version, and only then are the old versions destroyed: ` +
+        'a key that leaked reads nothing written since. Follow it with `GET /v1/tenants/{id}/keys/rotations/{rotationId}`. ' +
+        'Only an active tenant is rotated (`TENANT_BUSY` otherwise); while a rotation is under way, a second request returns it and makes no second version.',
+      requestBody: { ...jsonBody(schema('KeyRotationRequest')), required: false },
+      responses: {
+        202: ok('The rotation, as started (or the one already under way).', schema('KeyRotation')),
+        ...problems(AUTHENTICATED, BODY, ROUTED, ['TENANT_NOT_FOUND', 'TENANT_BUSY']),
+      },
+    }),
+  },
+  '/v1/tenants/{id}/keys/rotations': {
+    parameters: [ref('parameters', 'TenantId')],
+    get: operatorOperation('tenant.keys', {
+      tags: ['keys'],
+      operationId: 'listTenantKeyRotations',
+      summary: 'A tenant\'s key rotations',
+      responses: { 200: ok('Every rotation of the tenant, newest first.', schema('KeyRotationList')), ...problems(AUTHENTICATED, ['TENANT_NOT_FOUND']) },
+    }),
+  },
+  '/v1/tenants/{id}/keys/rotations/{rotationId}': {
+    parameters: [ref('parameters', 'TenantId'), ref('parameters', 'RotationId')],
+    get: operatorOperation('tenant.keys', {
+      tags: ['keys'],
+      operationId: 'getTenantKeyRotation',
+      summary: 'One key rotation: its state, progress and the versions destroyed',
+      responses: { 200: ok('The rotation.', schema('KeyRotation')), ...problems(AUTHENTICATED, ['TENANT_NOT_FOUND', 'KEY_ROTATION_NOT_FOUND']) },
+    }),
+  },
+  '/v1/tenants/{id}/erase': {
+    parameters: [ref('parameters', 'TenantId')],
+    post: operatorOperation('tenant.erase', {
+      tags: ['keys'],
+      operationId: 'eraseTenant',
+      summary: 'Schedule a tenant\'s erasure by crypto-shredding',
+      description:
+        'Marks the tenant `offboarding` at once (its tokens are refused, no read or write reaches its data) and schedules the erasure after ' +
+        'a grace period (`graceSeconds`; by default `BULKHEAD_ERASE_GRACE_SECONDS`, 7 days), like a KMS\'s scheduled key deletion, during which `DELETE /v1/tenants/{id}/erase` cancels it. When it ends, the ' +
+        'tenant\'s own key-encryption keys are destroyed in the KMS, so every data key wrapped under them is unreadable in the live database ' +
+        'and in every dump or backup (and with it every encrypted field; fields that were not encrypted go with the purge only), then its storage is purged, ' +
+        'and it is marked `erased` with an erasure certificate (`GET /v1/tenants/{id}/erasures`). The server looks for due erasures every minute. ' +
+        'Only an active or suspended tenant is erased (`TENANT_ERASE_INVALID`), not one already scheduled or with a move or a key rotation ' +
+        'under way (`TENANT_BUSY`); `TENANT_INVALID` when its status changed meanwhile. None of the refusals changes anything.',
+      requestBody: { ...jsonBody(schema('ErasureRequest')), required: false },
+      responses: {
+        202: ok('The erasure, scheduled.', schema('Erasure')),
+        ...problems(AUTHENTICATED, BODY, ['TENANT_NOT_FOUND', 'TENANT_ERASE_INVALID', 'TENANT_BUSY', 'TENANT_INVALID']),
+      },
+    }),
+    delete: operatorOperation('tenant.erase', {
+      tags: ['keys'],
+      operationId: 'cancelTenantErasure',
+      summary: 'Cancel a tenant\'s scheduled erasure',
+      description:
+        'Until the grace period is over and the erasure has begun, the tenant gets back the status it had (`priorStatus`), with its data and keys intact. ' +
+        'Once begun it is `TENANT_ERASE_TOO_LATE`: keys may already be destroyed. `TENANT_INVALID` when the tenant\'s status changed meanwhile.',
+      responses: {
+        200: ok('The erasure, cancelled.', schema('Erasure')),
+        ...problems(AUTHENTICATED, ['TENANT_NOT_FOUND', 'TENANT_ERASE_NOT_SCHEDULED', 'TENANT_ERASE_TOO_LATE', 'TENANT_INVALID', 'REQUEST_INVALID_JSON', 'REQUEST_BODY_TOO_LARGE', 'REQUEST_UNSUPPORTED_MEDIA_TYPE']),
+      },
+    }),
+  },
+  '/v1/tenants/{id}/erasures': {
+    parameters: [ref('parameters', 'TenantId')],
+    get: operatorOperation('tenant.erase', {
+      tags: ['keys'],
+      operationId: 'listTenantErasures',
+      summary: 'A tenant\'s erasures, with their certificates',
+      responses: { 200: ok('Every erasure of the tenant, newest first.', schema('ErasureList')), ...problems(AUTHENTICATED, ['TENANT_NOT_FOUND']) },
     }),
   },
   '/v1/tenants/{id}/tokens': {
@@ -959,6 +1264,7 @@ const document: JsonObject = {
     { name: 'tenants', description: 'The platform\'s tenant registry (operator token).' },
     { name: 'usage', description: 'Per-tenant usage, partition health and promotion candidates (operator token).' },
     { name: 'placement', description: 'The placement directory, the storage cells and online tenant moves (operator token).' },
+    { name: 'keys', description: 'A tenant\'s data keys, their rotation with re-encryption, and erasure by crypto-shredding (operator token).' },
     { name: 'collections', description: 'Tenant-defined collections: the low-code data model.' },
     { name: 'records', description: 'Records of a collection, in the shape of Airtable\'s API.' },
   ],
@@ -986,7 +1292,7 @@ const document: JsonObject = {
         type: 'http',
         scheme: 'bearer',
         bearerFormat: 'bho_<43 base64url characters>',
-        description: 'An opaque operator token for the tenant registry, usage, placements and moves (`BULKHEAD_OPERATOR_TOKEN`, or the one generated on first start). It reaches no tenant\'s collections or records.',
+        description: 'An opaque operator token for the tenant registry, usage, placements, moves, keys and erasures (`BULKHEAD_OPERATOR_TOKEN`, or the one generated on first start). It reaches no tenant\'s collections or records.',
       },
     },
   },
