@@ -61,7 +61,7 @@ for (const kind of BACKENDS) {
       assert.match(run.stdout, /^state +done$/m);
       assert.match(run.stdout, /^to version +2$/m);
       assert.match(run.stdout, /^destroyed versions +1$/m);
-      assert.match(run.stderr, /rotate \w+ \[/, 'a progress line on stderr');
+      assert.match(run.stderr, /rotate \w+ \[.*\] \d+% \| \d+\/35 records/, 'a progress line on stderr, counting the records');
       const listed = await cli(['--json', 'keys', 'list', '--tenant', tenant.id]);
       assert.equal(listed.code, 0, listed.stderr);
       assert.deepEqual(

@@ -179,6 +179,10 @@ for (const kind of BACKENDS) {
       const suspended = await request(t.app, 'PATCH', `/v1/tenants/${b.id}`, { token: t.operatorToken, body: { status: 'suspended' } });
       assert.equal(suspended.status, 200, suspended.text);
       assertProblem(await rotate(b.id), 409, 'TENANT_BUSY');
+      // Operators still see a suspended tenant's key versions (no key material is read).
+      const suspendedKeys = await request(t.app, 'GET', `/v1/tenants/${b.id}/keys`, { token: t.operatorToken });
+      assert.equal(suspendedKeys.status, 200, suspendedKeys.text);
+      assert.equal(suspendedKeys.body.keys.length, 2);
       await request(t.app, 'PATCH', `/v1/tenants/${b.id}`, { token: t.operatorToken, body: { status: 'active' } });
       assert.deepEqual(await keyRows(su, b.id), before, 'nothing changed');
       assert.equal((await request(t.app, 'GET', `/v1/tenants/${b.id}/keys/rotations`, { token: t.operatorToken })).body.rotations.length, 0);

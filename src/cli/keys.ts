@@ -110,8 +110,9 @@ export function keysCommand(parent: Command, io: CliIO): void {
  * on the server: if the CLI stops waiting, the rotation goes on.
  */
 async function follow(api: BulkheadClient, started: RotationView, io: CliIO): Promise<RotationView> {
-  const fields = (r: RotationView) => ({ state: r.state, done: r.progress.done, total: r.progress.total });
-  const bar = progressBar(io.stderr, 'rotate {state} [{bar}] {percentage}% | {done}/{total} records', fields(started), started.progress.percent);
+  // `total` is a name cli-progress fills itself (with 100): the record count goes in `records`.
+  const fields = (r: RotationView) => ({ state: r.state, done: r.progress.done, records: r.progress.total });
+  const bar = progressBar(io.stderr, 'rotate {state} [{bar}] {percentage}% | {done}/{records} records', fields(started), started.progress.percent);
   let rotation = started;
   try {
     while (!FINISHED.has(rotation.state)) {

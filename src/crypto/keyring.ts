@@ -291,7 +291,8 @@ export class TenantKeyring implements FieldKeys {
   /** The tenant's key rows without any key material: purpose, version, state, encryptions reserved, dates. */
   async describe(tenantId: string): Promise<KeyRowView[]> {
     checkTenant(tenantId);
-    const [r] = await this.#scopes.tenant(tenantId).batch([{ name: 'bh_key_describe', text: DESCRIBE_SQL, values: [tenantId] }]);
+    // Operators look at the keys of any tenant, a suspended or offboarding one too: nothing secret is read.
+    const [r] = await this.#scopes.tenant(tenantId, { requireActive: false }).batch([{ name: 'bh_key_describe', text: DESCRIBE_SQL, values: [tenantId] }]);
     return r!.rows.map((row) => ({
       purpose: row.purpose as Purpose,
       version: row.version as number,
