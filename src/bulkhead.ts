@@ -161,7 +161,11 @@ export class Bulkhead {
         options.onOperatorTokenGenerated?.(token);
       }
       if (config.operatorToken !== undefined) hashes.push(hashOperatorToken(config.operatorToken));
-      const bh = new Bulkhead(config, placements, new Moves(placements, { batchSize: config.moveBatchSize, ...options.moves }), authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes), kms, options.rotations, options.erasures);
+      // A region move wraps the tenant's keys again in the new region (the keyring exists once `bh` does).
+      let keyring: TenantKeyring | undefined;
+      const onRegionChange = async (tenantId: string, _from: string, to: string) => keyring!.rewrapInto(tenantId, to);
+      const bh = new Bulkhead(config, placements, new Moves(placements, { batchSize: config.moveBatchSize, onRegionChange, ...options.moves }), authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes), kms, options.rotations, options.erasures);
+      keyring = bh.keyring;
       // A move or rotation interrupted by a crash or a restart goes on from the state it was in.
       if (options.resumeMoves ?? true) await bh.moves.resume();
       if (options.resumeRotations ?? true) await bh.keyRotations.resume();

@@ -259,11 +259,20 @@ for (const kind of BACKENDS) {
       await t?.close();
     });
 
-    it("destroys the tenant's key in every region its keys were wrapped in", async () => {
+    it("wraps the tenant's keys again in its new region after a move, and an erasure destroys its key in every region", async () => {
       const a = await createTenant(t, `erase-moved-${kind}`);
       await defineCollection(t, a.token, 'patients', PATIENTS);
       const secret = marker('SSN');
-      assert.equal((await request(t.app, 'POST', '/v1/collections/patients/records', { token: a.token, body: { fields: { name: 'x', ssn: secret } } })).status, 201);
+      const made = await request(t.app, 'POST', '/v1/collections/patients/records', { token: a.token, body: { fields: { name: 'x', ssn: secret } } });
+      assert.equal(made.status, 201, made.text);
+      const wrappedNow = async () => {
+        const [keys] = await t.bh.placements.tenant(a.id).batch([{ text: 'SELECT purpose, version, wrapped FROM tenant_keys WHERE tenant_id = $1 ORDER BY 1, 2', values: [a.id] }]);
+        return keys!.rows.map((r) => r.wrapped as string);
+      };
+      const regionsOf = (wrapped: readonly string[]) => [...new Set(wrapped.map((w) => w.split(':')[2]))].sort();
+      const beforeMove = await wrappedNow();
+      assert.deepEqual(regionsOf(beforeMove), ['us']);
+
       const moved = await request(t.app, 'POST', `/v1/tenants/${a.id}/moves`, {
         token: t.operatorToken,
         body: { tier: 'pool', region: 'eu', legalBasis: 'GDPR Art. 46(2)(c) standard contractual clauses, test' },
@@ -271,16 +280,17 @@ for (const kind of BACKENDS) {
       assert.equal(moved.status, 202, moved.text);
       await t.bh.moves.wait(moved.body.id);
       assert.equal((await t.bh.moves.get(a.id, moved.body.id)).state, 'done');
-      // A rotation in the new region: the new data key is wrapped under the tenant's key there,
-      // the index key stays wrapped under its key in the old region.
-      const rotated = await t.bh.rotateKeys(a.id, 'operator:test');
-      await t.bh.keyRotations.wait(rotated.id);
-      const [keys] = await t.bh.placements.tenant(a.id).batch([{ text: 'SELECT purpose, version, wrapped FROM tenant_keys WHERE tenant_id = $1 ORDER BY 1, 2', values: [a.id] }]);
-      const dump = keys!.rows.map((r) => r.wrapped as string).join('\n');
-      const regions = new Set([...dump.matchAll(TENANT_WRAP)].map((m) => m[0].split(':')[2]));
-      assert.deepEqual([...regions].sort(), ['eu', 'us'], 'the keys are wrapped in both regions');
-      const beforeErase = await openWrapped(t, dump, a.id);
-      assert.equal(beforeErase.keys.length, 2, 'the live index key and data key open before the erase');
+      // After the move the tenant's keys depend on the KMS of its new region only, and still open its data.
+      const afterMove = await wrappedNow();
+      assert.deepEqual(regionsOf(afterMove), ['eu']);
+      assert.equal(afterMove.length, beforeMove.length);
+      assert.ok(afterMove.every((w) => w.startsWith(`bht1:local:eu:${a.id}:`)));
+      const read = await request(t.app, 'GET', `/v1/collections/patients/records/${made.body.id}`, { token: a.token });
+      assert.equal(read.body.fields.ssn, secret);
+
+      // Copies from before and after the move: keys wrapped in both regions, all of which open now.
+      const dump = [...beforeMove, ...afterMove].join('\n');
+      assert.equal((await openWrapped(t, dump, a.id)).keys.length, beforeMove.length * 2, 'every copy opens before the erase');
 
       assert.equal((await request(t.app, 'POST', `/v1/tenants/${a.id}/erase`, { token: t.operatorToken, body: { graceSeconds: 0 } })).status, 202);
       await t.bh.erasures.runDue();
@@ -288,7 +298,7 @@ for (const kind of BACKENDS) {
       assert.equal(done!.state, 'done', JSON.stringify(done));
       const destroyed = done!.certificate!.tenantKeys!.filter((k) => k.keyId !== null).map((k) => k.region).sort();
       assert.deepEqual(destroyed, ['eu', 'us']);
-      assert.equal((await openWrapped(t, dump, a.id)).keys.length, 0, 'no key opens in either region');
+      assert.equal((await openWrapped(t, dump, a.id)).keys.length, 0, 'no copy opens in either region');
     });
   });
 }

@@ -19,7 +19,7 @@ import { BulkheadError, DatabaseError, DecryptionFailedError } from '../errors.j
 import { isUuid } from '../ids.js';
 import type { TenantScopes } from '../placement/placements.js';
 import type { Statement } from '../store/engine.js';
-import { generateDataKey, type Kms, type KmsContext } from './kms.js';
+import { describeWrappedKey, generateDataKey, type Kms, type KmsContext } from './kms.js';
 
 /** What the record layer asks of the keyring: keys by tenant, counted for encryption. */
 export interface FieldKeys {
@@ -286,6 +286,46 @@ export class TenantKeyring implements FieldKeys {
     const [r] = await this.#scopes.tenant(tenantId, { write: true }).batch([{ name: 'bh_key_destroy', text: DESTROY_SQL, values: [tenantId, version] }]);
     this.forget(tenantId);
     return r!.rows.map((row) => row.version as number).sort((a, b) => a - b);
+  }
+
+  /**
+   * Wraps every live key of the tenant again under its own key-encryption key in `region`, where
+   * they are wrapped anywhere else (another region's tenant key, or a region KEK of before tenant
+   * keys): after a region move, the tenant's keys then depend only on the KMS of its new region.
+   * Each row is replaced only if it still holds what was read (so a concurrent change wins and is
+   * wrapped on the next run); idempotent. The other region's tenant key is not destroyed: a backup
+   * made there before the move still needs it, and an erasure destroys it with the rest. Returns
+   * how many rows were wrapped again.
+   */
+  async rewrapInto(tenantId: string, region: string): Promise<number> {
+    checkTenant(tenantId);
+    const [r] = await this.#scopes.tenant(tenantId).batch([
+      { name: 'bh_key_live', text: "SELECT purpose, version, wrapped FROM tenant_keys WHERE tenant_id = $1 AND state <> 'destroyed' ORDER BY purpose, version", values: [tenantId] },
+    ]);
+    let count = 0;
+    for (const row of r!.rows) {
+      const wrapped = row.wrapped as string;
+      const info = describeWrappedKey(wrapped);
+      if (info.kind === 'tenant' && info.region === region) continue;
+      const context = contextOf(tenantId, row.purpose as Purpose, row.version as number);
+      const raw = await this.#kms.unwrap(wrapped, context);
+      let again: string;
+      try {
+        again = await this.#kms.wrapForTenant(region, tenantId, raw, context);
+      } finally {
+        raw.fill(0);
+      }
+      const [u] = await this.#scopes.tenant(tenantId, { write: true }).batch([
+        {
+          name: 'bh_key_rewrap',
+          text: 'UPDATE tenant_keys SET wrapped = $4 WHERE tenant_id = $1 AND purpose = $2 AND version = $3 AND wrapped = $5',
+          values: [tenantId, row.purpose, row.version, again, wrapped],
+        },
+      ]);
+      count += u!.rowCount ?? 0;
+    }
+    this.forget(tenantId);
+    return count;
   }
 
   /** The tenant's key rows without any key material: purpose, version, state, encryptions reserved, dates. */

@@ -78,6 +78,12 @@ export interface MovesOptions {
    * tenant id. Tests write from here to land a change in that window.
    */
   readonly beforePause?: (tenantId: string) => void | Promise<void>;
+  /**
+   * Called in `cleaning` when the move changed the tenant's region, once every process routes to
+   * the new placement and before the source is removed: the keyring wraps the tenant's keys again
+   * under its key in the new region (so its keys depend on that region's KMS only). Idempotent.
+   */
+  readonly onRegionChange?: (tenantId: string, from: string, to: string) => Promise<unknown>;
 }
 
 /** Catch-up passes before the switch: at most this many, ending early once one changes this few rows. */
@@ -104,6 +110,7 @@ export class Moves {
   readonly #maxPauseMs: number;
   readonly #onStep: MovesOptions['onStep'];
   readonly #beforePause: MovesOptions['beforePause'];
+  readonly #onRegionChange: MovesOptions['onRegionChange'];
   readonly #running = new Map<string, Promise<void>>();
   #closing = false;
 
@@ -113,6 +120,7 @@ export class Moves {
     this.#maxPauseMs = options.maxPauseMs ?? 5_000;
     this.#onStep = options.onStep;
     this.#beforePause = options.beforePause;
+    this.#onRegionChange = options.onRegionChange;
   }
 
   /**
@@ -311,6 +319,7 @@ export class Moves {
         const switched = move.progress.switchedAt ? Date.parse(move.progress.switchedAt) : 0;
         const wait = switched + this.#placements.cacheTtlMs - Date.now();
         if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+        if (move.source.region !== move.target.region) await this.#onRegionChange?.(tenantId, move.source.region, move.target.region);
         await this.#placements.drop(tenantId, move.source);
         await this.#setState(move, 'done', { finished: true });
         return;
