@@ -1,7 +1,8 @@
 /**
  * The audit tables (issue 5, items 2 and 3), as SQL that PostgreSQL 15 and PGlite (PostgreSQL 18)
- * both accept. Not yet part of the versioned migrations: the store applies it when the audit
- * trail is wired in.
+ * both accept. Migration 8 (src/store/migrations.ts) makes them: the pool's and the platform's in
+ * `bulkhead`, a bridge tenant's in its own schema (also `dataTablesSql`, for schemas made later),
+ * a silo's in the silo database's `bulkhead`, as every silo runs the migrations.
  *
  * - `<schema>.audit_events`: every tenant's chain, stored beside the tenant's data (so it follows
  *   the tenant through tier and region moves), under the same FORCED row-level security as the data
@@ -12,7 +13,10 @@
  *
  * Immutability is the database's, not the application's: the application role is granted INSERT
  * and SELECT only; triggers reject UPDATE and DELETE of any row and TRUNCATE of the table or of any
- * partition, for every role including the owner and a superuser (SQLSTATE BHA01); and an insert
+ * partition, for every role including the owner and a superuser (SQLSTATE BHA01), with one narrow
+ * exception: the owner role may DELETE a tenant's rows in a transaction that names that tenant in
+ * `bulkhead.audit_purge` (`AUDIT_PURGE_SETTING`), which only `Store.purgeTenant` sets, so that a
+ * tenant's source placement can be removed after a move and an erased tenant purged; and an insert
  * must extend its chain: seq 1 after 32 zero bytes, every later seq after the row before it with
  * that row's hash as prev_hash, and the event's seq, tenant and time equal to the row's columns
  * (SQLSTATE BHA02). What the database cannot stop (the owner disabling a trigger, a superuser, a
@@ -31,6 +35,13 @@ export const AUDIT_LINK_SQLSTATE = 'BHA02';
 export const AUDIT_EVENTS_TABLE = 'audit_events';
 /** The platform audit table's name. */
 export const AUDIT_PLATFORM_TABLE = 'audit_platform_events';
+
+/**
+ * The setting that lets the owner role delete one tenant's audit rows: the tenant's id, set for
+ * one transaction (`set_config(..., true)`) by `Store.purgeTenant` only. Nothing else is exempt:
+ * not another tenant's rows, not UPDATE, not TRUNCATE, not the platform chain, not any other role.
+ */
+export const AUDIT_PURGE_SETTING = 'bulkhead.audit_purge';
 
 /** What the audit SQL is parameterized by. */
 export interface AuditSchemaOptions {
@@ -72,19 +83,20 @@ BEGIN
 END`;
 }
 
-/** The triggers that make `table` append-only and chain-checked. */
-function triggersSql(table: string, name: string, linkFunction: string, schema: string): string {
+/** The triggers that make `table` append-only (`changeFunction` on row changes) and chain-checked. */
+function triggersSql(table: string, name: string, linkFunction: string, changeFunction: string, schema: string): string {
   return `CREATE TRIGGER ${name}_link BEFORE INSERT ON ${table}
   FOR EACH ROW EXECUTE FUNCTION ${linkFunction}();
 CREATE TRIGGER ${name}_append_only BEFORE UPDATE OR DELETE ON ${table}
-  FOR EACH ROW EXECUTE FUNCTION ${schema}.audit_forbid_change();
+  FOR EACH ROW EXECUTE FUNCTION ${changeFunction}();
 CREATE TRIGGER ${name}_no_truncate BEFORE TRUNCATE ON ${table}
   FOR EACH STATEMENT EXECUTE FUNCTION ${schema}.audit_forbid_change();`;
 }
 
 /**
- * The function the append-only triggers of `schema` call. Statement-level (TRUNCATE) and row-level
- * (UPDATE, DELETE) alike raise BHA01 with a message naming the operation and the table.
+ * The function the append-only triggers of `schema` call, but for row changes of the tenant table
+ * (its own function, with the purge exception). Statement-level (TRUNCATE) and row-level (UPDATE,
+ * DELETE) alike raise BHA01 with a message naming the operation and the table.
  */
 export function auditFunctionsSql(schemaName: string): string {
   const s = checkSchema(schemaName);
@@ -98,13 +110,15 @@ REVOKE ALL ON FUNCTION ${s}.audit_forbid_change() FROM PUBLIC;`;
 }
 
 /**
- * The tenant audit table of `schema` (with its link-check function), its policies, triggers and
- * grants; `partitions` hash-partitions it by tenant, each partition with the same policy and
- * TRUNCATE trigger and no privilege for the application role. Needs `auditFunctionsSql(schema)` first.
+ * The tenant audit table of `schema` (with its link-check and purge-check functions), its policies,
+ * triggers and, when `appRole` is given, grants (`auditEventsGrantsSql`); `partitions`
+ * hash-partitions it by tenant, each partition with the same policy and TRUNCATE trigger and no
+ * privilege for the application role. Needs `auditFunctionsSql(schema)` first. Without `appRole`
+ * (a bridge schema made by a migration, whose role may be gone) the caller grants.
  */
-export function auditEventsTableSql(options: AuditSchemaOptions): string {
+export function auditEventsTableSql(options: Omit<AuditSchemaOptions, 'appRole'> & { readonly appRole?: string }): string {
   const s = checkSchema(options.schema);
-  const app = checkRoleName(options.appRole, 'the application role');
+  const app = options.appRole === undefined ? undefined : checkRoleName(options.appRole, 'the application role');
   const partitions = options.partitions === undefined ? undefined : checkPartitions(options.partitions);
   const table = `${s}.${AUDIT_EVENTS_TABLE}`;
   const parts: string[] = [];
@@ -139,14 +153,40 @@ CREATE FUNCTION ${s}.audit_events_check_link() RETURNS trigger LANGUAGE plpgsql 
 ${linkCheckBody(`SELECT e.hash INTO previous FROM ${table} e WHERE e.tenant_id = NEW.tenant_id AND e.seq = NEW.seq - 1;`, "NEW.event->>'tenantId' IS DISTINCT FROM NEW.tenant_id::text")}
 $fn$;
 REVOKE ALL ON FUNCTION ${s}.audit_events_check_link() FROM PUBLIC;
-${triggersSql(table, AUDIT_EVENTS_TABLE, `${s}.audit_events_check_link`, s)}
+-- Row changes: refused as by audit_forbid_change, but for the purge of one tenant by the owner.
+-- The owner is the table's (the role the migrations and provisioning run as), compared with
+-- current_user, so neither a superuser nor a role that merely inherits the owner's rights passes;
+-- and the row's tenant must be the one the transaction names, so a purge statement that reached
+-- past its tenant (which RLS already prevents) would still be refused.
+CREATE FUNCTION ${s}.audit_events_forbid_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF TG_OP = 'DELETE'
+     AND current_user = (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = TG_RELID)
+     AND OLD.tenant_id = nullif(current_setting('${AUDIT_PURGE_SETTING}', true), '')::uuid THEN
+    RETURN OLD;
+  END IF;
+  RAISE EXCEPTION 'audit rows are append-only: % on %.% is not allowed', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+    USING ERRCODE = '${AUDIT_APPEND_ONLY_SQLSTATE}';
+END
+$fn$;
+REVOKE ALL ON FUNCTION ${s}.audit_events_forbid_change() FROM PUBLIC;
+${triggersSql(table, AUDIT_EVENTS_TABLE, `${s}.audit_events_check_link`, `${s}.audit_events_forbid_change`, s)}
 REVOKE ALL ON ${table} FROM PUBLIC;
-GRANT USAGE ON SCHEMA ${s} TO ${app};
-GRANT SELECT, INSERT ON ${table} TO ${app};
+${app === undefined ? '' : `GRANT USAGE ON SCHEMA ${s} TO ${app};\n${auditEventsGrantsSql(s, app)}`}
 `;
 }
 
-/** The platform chain's table in `schema`: platform scope only, INSERT and SELECT for the application role. */
+/**
+ * What `role` may do with the tenant audit rows of `schema`: append and read, nothing else. No
+ * UPDATE, no DELETE, no TRUNCATE (the triggers refuse them anyway), no privilege on a partition.
+ */
+export function auditEventsGrantsSql(schema: string, role: string): string {
+  const s = checkSchema(schema);
+  checkRoleName(role, 'the audit role');
+  return `GRANT SELECT, INSERT ON ${s}.${AUDIT_EVENTS_TABLE} TO ${role};`;
+}
+
+/** The platform chain's table in `schema`: platform scope only, INSERT and SELECT for the application role, no exception for anyone. */
 export function auditPlatformTableSql(options: Omit<AuditSchemaOptions, 'partitions'>): string {
   const s = checkSchema(options.schema);
   const app = checkRoleName(options.appRole, 'the application role');
@@ -166,7 +206,7 @@ CREATE FUNCTION ${s}.audit_platform_events_check_link() RETURNS trigger LANGUAGE
 ${linkCheckBody(`SELECT e.hash INTO previous FROM ${table} e WHERE e.seq = NEW.seq - 1;`, "NEW.event->'tenantId' IS DISTINCT FROM 'null'::jsonb")}
 $fn$;
 REVOKE ALL ON FUNCTION ${s}.audit_platform_events_check_link() FROM PUBLIC;
-${triggersSql(table, AUDIT_PLATFORM_TABLE, `${s}.audit_platform_events_check_link`, s)}
+${triggersSql(table, AUDIT_PLATFORM_TABLE, `${s}.audit_platform_events_check_link`, `${s}.audit_forbid_change`, s)}
 REVOKE ALL ON ${table} FROM PUBLIC;
 GRANT USAGE ON SCHEMA ${s} TO ${app};
 GRANT SELECT, INSERT ON ${table} TO ${app};

@@ -14,7 +14,11 @@ interface TableSpec {
   readonly name: string;
   readonly key: ReadonlyArray<readonly [column: string, type: string]>;
   readonly columns: readonly string[];
-  /** The column rows are grouped by in checksums: the collection they belong to (for key rows, their purpose). */
+  /**
+   * What rows are grouped by in checksums: the column of the collection they belong to (for key
+   * rows, their purpose), or a SQL string literal (`'chain'`) for a table whose rows belong to no
+   * collection, which then sums as one group.
+   */
   readonly collectionColumn: string;
   /**
    * Whether the tenant's role may UPDATE rows (it may not for append-only tables): a changed row
@@ -27,6 +31,13 @@ interface TableSpec {
    * sync, which handles parents first, instead of breaking a foreign key.
    */
   readonly parent?: string;
+  /**
+   * Set for a hash chain (the audit trail): append-only for every role, and each inserted row must
+   * follow the row before it (SQLSTATE BHA02). Its rows are therefore inserted in key order, and
+   * every sync only appends its tail, the rows after the target's last key: they are never
+   * replaced nor deleted (a row that differs at the target fails the move's checksums instead).
+   */
+  readonly chained?: boolean;
 }
 
 const RECORD_EXISTS = 'EXISTS (SELECT 1 FROM records p WHERE p.tenant_id = r.tenant_id AND p.collection = r.collection AND p.id = r.record_id)';
@@ -75,6 +86,16 @@ export const COPY_TABLES: readonly TableSpec[] = [
     collectionColumn: 'purpose',
     updatable: true,
   },
+  // The tenant's audit chain (migration 8), last for the same reason. Its rows belong to no
+  // collection: its checksums are one group, `audit_events/chain`.
+  {
+    name: 'audit_events',
+    key: [['seq', 'bigint']],
+    columns: ['prev_hash', 'hash', 'event', 'time'],
+    collectionColumn: "'chain'",
+    updatable: false,
+    chained: true,
+  },
 ];
 
 /** A position in a table's key order: the last key copied, as JSON text values. */
@@ -108,6 +129,11 @@ const DIGEST = (filter: string) => `(((coalesce(sum(${ROW_HASH})${filter}, 0) % 
 
 function keyList(t: TableSpec): string {
   return t.key.map(([c]) => c).join(', ');
+}
+
+/** The checksum group of a row of `t` aliased `alias`: its collection column, or the table's literal. */
+function groupOf(t: TableSpec, alias: string): string {
+  return t.collectionColumn.startsWith("'") ? t.collectionColumn : `${alias}.${t.collectionColumn}`;
 }
 
 /** Reads the next batch of `table` after `cursor` from `source` and inserts it into `target` (idempotent). */
@@ -144,9 +170,15 @@ function insert(table: TableSpec, rowsJson: string, replace: boolean): Statement
   return { text: `${insertRows(table)} ON CONFLICT (tenant_id, ${keyList(table)}) DO ${update}`, values: [rowsJson] };
 }
 
-/** The rows (JSON text at $1) inserted into `table`, those whose parent is there. */
+/**
+ * The rows (JSON text at $1) inserted into `table`, those whose parent is there; a chain's in key
+ * order, as its link trigger checks each row against the one before (which it sees once inserted
+ * earlier in the same statement).
+ */
 function insertRows(table: TableSpec): string {
-  return `INSERT INTO ${table.name} SELECT * FROM jsonb_populate_recordset(NULL::${table.name}, $1::text::jsonb) r${table.parent ? ` WHERE ${table.parent}` : ''}`;
+  const where = table.parent ? ` WHERE ${table.parent}` : '';
+  const order = table.chained ? ` ORDER BY ${keyList(table)}` : '';
+  return `INSERT INTO ${table.name} SELECT * FROM jsonb_populate_recordset(NULL::${table.name}, $1::text::jsonb) r${where}${order}`;
 }
 
 /** Deletes the rows of `table` whose keys (as `jsonb_build_array(...)::text`) are listed. */
@@ -186,7 +218,7 @@ export async function checksums(scope: ScopedStore, tenantId: string, tables: re
     WHOLE_TENANT,
     ...tables.map((t) => ({
       text:
-        `SELECT ${t.collectionColumn} AS collection, count(*)::bigint AS n, ` +
+        `SELECT ${groupOf(t, 'r')} AS collection, count(*)::bigint AS n, ` +
         `${DIGEST('')} AS digest ` +
         `FROM ${t.name} r WHERE tenant_id = $1 GROUP BY 1`,
       values: [tenantId],
@@ -208,8 +240,8 @@ export function checksumDiff(a: Checksums, b: Checksums): string[] {
 /**
  * Brings `target` in line with `source` for rows changed since they were copied: compares a hash of
  * every row by key on both sides, upserts rows that differ or are missing, deletes rows the source
- * no longer has (children first). Returns how many rows it changed. Run with writes paused, it
- * leaves the two sides identical.
+ * no longer has (children first); a chain gets its tail appended (`syncTail`). Returns how many rows
+ * it changed. Run with writes paused, it leaves the two sides identical.
  */
 export async function syncChanges(
   source: ScopedStore,
@@ -221,6 +253,12 @@ export async function syncChanges(
   let changed = 0;
   const stale: Array<{ table: TableSpec; keys: string[] }> = [];
   for (const table of tables) {
+    // A chain's rows never change: what it gained is its tail, and a row that differs is left for
+    // the checksums to catch (its trigger would refuse to replace or delete it anyway).
+    if (table.chained) {
+      changed += await syncTail(source, target, tenantId, table, batchSize);
+      continue;
+    }
     const [src, dst] = await Promise.all([rowHashes(source, tenantId, table), rowHashes(target, tenantId, table)]);
     const differing = [...src.entries()].filter(([k, h]) => dst.get(k) !== h).map(([k]) => k);
     for (let i = 0; i < differing.length; i += batchSize) {
@@ -319,6 +357,8 @@ const VALUES = [copyTable('unique_values'), copyTable('index_values')];
 const SINCE_TABLES = [RECORDS, ...VALUES];
 /** The small tables (collection definitions, their versions, the tenant's keys): synced and summed whole. */
 const WHOLE_TABLES = [copyTable('collections'), copyTable('collection_versions'), copyTable('tenant_keys')];
+/** The append-only chains (the audit trail): synced by their tail, summed from a base taken before the pause. */
+const CHAIN_TABLES = COPY_TABLES.filter((t) => t.chained);
 
 /** One scan of a table's rows of the tenant, grouped by collection (see `scanSince`). */
 interface SinceScan {
@@ -469,7 +509,88 @@ async function applyPlan(target: ScopedStore, tenantId: string, plan: SincePlan)
 export async function syncSince(source: ScopedStore, target: ScopedStore, tenantId: string, snapshot: string, batchSize: number): Promise<number> {
   const changed = await syncChanges(source, target, tenantId, batchSize, WHOLE_TABLES);
   const plan = await planSince(source, target, tenantId, snapshot);
-  return changed + (await applyPlan(target, tenantId, plan)).changed;
+  const applied = (await applyPlan(target, tenantId, plan)).changed;
+  return changed + applied + (await syncTails(source, target, tenantId, batchSize));
+}
+
+/** The last key of the tenant's rows of `table` at one placement, or null when it has none. */
+async function lastKey(scope: ScopedStore, tenantId: string, table: TableSpec): Promise<Cursor> {
+  const [r] = await scope.batch([
+    {
+      text: `SELECT jsonb_build_array(${keyList(table)})::text AS k FROM ${table.name} WHERE tenant_id = $1 ORDER BY ${table.key.map(([c]) => `${c} DESC`).join(', ')} LIMIT 1`,
+      values: [tenantId],
+    },
+  ]);
+  const k = r!.rows[0]?.k as string | undefined;
+  return k === undefined ? null : (JSON.parse(k) as unknown[]).map((v) => String(v));
+}
+
+/**
+ * Appends to the target, in key order, the rows of a chain the source has after the target's last
+ * key: all a chain can gain, since its rows never change. Its cost follows the rows appended since
+ * the last sync (index range reads), not the length of the chain. Returns the rows copied.
+ */
+async function syncTail(source: ScopedStore, target: ScopedStore, tenantId: string, table: TableSpec, batchSize: number): Promise<number> {
+  let copied = 0;
+  let cursor = await lastKey(target, tenantId, table);
+  for (;;) {
+    const batch = await copyBatch(source, target, tenantId, table, cursor, batchSize);
+    copied += batch.rows;
+    if (batch.next === null) return copied;
+    cursor = batch.next;
+  }
+}
+
+/** `syncTail` for every chain. */
+async function syncTails(source: ScopedStore, target: ScopedStore, tenantId: string, batchSize: number): Promise<number> {
+  let copied = 0;
+  for (const table of CHAIN_TABLES) copied += await syncTail(source, target, tenantId, table, batchSize);
+  return copied;
+}
+
+/** The chains at the switch's comparison base: the target's last key in each, and both sides' checksums up to it. */
+interface ChainBase {
+  readonly heads: readonly Cursor[];
+  readonly source: Checksums;
+  readonly target: Checksums;
+}
+
+/**
+ * Checksums of each chain's rows up to (`through`) or after (`after`) its head in `heads` (a null
+ * head: no rows up to it, all after it). Range reads on the key: under the pause, `after` reads the
+ * few rows appended since the base.
+ */
+async function chainSums(scope: ScopedStore, tenantId: string, heads: readonly Cursor[], side: 'through' | 'after'): Promise<Checksums> {
+  const statements: Statement[] = [];
+  const tables: TableSpec[] = [];
+  CHAIN_TABLES.forEach((t, i) => {
+    const head = heads[i] ?? null;
+    if (head === null && side === 'through') return;
+    const range = head === null ? '' : ` AND (${keyList(t)}) ${side === 'through' ? '<=' : '>'} (${t.key.map(([, type], j) => `$${j + 2}::${type}`).join(', ')})`;
+    tables.push(t);
+    statements.push({
+      text: `SELECT ${groupOf(t, 'r')} AS collection, count(*)::bigint AS n, ${DIGEST('')} AS digest FROM ${t.name} r WHERE tenant_id = $1${range} GROUP BY 1`,
+      values: [tenantId, ...(head ?? [])],
+    });
+  });
+  if (statements.length === 0) return {};
+  const [, ...results] = await scope.batch([UTC, ...statements]);
+  const out: Checksums = {};
+  tables.forEach((t, i) => {
+    for (const row of results[i]!.rows) out[`${t.name}/${row.collection as string}`] = { rows: Number(row.n), digest: row.digest as string };
+  });
+  return out;
+}
+
+/**
+ * The chains' comparison base, taken with writes going on: a chain's rows up to the target's last
+ * key never change on either side (the target has them from the source, and a chain only grows),
+ * so the switch only sums what lies after it.
+ */
+async function chainBase(source: ScopedStore, target: ScopedStore, tenantId: string): Promise<ChainBase> {
+  const heads = await Promise.all(CHAIN_TABLES.map((t) => lastKey(target, tenantId, t)));
+  const [sourceSums, targetSums] = await Promise.all([chainSums(source, tenantId, heads, 'through'), chainSums(target, tenantId, heads, 'through')]);
+  return { heads, source: sourceSums, target: targetSums };
 }
 
 /**
@@ -481,6 +602,8 @@ export interface PrePause {
   readonly snapshot: string;
   readonly unchanged: Checksums;
   readonly target: Checksums;
+  /** The chains' base (see `chainBase`). */
+  readonly chains: ChainBase;
 }
 
 /**
@@ -488,8 +611,12 @@ export interface PrePause {
  * switch then only adjusts for what changed since, so the pause does not scan the tenant.
  */
 export async function prePause(source: ScopedStore, target: ScopedStore, tenantId: string, snapshot: string): Promise<PrePause> {
-  const [unchanged, full] = await Promise.all([unchangedSums(source, tenantId, snapshot), checksums(target, tenantId, SINCE_TABLES)]);
-  return { snapshot, unchanged, target: full };
+  const [unchanged, full, chains] = await Promise.all([
+    unchangedSums(source, tenantId, snapshot),
+    checksums(target, tenantId, SINCE_TABLES),
+    chainBase(source, target, tenantId),
+  ]);
+  return { snapshot, unchanged, target: full, chains };
 }
 
 /** The outcome of the switch's sync: rows changed, and both sides' checksums as they are now. */
@@ -514,27 +641,33 @@ export interface SwitchSync {
  *   (records by key, values by record); their sums are taken before and after the sync and
  *   `pre.target` is adjusted by the difference.
  *
+ * - Chains (the audit trail): their tails are appended (`syncTails`), and each side is summed as
+ *   `pre.chains` (its rows up to the target's last key then) plus its rows after that key now.
+ *
  * The small tables (collections, their versions, the tenant's keys) are synced and summed whole.
  */
 export async function syncAtSwitch(source: ScopedStore, target: ScopedStore, tenantId: string, pre: PrePause, batchSize: number): Promise<SwitchSync> {
-  const [small, plan] = await Promise.all([
+  const [small, plan, tails] = await Promise.all([
     syncChanges(source, target, tenantId, batchSize, WHOLE_TABLES),
     planSince(source, target, tenantId, pre.snapshot),
+    syncTails(source, target, tenantId, batchSize),
   ]);
   const unchangedNow = plan.unchanged;
   const sameUnchanged =
     Object.keys({ ...unchangedNow, ...pre.unchanged }).every((k) => (unchangedNow[k] ?? 0) === (pre.unchanged[k]?.rows ?? 0));
 
   const applied = await applyPlan(target, tenantId, plan);
-  const [sourceSmall, targetSmall, sourceFull] = await Promise.all([
+  const [sourceSmall, targetSmall, sourceFull, sourceTail, targetTail] = await Promise.all([
     checksums(source, tenantId, WHOLE_TABLES),
     checksums(target, tenantId, WHOLE_TABLES),
     sameUnchanged ? Promise.resolve(null) : checksums(source, tenantId, SINCE_TABLES),
+    chainSums(source, tenantId, pre.chains.heads, 'after'),
+    chainSums(target, tenantId, pre.chains.heads, 'after'),
   ]);
   return {
-    changed: small + applied.changed,
-    source: { ...sourceSmall, ...(sourceFull ?? combine(pre.unchanged, plan.changed)) },
-    target: { ...targetSmall, ...combine(combine(pre.target, applied.added), applied.removed, true) },
+    changed: small + applied.changed + tails,
+    source: { ...sourceSmall, ...(sourceFull ?? combine(pre.unchanged, plan.changed)), ...combine(pre.chains.source, sourceTail) },
+    target: { ...targetSmall, ...combine(combine(pre.target, applied.added), applied.removed, true), ...combine(pre.chains.target, targetTail) },
     fullScan: !sameUnchanged,
   };
 }

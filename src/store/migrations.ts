@@ -5,6 +5,9 @@
  * The only values interpolated into this SQL are role names and the partition count, both
  * validated by `checkRoleName` / `checkPartitions` before they get here.
  */
+// The audit SQL (migration 8) imports this module's checks and predicate back; neither module uses
+// the other's bindings while loading, so the cycle is harmless.
+import { auditEventsGrantsSql, auditEventsTableSql, auditFunctionsSql, auditSchemaSql } from '../audit/schema.js';
 
 /** What the migrations are parameterized by. */
 export interface MigrationOptions {
@@ -88,8 +91,10 @@ CREATE POLICY tenant_isolation ON ${table} USING (${TENANT_PREDICATE}) WITH CHEC
 /**
  * The tables that hold a tenant's data, parents first (a purge deletes them in reverse).
  * `tenant_keys` leads: it references only the registry, and a purge removes it last.
+ * `audit_events`, the tenant's audit chain (migration 8), references nothing: a purge removes it
+ * first, under the one exception its append-only trigger makes (`AUDIT_PURGE_SETTING`).
  */
-export const DATA_TABLES = ['tenant_keys', 'collections', 'collection_versions', 'records', 'unique_values', 'index_values'] as const;
+export const DATA_TABLES = ['tenant_keys', 'collections', 'collection_versions', 'records', 'unique_values', 'index_values', 'audit_events'] as const;
 
 const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 
@@ -97,12 +102,15 @@ const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
  * The tenant-data tables in `schema`: one physical layout for every tier. The pool (schema
  * `bulkhead`) hash-partitions the large tables by tenant; a bridge schema holds one tenant and is
  * not partitioned (`partitions` undefined). RLS is enabled and FORCED everywhere either way.
- * This is the current layout, for schemas made now (bridge provisioning); the pool's own tables
- * are made by the migrations, each table by the migration that introduced it.
+ * This is the current layout, for schemas made now (bridge provisioning): the tenant's key rows
+ * and its audit chain (with the chain's trigger functions, made in the schema itself) included. The
+ * pool's own tables are made by the migrations, each table by the migration that introduced it.
  */
 export function dataTablesSql(schema: string, partitions?: number): string {
   return `${firstDataTablesSql(schema, partitions)}
-${tenantKeysTableSql(schema)}`;
+${tenantKeysTableSql(schema)}
+${auditFunctionsSql(schema)}
+${auditEventsTableSql({ schema, ...(partitions === undefined ? {} : { partitions }) })}`;
 }
 
 /**
@@ -233,7 +241,8 @@ CREATE TRIGGER collections_keys_immutable BEFORE UPDATE ON ${schema}.collections
  */
 export function dataGrantsSql(schema: string, role: string): string {
   return `${firstDataGrantsSql(schema, role)}
-${tenantKeysGrantsSql(schema, role)}`;
+${tenantKeysGrantsSql(schema, role)}
+${auditEventsGrantsSql(schema, role)}`;
 }
 
 /**
@@ -668,6 +677,43 @@ CREATE POLICY erasures_platform ON bulkhead.erasures
 REVOKE ALL ON bulkhead.key_rotations, bulkhead.erasures FROM PUBLIC;
 GRANT SELECT, INSERT, UPDATE ON bulkhead.key_rotations, bulkhead.erasures TO ${o.appRole};
 `,
+  },
+  {
+    version: 8,
+    name: 'audit trail tables',
+    sql: (o) => {
+      const owner = checkRoleName(o.ownerRole, 'the owner role');
+      const app = checkRoleName(o.appRole, 'the application role');
+      return `
+-- The audit trail (docs/audit.md): every tenant's chain beside the pool's data, hash-partitioned
+-- by tenant like its records, and the platform's chain. INSERT and SELECT for the application role.
+${auditSchemaSql({ schema: 'bulkhead', appRole: app, partitions: o.partitions })}
+
+-- Bridge schemas made before this migration get their tenant's chain table too (unpartitioned),
+-- granted INSERT and SELECT to their tenant's role: a tenant's chain lives beside its data, so
+-- that moves carry it. The same schemas and the same technique as migration 6.
+DO $bridges$
+DECLARE
+  s text;
+  r text;
+BEGIN
+  FOR s IN
+    SELECT n.nspname::text FROM pg_namespace n
+    WHERE n.nspname ~ '^tenant_[0-9a-f]{32}$' AND n.nspowner = '${owner}'::regrole
+      AND to_regclass(n.nspname || '.records') IS NOT NULL AND to_regclass(n.nspname || '.audit_events') IS NULL
+    ORDER BY 1
+  LOOP
+    EXECUTE replace($ddl$${auditFunctionsSql(SCHEMA_PLACEHOLDER)}
+${auditEventsTableSql({ schema: SCHEMA_PLACEHOLDER })}$ddl$, '${SCHEMA_PLACEHOLDER}', s);
+    r := '${app}_b' || substr(s, 8);
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+      EXECUTE replace(replace($grant$${auditEventsGrantsSql(SCHEMA_PLACEHOLDER, ROLE_PLACEHOLDER)}$grant$, '${SCHEMA_PLACEHOLDER}', s), '${ROLE_PLACEHOLDER}', r);
+    END IF;
+  END LOOP;
+END
+$bridges$;
+`;
+    },
   },
 ];
 

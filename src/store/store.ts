@@ -1,5 +1,6 @@
 import { AuthenticationError, BulkheadError, DatabaseError, WritesPausedError } from '../errors.js';
 import { isUuid } from '../ids.js';
+import { AUDIT_PURGE_SETTING } from '../audit/schema.js';
 import type { Engine, EngineTransaction, Statement, StatementResult } from './engine.js';
 import { DATA_TABLES, MIGRATIONS, checkPartitions, checkRoleName, rolesSql, type MigrationOptions } from './migrations.js';
 
@@ -171,7 +172,9 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
    * Deletes every row of one tenant from the data tables in `schema`, as the owner role and still
    * under RLS in that tenant's context (the owner is subject to the FORCEd policies too), so no
    * other tenant's row can be touched whatever the statements say. Used once a move has verified
-   * the tenant's copy elsewhere.
+   * the tenant's copy elsewhere, and by an erasure. The tenant's audit rows are append-only for
+   * everyone else: their trigger lets the owner delete them only in a transaction that names the
+   * tenant in `AUDIT_PURGE_SETTING`, set here for this transaction alone.
    */
   async purgeTenant(tenantId: string, schema: string): Promise<Record<string, number>> {
     if (!isUuid(tenantId)) throw new BulkheadError('INTERNAL', 'a purge needs a validated tenant id');
@@ -179,7 +182,10 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
     const tables = [...DATA_TABLES].reverse();
     const results = await this.engine.batch([
       { text: `SET LOCAL ROLE ${this.options.ownerRole}` },
-      { text: "SELECT set_config('bulkhead.tenant_id', $1, true), set_config('bulkhead.scope', 'tenant', true)", values: [tenantId] },
+      {
+        text: `SELECT set_config('bulkhead.tenant_id', $1, true), set_config('bulkhead.scope', 'tenant', true), set_config('${AUDIT_PURGE_SETTING}', $1, true)`,
+        values: [tenantId],
+      },
       ...tables.map((t) => ({ text: `DELETE FROM ${schema}.${t} WHERE tenant_id = $1`, values: [tenantId] })),
     ]);
     return Object.fromEntries(tables.map((t, i) => [t, results[i + 2]!.rowCount]));
