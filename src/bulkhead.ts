@@ -19,6 +19,11 @@ import type { Kms } from './crypto/kms.js';
 import { TenantKeyring } from './crypto/keyring.js';
 import { KeyRotations, type KeyRotationsOptions } from './tenancy/key-rotations.js';
 import { Erasures, type ErasuresOptions } from './tenancy/erasures.js';
+import { AuditLog, type AuditLogOptions } from './audit/log.js';
+import { verifyTrail, type VerifyReport } from './audit/verify.js';
+import { loadOrCreateSigner, SIGNING_KEY_DIR_NAME } from './audit/checkpoint.js';
+import { Witness } from './audit/witness.js';
+import { join } from 'node:path';
 
 /** What `Bulkhead.open` may be given besides the configuration (tests inject an engine). */
 export interface OpenOptions {
@@ -44,6 +49,8 @@ export interface OpenOptions {
    * to run them with `erasures.runDue()` at a chosen moment.
    */
   readonly runErasures?: boolean;
+  /** Checkpoint cadence of the audit log (tests checkpoint often). */
+  readonly audit?: Pick<AuditLogOptions, 'checkpointEvery' | 'checkpointMs' | 'maxBatch'>;
 }
 
 /** How often a server looks for erasures whose grace period is over. */
@@ -82,6 +89,8 @@ export class Bulkhead {
   readonly keyRotations: KeyRotations;
   /** Scheduled, cancellable tenant erasures by crypto-shredding. */
   readonly erasures: Erasures;
+  /** The audit trail: per-tenant and platform hash chains, signed checkpoints to the witness. */
+  readonly audit: AuditLog;
   #erasureTimer: NodeJS.Timeout | undefined;
 
   private constructor(
@@ -95,6 +104,7 @@ export class Bulkhead {
     kms: Kms,
     rotations: Pick<KeyRotationsOptions, 'onStep'> = {},
     erasures: Pick<ErasuresOptions, 'onStep'> = {},
+    audit?: AuditLog,
   ) {
     this.config = config;
     this.placements = placements;
@@ -125,6 +135,8 @@ export class Bulkhead {
       keyCacheMs: config.keyCacheMs,
       ...rotations,
     });
+    if (!audit) throw new BulkheadError('INTERNAL', 'Bulkhead needs its audit log');
+    this.audit = audit;
     this.erasures = new Erasures(
       { placements, tenants: this.tenants, kms, keyring: this.keyring, busy: (tenantId) => this.#busyWith(tenantId), regions: [...new Set([...config.regions, ...placements.cells.all().map((c) => c.region)])] },
       { defaultGraceSeconds: config.eraseGraceSeconds, maxGraceSeconds: MAX_ERASE_GRACE_SECONDS, ...erasures },
@@ -139,6 +151,7 @@ export class Bulkhead {
     const placements = new Placements(cells, { cacheTtlMs: config.placementCacheMs });
     const store = cells.control.store;
     let kms: Kms | undefined;
+    let audit: AuditLog | undefined;
     try {
       kms = await openKms(config.kms);
       await placements.backfill();
@@ -149,6 +162,17 @@ export class Bulkhead {
         ...(config.jwksUrl ? { jwksUrl: config.jwksUrl } : { secret: jwtSecret! }),
         issuer: config.jwtIssuer,
         audience: config.jwtAudience,
+      });
+      // Checkpoints are signed with a key kept in the data directory and written to the witness
+      // directory; both belong outside the database (docs/audit.md, "The witness").
+      const signer = await loadOrCreateSigner(join(config.dataDir, SIGNING_KEY_DIR_NAME));
+      audit = new AuditLog({
+        scopes: { tenant: (tenantId) => placements.tenant(tenantId, { write: true }), platform: () => store.platform() },
+        signer,
+        witness: new Witness(config.auditWitnessDir),
+        checkpointEvery: config.auditCheckpointEvents,
+        checkpointMs: config.auditCheckpointMs,
+        ...options.audit,
       });
       const hashes = await loadOperatorHashes(store);
       if (config.operatorToken === undefined && hashes.length === 0) {
@@ -164,7 +188,7 @@ export class Bulkhead {
       // A region move wraps the tenant's keys again in the new region (the keyring exists once `bh` does).
       let keyring: TenantKeyring | undefined;
       const onRegionChange = async (tenantId: string, _from: string, to: string) => keyring!.rewrapInto(tenantId, to);
-      const bh = new Bulkhead(config, placements, new Moves(placements, { batchSize: config.moveBatchSize, onRegionChange, ...options.moves }), authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes), kms, options.rotations, options.erasures);
+      const bh = new Bulkhead(config, placements, new Moves(placements, { batchSize: config.moveBatchSize, onRegionChange, ...options.moves }), authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes), kms, options.rotations, options.erasures, audit);
       keyring = bh.keyring;
       // A move or rotation interrupted by a crash or a restart goes on from the state it was in.
       if (options.resumeMoves ?? true) await bh.moves.resume();
@@ -173,6 +197,7 @@ export class Bulkhead {
       if (options.runErasures ?? true) bh.#startErasures();
       return bh;
     } catch (error) {
+      await audit?.close().catch(() => {});
       await kms?.close().catch(() => {});
       await cells.close().catch(() => {});
       throw error;
@@ -242,6 +267,25 @@ export class Bulkhead {
     return erasure;
   }
 
+  /**
+   * Verifies the audit trail: the chain of one tenant (by id or slug), or every tenant's and the
+   * platform's; erased tenants are reported as skipped (their chain went with their data).
+   */
+  async verifyAudit(idOrSlug?: string, onProgress?: (chain: string, rows: number) => void): Promise<VerifyReport> {
+    const tenants = idOrSlug === undefined ? await this.tenants.list() : [await this.tenants.get(idOrSlug)];
+    return verifyTrail(
+      {
+        tenant: (tenantId) => this.placements.tenant(tenantId, { requireActive: false }),
+        platform: () => this.store.platform(),
+        witness: this.audit.witness,
+        keys: [this.audit.verifyingKey],
+        ...(onProgress ? { onProgress } : {}),
+      },
+      tenants.map((t) => ({ id: t.id, erased: t.status === 'erased' })),
+      idOrSlug === undefined,
+    );
+  }
+
   /** Cancels the scheduled erasure of a tenant (by id or slug); it gets its earlier status back. */
   async cancelErasure(idOrSlug: string, actor: string) {
     const tenant = await this.tenants.get(idOrSlug);
@@ -254,6 +298,7 @@ export class Bulkhead {
     await this.erasures.close();
     await this.moves.close();
     await this.keyRotations.close();
+    await this.audit.close().catch(() => {});
     // A store that cannot take the last counts must not keep the process from closing.
     await this.usage.close().catch(() => {});
     await this.placements.cells.close();

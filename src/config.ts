@@ -60,6 +60,12 @@ export interface Config {
    * 604,800: 7 days, like a KMS's scheduled key deletion). A request may name its own.
    */
   readonly eraseGraceSeconds: number;
+  /** Events of one audit chain after which its head is checkpointed to the witness (`BULKHEAD_AUDIT_CHECKPOINT_EVENTS`, default 1,000). */
+  readonly auditCheckpointEvents: number;
+  /** Longest wait of a chain's new events for a checkpoint, in ms (`BULKHEAD_AUDIT_CHECKPOINT_MS`, default 60,000). */
+  readonly auditCheckpointMs: number;
+  /** The witness directory of signed checkpoints (`BULKHEAD_AUDIT_WITNESS_DIR`, default `<dataDir>/audit-witness`); keep it where database administrators cannot write. */
+  readonly auditWitnessDir: string;
   /** The key-encryption keys' provider (`BULKHEAD_KMS_PROVIDER`, `kms` in the file; see docs/encryption.md). */
   readonly kms: KmsSettings;
   /**
@@ -116,6 +122,8 @@ const DEFAULTS = {
   keyCacheMs: 300_000,
   rotationBatchSize: 500,
   eraseGraceSeconds: 604_800,
+  auditCheckpointEvents: 1000,
+  auditCheckpointMs: 60_000,
   logLevel: 'info',
 } as const;
 
@@ -125,7 +133,7 @@ export const MAX_ERASE_GRACE_SECONDS = 31_536_000;
 /** Keys a config file may hold (camelCase, as in `Config`). */
 const FILE_KEYS = new Set([
   'port', 'host', 'dataDir', 'databaseUrl', 'jwksUrl', 'jwtIssuer', 'jwtAudience', 'partitions', 'regions',
-  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells', 'moveBatchSize', 'placementCacheMs', 'keyCacheMs', 'rotationBatchSize', 'eraseGraceSeconds', 'tlsCert', 'tlsKey', 'kms', 'encryptedClassifications',
+  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells', 'moveBatchSize', 'placementCacheMs', 'keyCacheMs', 'rotationBatchSize', 'eraseGraceSeconds', 'auditCheckpointEvents', 'auditCheckpointMs', 'auditWitnessDir', 'tlsCert', 'tlsKey', 'kms', 'encryptedClassifications',
 ]);
 
 
@@ -272,6 +280,9 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
     keyCacheMs: int(pick(undefined, env.BULKHEAD_KEY_CACHE_MS, file.keyCacheMs, DEFAULTS.keyCacheMs), 'the key cache time', 0, 86_400_000),
     rotationBatchSize: int(pick(undefined, env.BULKHEAD_ROTATION_BATCH_SIZE, file.rotationBatchSize, DEFAULTS.rotationBatchSize), 'the rotation batch size', 1, 10_000),
     eraseGraceSeconds: int(pick(undefined, env.BULKHEAD_ERASE_GRACE_SECONDS, file.eraseGraceSeconds, DEFAULTS.eraseGraceSeconds), 'the erase grace period', 0, MAX_ERASE_GRACE_SECONDS),
+    auditCheckpointEvents: int(pick(undefined, env.BULKHEAD_AUDIT_CHECKPOINT_EVENTS, file.auditCheckpointEvents, DEFAULTS.auditCheckpointEvents), 'the audit checkpoint interval in events', 1, 10_000_000),
+    auditCheckpointMs: int(pick(undefined, env.BULKHEAD_AUDIT_CHECKPOINT_MS, file.auditCheckpointMs, DEFAULTS.auditCheckpointMs), 'the audit checkpoint interval in ms', 100, 86_400_000),
+    auditWitnessDir: resolve(str(pick(undefined, env.BULKHEAD_AUDIT_WITNESS_DIR, file.auditWitnessDir, join(dataDir, 'audit-witness')), 'the audit witness directory')),
     logLevel: logLevel as Config['logLevel'],
     tlsCert,
     tlsKey,

@@ -4,13 +4,13 @@ import { isAuthorized, validate, type EntityJson } from '@cedar-policy/cedar-was
 import fc from 'fast-check';
 import { Authorizer, FAIL_CLOSED_POLICY_ID } from '../src/access/authorizer.js';
 import { CEDAR_SCHEMA, PLATFORM_POLICIES, ROLE_POLICIES } from '../src/access/policies.js';
-import { ACTIONS, TENANT_ROLES, type Action, type Principal, type TenantRole } from '../src/access/principal.js';
+import { ACTIONS, TENANT_ROLES, isPlatformAction, type Action, type Principal, type TenantRole } from '../src/access/principal.js';
 
 const TENANT_A = '0193a0e4-0000-7000-8000-00000000000a';
 const TENANT_B = '0193a0e4-0000-7000-8000-00000000000b';
 
-const REGISTRY_ACTIONS = ACTIONS.filter((a) => a.startsWith('tenant.'));
-const DATA_ACTIONS = ACTIONS.filter((a) => !a.startsWith('tenant.'));
+const REGISTRY_ACTIONS = ACTIONS.filter((a) => isPlatformAction(a));
+const DATA_ACTIONS = ACTIONS.filter((a) => !isPlatformAction(a));
 
 /** The role matrix of the brief, written out independently of the policies it checks. */
 const EXPECTED: Record<TenantRole, readonly Action[]> = {
@@ -29,7 +29,7 @@ const OPERATOR: Principal = { kind: 'operator', subject: 'op-1', authMethod: 'op
 
 /** A resource of the right shape for the action: registry actions name a tenant, data actions a collection. */
 function resourceFor(action: Action, tenantId: string | undefined) {
-  if (action.startsWith('tenant.')) return tenantId === undefined ? {} : { tenantId };
+  if (isPlatformAction(action)) return tenantId === undefined ? {} : { tenantId };
   const collection = action === 'collection.list' ? undefined : 'invoices';
   return { ...(tenantId === undefined ? {} : { tenantId }), ...(collection === undefined ? {} : { collection }) };
 }
@@ -187,7 +187,7 @@ describe('Authorizer', () => {
     for (const action of ACTIONS) {
       const decision = authorizer.authorize(tenantUser(TENANT_A, []), action, resourceFor(action, TENANT_A));
       assert.equal(decision.allowed, false, action);
-      if (!action.startsWith('tenant.')) assert.deepEqual(decision.policies, [], action);
+      if (!isPlatformAction(action)) assert.deepEqual(decision.policies, [], action);
     }
   });
 
@@ -268,7 +268,7 @@ describe('Authorizer', () => {
         }
         const expected =
           principal.kind === 'operator'
-            ? action.startsWith('tenant.')
+            ? isPlatformAction(action)
             : principal.tenantId === resource.tenantId && principal.roles.some((r) => EXPECTED[r].includes(action));
         assert.equal(decision.allowed, expected);
       }),

@@ -19,14 +19,14 @@ import { rejectsSql } from './support/assertions.js';
 
 /** Tables that hold tenant data or the registry; every one must carry forced RLS. */
 const TENANT_TABLES = [
-  'collection_versions', 'collections', 'index_values', 'moves', 'operator_tokens', 'placements', 'records', 'tenant_history', 'tenant_keys', 'tenant_usage',
-  'tenants', 'unique_values',
+  'audit_events', 'audit_platform_events', 'collection_versions', 'collections', 'erasures', 'index_values', 'key_rotations', 'moves', 'operator_tokens',
+  'placements', 'records', 'tenant_history', 'tenant_keys', 'tenant_usage', 'tenants', 'unique_values',
 ] as const;
 /** Tables without RLS: they must grant the application role nothing at all. */
 const INTERNAL_TABLES = ['migrations', 'settings'] as const;
-/** Tenant-keyed tables only the platform scope reaches (history, placement directory, moves). */
-const PLATFORM_ONLY = ['moves', 'placements', 'tenant_history'] as const;
-const PARTITIONED = ['index_values', 'records', 'unique_values'] as const;
+/** Tenant-keyed tables only the platform scope reaches (history, placement directory, moves, key rotations, erasures). */
+const PLATFORM_ONLY = ['erasures', 'key_rotations', 'moves', 'placements', 'tenant_history'] as const;
+const PARTITIONED = ['audit_events', 'index_values', 'records', 'unique_values'] as const;
 const PARTITIONS = 4; // BULKHEAD_PARTITIONS of openTestBulkhead
 const PRIVILEGES = ['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'] as const;
 
@@ -183,7 +183,7 @@ for (const kind of BACKENDS) {
           assert.match(r.quals as string, /tenant_id = \(?NULLIF\(current_setting\('bulkhead\.tenant_id'::text, true\), ''::text\)\)?::uuid/i, `${r.relname}: policy`);
         }
       }
-      for (const p of partitions) assert.match(p.parent as string, /^(bulkhead\.)?(records|unique_values|index_values)$/);
+      for (const p of partitions) assert.match(p.parent as string, /^(bulkhead\.)?(records|unique_values|index_values|audit_events)$/);
 
       // Not one privilege, table-wide or on any column, on a partition or an internal table.
       const unreachable = rows.filter((r) => r.relispartition || (INTERNAL_TABLES as readonly string[]).includes(r.relname as string));

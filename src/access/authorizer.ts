@@ -20,7 +20,7 @@ import {
 } from '@cedar-policy/cedar-wasm/nodejs';
 import { BulkheadError } from '../errors.js';
 import { CEDAR_SCHEMA, PLATFORM_POLICIES, ROLE_POLICIES } from './policies.js';
-import { ACTIONS, TENANT_ROLES, type Action, type Decision, type Principal, type Resource } from './principal.js';
+import { ACTIONS, TENANT_ROLES, isPlatformAction, type Action, type Decision, type Principal, type Resource } from './principal.js';
 
 /**
  * The policy id reported when a request was denied because it could not be decided (a malformed
@@ -138,7 +138,7 @@ export class Authorizer {
     }
 
     // The registry has no collections: dropping the name keeps such keys few.
-    const collection = action.startsWith('tenant.') ? undefined : rawCollection;
+    const collection = isPlatformAction(action) ? undefined : rawCollection;
 
     // Every input of `#decide` is in the key, in a fixed-shape prefix, with the free-form
     // collection name last and marked present or absent: two different requests cannot share a key.
@@ -180,7 +180,7 @@ export class Authorizer {
       })),
     };
 
-    const resourceType = action.startsWith('tenant.')
+    const resourceType = isPlatformAction(action)
       ? 'Bulkhead::Platform'
       : action.startsWith('collection.')
         ? 'Bulkhead::Collection'

@@ -54,8 +54,8 @@ namespace Bulkhead {
     appliesTo { principal: [TenantUser, Operator], resource: [Platform] };
 
   // Operator views across tenants (usage, partition health: aggregates, no tenant data), tenant
-  // moves, key rotation and erasure.
-  action "tenant.usage", "tenant.partitions", "tenant.move", "tenant.keys", "tenant.erase" in ["tenant-registry"]
+  // moves, key rotation, erasure, and verification of the audit trail.
+  action "tenant.usage", "tenant.partitions", "tenant.move", "tenant.keys", "tenant.erase", "audit.verify" in ["tenant-registry"]
     appliesTo { principal: [TenantUser, Operator], resource: [Platform] };
 
   action "collection.define", "collection.read", "collection.list" in ["tenant-data"]

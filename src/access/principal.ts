@@ -37,6 +37,7 @@ export const ACTIONS = [
   'tenant.move',
   'tenant.keys',
   'tenant.erase',
+  'audit.verify',
   'collection.define',
   'collection.read',
   'collection.list',
@@ -49,6 +50,14 @@ export const ACTIONS = [
 
 /** An operation. */
 export type Action = (typeof ACTIONS)[number];
+
+/**
+ * Whether an action is on the platform rather than on a tenant's data: the tenant registry's
+ * (`tenant.*`) and the verification of the whole audit trail. Only operators take them.
+ */
+export function isPlatformAction(action: string): boolean {
+  return action.startsWith('tenant.') || action === 'audit.verify';
+}
 
 /**
  * What an operation acts on. `tenantId` is the tenant that owns the resource: for tenant data it

@@ -44,6 +44,7 @@ function describeChanges(c: DefinitionChanges): string {
     ...c.changed.map((f) => `~${f}`),
     ...c.removed.map((f) => `-${f}`),
     ...(c.description ? ['description'] : []),
+    ...(c.readAudit ? ['readAudit'] : []),
   ].join(' ');
 }
 
@@ -192,8 +193,8 @@ export function collectionsCommand(parent: Command, io: CliIO): Command {
   return collections;
 }
 
-const noChanges: DefinitionChanges = Object.freeze({ added: [], removed: [], changed: [], description: false });
+const noChanges: DefinitionChanges = Object.freeze({ added: [], removed: [], changed: [], description: false, readAudit: false });
 
 function definitionOf(view: CollectionView): CollectionDefinition {
-  return { fields: view.fields, ...(view.description !== undefined ? { description: view.description } : {}) };
+  return { fields: view.fields, ...(view.description !== undefined ? { description: view.description } : {}), readAudit: view.readAudit };
 }

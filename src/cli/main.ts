@@ -4,6 +4,7 @@ import { BulkheadError } from '../errors.js';
 import { CliError, DEFAULT_URL, oneLine, type CliIO } from './client.js';
 import { collectionsCommand } from './collections.js';
 import { keysCommand } from './keys.js';
+import { auditCommand } from './audit.js';
 import { serve } from './serve.js';
 import { placementsCommand, tenantsCommand } from './tenants.js';
 import { tokenCommand } from './token.js';
@@ -51,6 +52,7 @@ export function program(io: CliIO = processIO()): Command {
   usageCommands(cli, tenants, io);
   placementsCommand(cli, io);
   keysCommand(cli, io);
+  auditCommand(cli, io);
   return cli;
 }
 

@@ -125,6 +125,8 @@ export interface DefinitionChanges {
   readonly removed: readonly string[];
   readonly changed: readonly string[];
   readonly description: boolean;
+  /** The read-audit level changes (an absent level is `all`). */
+  readonly readAudit: boolean;
 }
 
 /** Compares two definitions field by field, regardless of key order. */
@@ -134,12 +136,13 @@ export function diffDefinitions(before: CollectionDefinition | undefined, after:
   const removed = before ? Object.keys(old).filter((f) => !(f in after.fields)) : [];
   const changed = Object.keys(after.fields).filter((f) => f in old && canonical(old[f]) !== canonical(after.fields[f]));
   const description = before !== undefined && (before.description ?? '') !== (after.description ?? '');
-  return { added, removed, changed, description };
+  const readAudit = before !== undefined && (before.readAudit ?? 'all') !== (after.readAudit ?? 'all');
+  return { added, removed, changed, description, readAudit };
 }
 
 /** True when a diff changes nothing. */
 export function isUnchanged(changes: DefinitionChanges): boolean {
-  return changes.added.length === 0 && changes.removed.length === 0 && changes.changed.length === 0 && !changes.description;
+  return changes.added.length === 0 && changes.removed.length === 0 && changes.changed.length === 0 && !changes.description && !changes.readAudit;
 }
 
 /** JSON with sorted keys and no undefined members, to compare definitions read from different places. */

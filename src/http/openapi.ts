@@ -675,6 +675,43 @@ const schemas: JsonObject = {
       finishedAt: { type: ['string', 'null'], format: 'date-time', description: 'When the erasure reached `done` or `cancelled`.' },
     },
   },
+  AuditVerifyRequest: {
+    type: 'object',
+    additionalProperties: false,
+    properties: { tenant: { type: 'string', minLength: 1, maxLength: 64, description: 'Verify only this tenant\'s chain (id or slug). Absent: every tenant\'s and the platform\'s.' } },
+  },
+  AuditChainReport: {
+    type: 'object',
+    required: ['chain', 'ok', 'events', 'checkpoints'],
+    properties: {
+      chain: { type: 'string', description: 'A tenant id, or `platform`.' },
+      ok: { type: 'boolean' },
+      events: { type: 'integer', minimum: 0, description: 'Rows verified.' },
+      checkpoints: { type: 'integer', minimum: 0, description: 'Signed checkpoints of the witness compared with the rows.' },
+      headSeq: { type: 'integer', minimum: 0, description: 'The head\'s seq, when the chain verified.' },
+      skipped: { type: 'string', enum: ['erased'], description: 'Not verified: the tenant was erased and its chain went with its data.' },
+    },
+  },
+  AuditDivergence: {
+    type: 'object',
+    required: ['chain', 'seq', 'kind', 'message', 'lastGoodSeq'],
+    properties: {
+      chain: { type: 'string' },
+      seq: { type: 'integer', description: 'The first seq that does not verify.' },
+      kind: { type: 'string', enum: ['gap', 'reorder', 'forged', 'prev-mismatch', 'hash-mismatch', 'column-mismatch', 'malformed', 'missing-tail', 'witness-mismatch', 'checkpoint-invalid'] },
+      message: { type: 'string', description: 'What differs: identifiers and numbers only, never event content.' },
+      lastGoodSeq: { type: 'integer', minimum: 0 },
+    },
+  },
+  AuditVerifyReport: {
+    type: 'object',
+    required: ['ok', 'tenants'],
+    properties: {
+      ok: { type: 'boolean', description: 'Every chain verified.' },
+      tenants: { type: 'array', items: schema('AuditChainReport'), description: 'Every chain verified, the platform chain last.' },
+      firstDivergence: schema('AuditDivergence'),
+    },
+  },
   ErasureList: { type: 'object', required: ['erasures'], properties: { erasures: { type: 'array', items: schema('Erasure'), description: 'Newest first.' } } },
   Placement: {
     type: 'object',
@@ -783,16 +820,23 @@ const schemas: JsonObject = {
         additionalProperties: schema('FieldDefinitionInput'),
       },
       description: { type: 'string', maxLength: LIMITS.descriptionLength },
+      readAudit: {
+        type: 'string',
+        enum: ['all', 'classified', 'off'],
+        default: 'all',
+        description: 'Which successful reads of the collection are audited: all, only those returning a value of a field classified above internal, or none. Writes and refusals are always audited.',
+      },
     },
   },
   Collection: {
     type: 'object',
-    required: ['name', 'version', 'fields', 'createdAt', 'updatedAt'],
+    required: ['name', 'version', 'fields', 'readAudit', 'createdAt', 'updatedAt'],
     properties: {
       name: { type: 'string', pattern: COLLECTION_NAME.source },
       version: { type: 'integer', minimum: 1, description: 'Incremented by every change of the definition.' },
       fields: { type: 'object', propertyNames: { pattern: FIELD_NAME.source }, additionalProperties: schema('FieldDefinition') },
       description: { type: 'string' },
+      readAudit: { type: 'string', enum: ['all', 'classified', 'off'], description: 'Which successful reads are audited (see CollectionDefinition.readAudit).' },
       ...timestamps,
     },
   },
@@ -1024,8 +1068,8 @@ const paths: JsonObject = {
       operationId: 'listTenantKeys',
       summary: 'A tenant\'s key versions, without key material',
       description:
-        'Purpose, version, state and encryptions reserved of each data and blind-index key. The rows are read at the tenant\'s placement, ' +
-        'which serves an active tenant only: for a suspended, offboarding or erased tenant the answer is `AUTH_TENANT_INACTIVE`.',
+        'Purpose, version, state and encryptions reserved of each data and blind-index key, of a tenant in any status (nothing secret is read); ' +
+        'an erased tenant has none left.',
       responses: { 200: ok('The key versions.', schema('KeyList')), ...problems(AUTHENTICATED, ROUTED, ['TENANT_NOT_FOUND']) },
     }),
   },
@@ -1155,6 +1199,18 @@ const paths: JsonObject = {
       responses: { 200: ok('The partitions of the records table.', schema('PartitionHealth')), ...problems(AUTHENTICATED, ['REQUEST_INVALID']) },
     }),
   },
+  '/v1/audit/verify': {
+    post: operatorOperation('audit.verify', {
+      tags: ['audit'],
+      operationId: 'verifyAudit',
+      summary: 'Verify the audit trail',
+      description:
+        'Recomputes every chain (or one tenant\'s) from its rows, checks every checkpoint of the witness (signature, order) and that the ' +
+        'row at each checkpoint\'s seq has the signed hash, and names the first divergence. Answers 200 either way: `ok` says whether it verified.',
+      requestBody: { ...jsonBody(schema('AuditVerifyRequest')), required: false },
+      responses: { 200: ok('The report.', schema('AuditVerifyReport')), ...problems(AUTHENTICATED, BODY, ['TENANT_NOT_FOUND']) },
+    }),
+  },
   '/v1/placements': {
     get: operatorOperation('tenant.partitions', {
       tags: ['placement'],
@@ -1264,6 +1320,7 @@ const document: JsonObject = {
     { name: 'tenants', description: 'The platform\'s tenant registry (operator token).' },
     { name: 'usage', description: 'Per-tenant usage, partition health and promotion candidates (operator token).' },
     { name: 'placement', description: 'The placement directory, the storage cells and online tenant moves (operator token).' },
+    { name: 'audit', description: 'The tamper-evident audit trail: verification of its hash chains against the signed checkpoints (operator token).' },
     { name: 'keys', description: 'A tenant\'s data keys, their rotation with re-encryption, and erasure by crypto-shredding (operator token).' },
     { name: 'collections', description: 'Tenant-defined collections: the low-code data model.' },
     { name: 'records', description: 'Records of a collection, in the shape of Airtable\'s API.' },

@@ -2,8 +2,11 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, t
 import type { Logger } from 'pino';
 import type { Action, Principal } from '../access/principal.js';
 import type { Bulkhead } from '../bulkhead.js';
-import { BulkheadError, InvalidRequestError, NotFoundError, WritesPausedError } from '../errors.js';
-import { uuidv7 } from '../ids.js';
+import { AccessDeniedError, BulkheadError, InvalidRequestError, NotFoundError, WritesPausedError, type ErrorCode } from '../errors.js';
+import { createAuditEvent, queryFingerprint, type AuditDecision, type AuditEvent, type AuditOperatorFields, type AuditPrincipal, type AuditQuery } from '../audit/event.js';
+import type { WriteAudit } from '../tenancy/records.js';
+import { SENSITIVE_CLASSIFICATIONS, type CollectionDefinition } from '../tenancy/fields.js';
+import { isUuid, uuidv7 } from '../ids.js';
 import { checkCollectionName } from '../tenancy/collections.js';
 import { findUnstorableValue } from '../tenancy/validation.js';
 import { openApiDocument } from './openapi.js';
@@ -15,7 +18,59 @@ declare module 'fastify' {
     principal: Principal | null;
     /** The error code of a failed request, for the access log. */
     problemCode: string | undefined;
+    /** What the audit trail records of this request, set once the decision point has ruled (docs/audit.md). */
+    audit: AuditContext | null;
   }
+}
+
+/** What a route tells the audit trail about its operation, as soon as it knows it. */
+interface AuditContext {
+  /** The chain: the principal's own tenant, or null for the platform chain (operators). */
+  readonly tenantId: string | null;
+  /** The decision point's action, or `request.authenticate` for a request refused before any decision. */
+  readonly action: string;
+  readonly collection?: string;
+  readonly decision: AuditDecision;
+  recordIds?: string[];
+  query?: AuditQuery;
+  operator?: AuditOperatorFields;
+  /** Set when the event was appended in the write's own transaction. */
+  written?: boolean;
+  /** A successful read the collection's read-audit level leaves out (refusals and failures are recorded all the same). */
+  unaudited?: boolean;
+}
+
+/**
+ * Whether a successful read of `records` is audited under the collection's read-audit level:
+ * `all`, none (`off`), or only when a returned record holds a value of a field classified above
+ * internal (`classified`).
+ */
+function readAudited(definition: CollectionDefinition, records: readonly { readonly fields: Record<string, unknown> }[]): boolean {
+  const level = definition.readAudit ?? 'all';
+  if (level === 'all') return true;
+  if (level === 'off') return false;
+  const sensitive = Object.entries(definition.fields).filter(([, f]) => SENSITIVE_CLASSIFICATIONS.includes(f.classification)).map(([name]) => name);
+  return records.some((r) => sensitive.some((f) => r.fields[f] !== undefined && r.fields[f] !== null));
+}
+
+/** Jobs an operator route answers with (a move, a key rotation, an erasure): their id is the event's `jobId`. */
+const JOB_ROUTES = new Set(['/v1/tenants/:id/moves', '/v1/tenants/:id/keys/rotate', '/v1/tenants/:id/erase']);
+
+/**
+ * The operator fields of a successful operator action, from what it answered: the tenant it was
+ * about (a tenant view's `id`, a job's `tenantId`) and the job it started. Identifiers only.
+ */
+function operatorFieldsOf(route: string | undefined, payload: unknown): AuditOperatorFields | undefined {
+  if (route === undefined || !route.startsWith('/v1/tenants') || typeof payload !== 'object' || payload === null) return undefined;
+  const body = payload as { id?: unknown; tenantId?: unknown; slug?: unknown };
+  const target = isUuid(body.tenantId) ? body.tenantId : typeof body.slug === 'string' && isUuid(body.id) ? body.id : undefined;
+  if (target === undefined) return undefined;
+  return { targetTenantId: target, ...(JOB_ROUTES.has(route) && isUuid(body.id) ? { jobId: body.id } : {}) };
+}
+
+/** The principal as an audit event names it: identifiers only. */
+function auditPrincipal(p: Principal): AuditPrincipal {
+  return p.kind === 'tenant' ? { subject: p.subject, roles: [...p.roles], authMethod: 'jwt' } : { subject: p.subject, roles: [], authMethod: 'operator_token' };
 }
 
 /** Options of the HTTP server. */
@@ -71,6 +126,32 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
   app.removeContentTypeParser('text/plain');
   app.decorateRequest('principal', null);
   app.decorateRequest('problemCode', undefined);
+  app.decorateRequest('audit', null);
+
+  /** The audit event of this request with `outcome`. */
+  const eventOf = (req: FastifyRequest, ctx: AuditContext, outcome: 'success' | 'denied' | 'error', errorCode?: ErrorCode, recordId?: string): AuditEvent =>
+    createAuditEvent({
+      tenantId: ctx.tenantId,
+      principal: req.principal ? auditPrincipal(req.principal) : null,
+      action: ctx.action,
+      ...(ctx.collection !== undefined ? { collection: ctx.collection } : {}),
+      ...(recordId !== undefined ? { recordIds: [recordId] } : ctx.recordIds?.length ? { recordIds: ctx.recordIds } : {}),
+      ...(ctx.query !== undefined && recordId === undefined && !ctx.recordIds?.length ? { query: ctx.query } : {}),
+      decision: ctx.decision,
+      requestId: req.id,
+      sourceAddress: req.ip ?? null,
+      outcome,
+      ...(errorCode !== undefined ? { errorCode } : {}),
+      ...(ctx.operator !== undefined && req.principal?.kind === 'operator' ? { operator: ctx.operator } : {}),
+    });
+  /** A write's audit: its event is appended in the write's transaction. */
+  const writeAudit = (req: FastifyRequest): WriteAudit => {
+    const ctx = req.audit!;
+    return {
+      log: bh.audit,
+      event: (recordId) => eventOf(req, ctx, 'success', undefined, recordId),
+    };
+  };
 
   app.addHook('onRequest', async (req, reply) => {
     reply.header('x-request-id', req.id);
@@ -84,6 +165,18 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
   app.addHook('preHandler', async (req) => {
     const bad = req.body === undefined ? undefined : findUnstorableValue(req.body);
     if (bad !== undefined) throw new InvalidRequestError(bad.problem, { field: bad.path || 'body' });
+  });
+
+  // A successful operation whose event was not written with it (reads, collection and operator
+  // actions) is answered only once its event is durable (the group-commit writer).
+  app.addHook('preSerialization', async (req, reply, payload) => {
+    const ctx = req.audit;
+    if (ctx && !ctx.written && !ctx.unaudited && reply.statusCode < 400) {
+      if (req.principal?.kind === 'operator') ctx.operator ??= operatorFieldsOf(req.routeOptions.url, payload);
+      await bh.audit.record(eventOf(req, ctx, 'success'));
+      ctx.written = true;
+    }
+    return payload;
   });
 
   app.addHook('onResponse', async (req, reply) => {
@@ -107,7 +200,37 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
     return sendProblem(req, reply, new NotFoundError('ROUTE_NOT_FOUND', 'no such route; see /openapi.json'));
   });
 
-  app.setErrorHandler(async (error, req, reply) => sendProblem(req, reply, fromFastify(error)));
+  app.setErrorHandler(async (error, req, reply) => {
+    const failure = fromFastify(error);
+    await auditFailure(req, failure);
+    return sendProblem(req, reply, failure);
+  });
+
+  /**
+   * Records a refused or failed operation: in the principal's own chain (a tenant's denied
+   * attempt on another tenant lands in the attacker's chain, never the victim's), or the platform
+   * chain for operators and unauthenticated requests. A failure to record it is logged; the answer
+   * is the original error either way (nothing was done).
+   */
+  const auditFailure = async (req: FastifyRequest, failure: unknown): Promise<void> => {
+    const ctx = req.audit;
+    if (ctx?.written) return;
+    const code: ErrorCode = failure instanceof BulkheadError ? failure.code : 'INTERNAL';
+    const denied = failure instanceof AccessDeniedError || code.startsWith('AUTH_');
+    try {
+      if (ctx) {
+        await bh.audit.record(eventOf(req, ctx, ctx.decision.effect === 'deny' || denied ? 'denied' : 'error', code));
+      } else if (req.routeOptions.url !== undefined && !PUBLIC_ROUTES.has(req.routeOptions.url)) {
+        // Refused before any decision: authentication failed, or the request was malformed.
+        const tenantId = req.principal?.kind === 'tenant' ? req.principal.tenantId : null;
+        await bh.audit.record(
+          eventOf(req, { tenantId, action: 'request.authenticate', decision: { effect: 'deny', policyIds: [] } }, 'denied', code),
+        );
+      }
+    } catch (error) {
+      req.log.error({ err: safeError(error) }, 'audit event not recorded');
+    }
+  };
 
   const principal = (req: FastifyRequest): Principal => {
     if (!req.principal) throw new BulkheadError('INTERNAL', 'a route ran without an authenticated principal');
@@ -117,13 +240,24 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
     const p = principal(req);
     // The resource's tenant is the principal's own: the path names no tenant, so it cannot name another.
     const tenantId = p.kind === 'tenant' ? p.tenantId : undefined;
-    bh.authorize(p, action, { ...(tenantId ? { tenantId } : {}), ...(collection ? { collection } : {}) });
+    decide(req, p, action, { ...(tenantId ? { tenantId } : {}), ...(collection ? { collection } : {}) }, tenantId ?? null, collection);
     return { tenantId: tenantId!, subject: p.subject };
   };
   const operator = (req: FastifyRequest, action: Action, tenantId?: string): string => {
     const p = principal(req);
-    bh.authorize(p, action, tenantId ? { tenantId } : {});
+    decide(req, p, action, tenantId ? { tenantId } : {}, p.kind === 'tenant' ? p.tenantId : null);
     return p.subject;
+  };
+  /** Asks the decision point, and records its answer for the audit event before acting on it. */
+  const decide = (req: FastifyRequest, p: Principal, action: Action, resource: { tenantId?: string; collection?: string }, chain: string | null, collection?: string): void => {
+    const decision = bh.authorizer.authorize(p, action, resource);
+    req.audit = {
+      tenantId: chain,
+      action,
+      ...(collection !== undefined ? { collection } : {}),
+      decision: { effect: decision.allowed ? 'allow' : 'deny', policyIds: [...decision.policies] },
+    };
+    if (!decision.allowed) throw new AccessDeniedError();
   };
 
   app.get('/healthz', async () => ({ status: 'ok', store: bh.store.engine.kind }));
@@ -200,6 +334,15 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
     const tenant = await bh.tenants.get(req.params.id);
     return { erasures: await bh.erasures.list(tenant.id) };
   });
+  // The audit trail (operator): recompute every chain, check every checkpoint against the witness.
+  app.post('/v1/audit/verify', async (req) => {
+    operator(req, 'audit.verify');
+    const body = objectBody(req.body ?? {}, ['tenant']);
+    if (body.tenant !== undefined && (typeof body.tenant !== 'string' || body.tenant.length === 0 || body.tenant.length > 64)) {
+      throw new InvalidRequestError('tenant must be a tenant id or slug', { field: 'tenant' });
+    }
+    return bh.verifyAudit(body.tenant as string | undefined);
+  });
   app.get('/v1/placements', async (req) => {
     operator(req, 'tenant.partitions');
     return { placements: await bh.placements.list(), cells: bh.placements.cells.all().map((c) => ({ name: c.name, region: c.region, kind: c.host.kind, control: c.control })) };
@@ -257,29 +400,42 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
     const actor = tenantOf(req, 'record.create', name);
     const body = objectBody(req.body, ['fields'], ['fields']);
     reply.code(201);
-    return bh.records.create(actor, name, body.fields);
+    const created = await bh.records.create(actor, name, body.fields, writeAudit(req));
+    req.audit!.written = true;
+    return created;
   });
   app.get<{ Params: { name: string }; Querystring: Record<string, unknown> }>('/v1/collections/:name/records', async (req) => {
     const name = checkCollectionName(req.params.name);
     const { tenantId } = tenantOf(req, 'record.list', name);
     const page = await bh.records.list(tenantId, name, queryParams(req.query, ['filter', 'sort', 'limit', 'cursor']));
+    // The query's shape (fields, operators, sort), hashed; never its values.
+    req.audit!.query = { fingerprint: queryFingerprint(page.fingerprint), rowCount: page.records.length };
+    if (!readAudited((await bh.collections.get(tenantId, name)).definition, page.records)) req.audit!.unaudited = true;
     return { records: page.records, nextCursor: page.nextCursor };
   });
   app.get<{ Params: { name: string; id: string } }>('/v1/collections/:name/records/:id', async (req) => {
     const name = checkCollectionName(req.params.name);
     const { tenantId } = tenantOf(req, 'record.read', name);
-    return bh.records.get(tenantId, name, req.params.id);
+    if (isUuid(req.params.id)) req.audit!.recordIds = [req.params.id];
+    const record = await bh.records.get(tenantId, name, req.params.id);
+    if (!readAudited((await bh.collections.get(tenantId, name)).definition, [record])) req.audit!.unaudited = true;
+    return record;
   });
   app.patch<{ Params: { name: string; id: string } }>('/v1/collections/:name/records/:id', async (req) => {
     const name = checkCollectionName(req.params.name);
     const actor = tenantOf(req, 'record.update', name);
     const body = objectBody(req.body, ['fields'], ['fields']);
-    return bh.records.update(actor, name, req.params.id, body.fields);
+    if (isUuid(req.params.id)) req.audit!.recordIds = [req.params.id];
+    const updated = await bh.records.update(actor, name, req.params.id, body.fields, writeAudit(req));
+    req.audit!.written = true;
+    return updated;
   });
   app.delete<{ Params: { name: string; id: string } }>('/v1/collections/:name/records/:id', async (req, reply) => {
     const name = checkCollectionName(req.params.name);
     const { tenantId } = tenantOf(req, 'record.delete', name);
-    await bh.records.delete(tenantId, name, req.params.id);
+    if (isUuid(req.params.id)) req.audit!.recordIds = [req.params.id];
+    await bh.records.delete(tenantId, name, req.params.id, writeAudit(req));
+    req.audit!.written = true;
     reply.code(204);
     return null;
   });

@@ -1,7 +1,7 @@
 import { BulkheadError, DatabaseError, NotFoundError } from '../errors.js';
 import type { Statement, StatementResult } from '../store/engine.js';
 import type { TenantScopes } from '../placement/placements.js';
-import { COLLECTION_NAME, keyTableOf, parseCollectionDefinition, type Classification, type CollectionDefinition, type FieldDefinition } from './fields.js';
+import { COLLECTION_NAME, keyTableOf, parseCollectionDefinition, type Classification, type CollectionDefinition, type FieldDefinition, type ReadAuditLevel } from './fields.js';
 import { RecordValidator } from './validation.js';
 
 /** A collection version, compiled: what the record path needs. */
@@ -21,6 +21,8 @@ export interface CollectionView {
   readonly version: number;
   readonly fields: CollectionDefinition['fields'];
   readonly description?: string;
+  /** Which successful reads are audited: `all`, `classified` or `off` (docs/audit.md, "Read auditing"). */
+  readonly readAudit: ReadAuditLevel;
   readonly createdAt: string;
   readonly updatedAt: string;
 }
@@ -343,6 +345,7 @@ function view(c: Pick<CompiledCollection, 'name' | 'version' | 'definition' | 'c
     version: c.version,
     fields: c.definition.fields,
     ...(c.definition.description ? { description: c.definition.description } : {}),
+    readAudit: c.definition.readAudit ?? 'all',
     createdAt: c.createdAt.toISOString(),
     updatedAt: c.updatedAt.toISOString(),
   };

@@ -38,10 +38,24 @@ export interface FieldDefinition {
   readonly description?: string;
 }
 
+/**
+ * Which successful reads of a collection are audited (issue 5, item 8): `all` (the default), only
+ * those that return a value of a field classified above internal (`classified`), or none (`off`).
+ * Writes and refusals are audited whatever it says.
+ */
+export const READ_AUDIT_LEVELS = ['all', 'classified', 'off'] as const;
+/** A read-audit level. */
+export type ReadAuditLevel = (typeof READ_AUDIT_LEVELS)[number];
+
+/** Classifications above internal: a read returning such a value is audited at the `classified` level. */
+export const SENSITIVE_CLASSIFICATIONS: readonly Classification[] = Object.freeze(['confidential', 'pii', 'phi', 'pci']);
+
 /** A collection definition as stored. */
 export interface CollectionDefinition {
   readonly fields: Readonly<Record<string, FieldDefinition>>;
   readonly description?: string;
+  /** Settled to `all` when a definition is parsed; absent only in definitions stored before it existed (read as `all`). */
+  readonly readAudit?: ReadAuditLevel;
 }
 
 /** Limits on definitions, so one tenant cannot make validation or indexing unbounded. */
@@ -116,7 +130,11 @@ export function parseCollectionDefinition(input: unknown, options: DefinitionOpt
   const encryptedClassifications = options.encryptedClassifications ?? DEFAULT_ENCRYPTED_CLASSIFICATIONS;
   if (!isPlainObject(input)) fail('the collection definition must be a JSON object');
   for (const key of Object.keys(input)) {
-    if (key !== 'fields' && key !== 'description') fail(`unknown property "${safeName(key)}" in the collection definition`);
+    if (key !== 'fields' && key !== 'description' && key !== 'readAudit') fail(`unknown property "${safeName(key)}" in the collection definition`);
+  }
+  const readAudit = input.readAudit ?? 'all';
+  if (typeof readAudit !== 'string' || !(READ_AUDIT_LEVELS as readonly string[]).includes(readAudit)) {
+    fail(`readAudit must be one of ${READ_AUDIT_LEVELS.join(', ')}`);
   }
   const description = input.description;
   if (description !== undefined && (typeof description !== 'string' || description.length > LIMITS.descriptionLength)) {
@@ -139,6 +157,7 @@ export function parseCollectionDefinition(input: unknown, options: DefinitionOpt
   return Object.freeze({
     fields: Object.freeze(fields),
     ...(description === undefined ? {} : { description: description as string }),
+    readAudit: readAudit as ReadAuditLevel,
   });
 }
 

@@ -4,7 +4,8 @@ import type { JsonValue } from '../crypto/encoding.js';
 import { decryptField, encryptField, isCiphertext, keyVersionOf } from '../crypto/field-cipher.js';
 import { BulkheadError, DatabaseError, DecryptionFailedError, NotFoundError, RecordInvalidError } from '../errors.js';
 import { isUuid, uuidv7 } from '../ids.js';
-import type { Statement, StatementResult } from '../store/engine.js';
+import type { AuditEvent } from '../audit/event.js';
+import type { EngineTransaction, Statement, StatementResult } from '../store/engine.js';
 import type { TenantScopes } from '../placement/placements.js';
 import type { Collections, CompiledCollection } from './collections.js';
 import { keyTableOf } from './fields.js';
@@ -66,6 +67,15 @@ export interface Actor {
   readonly subject: string;
 }
 
+/**
+ * The audit trail's side of a write: `event(recordId)` builds the write's audit event, which
+ * `log.appendInTransaction` appends in the write's own transaction (docs/audit.md, "Writing").
+ */
+export interface WriteAudit {
+  readonly log: { appendInTransaction(tx: EngineTransaction, tenantId: string, events: readonly AuditEvent[]): Promise<void> };
+  readonly event: (recordId: string) => AuditEvent;
+}
+
 /** Where record reads and writes are counted (`Usage` in production). */
 export interface UsageMeter {
   recordRead(tenantId: string, rows: number): void;
@@ -105,7 +115,7 @@ export class Records {
   }
 
   /** Creates a record; defaults applied, values validated and normalized. */
-  async create(actor: Actor, collection: string, fields: unknown): Promise<RecordView> {
+  async create(actor: Actor, collection: string, fields: unknown, audit?: WriteAudit): Promise<RecordView> {
     return this.#withCurrentDefinition(actor.tenantId, collection, 'RECORD_INVALID', async (c) => {
       const data = c.validator.normalize(fields, true);
       const id = uuidv7();
@@ -121,7 +131,7 @@ export class Records {
         },
       };
       const steps: Step[] = [versionStep(c), ...referenceSteps(c, data), insert, ...keySteps(c, id, data, names, false, await this.#blinds(c, data, names))];
-      const results = await this.#run(actor.tenantId, steps);
+      const results = await this.#run(actor.tenantId, steps, audit && ((tx) => audit.log.appendInTransaction(tx, actor.tenantId, [audit.event(id)])));
       this.#usage.recordWrite(actor.tenantId, 1);
       return withPlaintext(toView(results[steps.indexOf(insert)]!.rows[0]!), c, data);
     });
@@ -165,7 +175,7 @@ export class Records {
   }
 
   /** Changes some fields (a null clears one); the merged record is validated as a whole. */
-  async update(actor: Actor, collection: string, id: string, patch: unknown): Promise<RecordView> {
+  async update(actor: Actor, collection: string, id: string, patch: unknown, audit?: WriteAudit): Promise<RecordView> {
     if (!isUuid(id)) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
     if (typeof patch !== 'object' || patch === null || Array.isArray(patch)) throw new RecordInvalidError('fields must be a JSON object');
     return this.#withCurrentDefinition(actor.tenantId, collection, 'RECORD_INVALID', async (c) => {
@@ -175,7 +185,7 @@ export class Records {
       const keys = await this.#keysFor(c, patch as Record<string, unknown>);
       for (let attempt = 1; ; attempt++) {
         try {
-          return await this.#updateOnce(actor, c, id, patch as Record<string, unknown>, keys);
+          return await this.#updateOnce(actor, c, id, patch as Record<string, unknown>, keys, audit);
         } catch (error) {
           if (!(error instanceof KeysNeeded) || attempt >= KEY_ATTEMPTS) throw error;
           for (const v of error.versions) keys.decrypt.set(v, await this.#keyring().forDecrypt(c.tenantId, v));
@@ -199,7 +209,7 @@ export class Records {
   }
 
   /** One attempt of an update: one transaction that reaches no key store (it throws `KeysNeeded` instead). */
-  async #updateOnce(actor: Actor, c: CompiledCollection, id: string, patch: Record<string, unknown>, keys: TxKeys): Promise<RecordView> {
+  async #updateOnce(actor: Actor, c: CompiledCollection, id: string, patch: Record<string, unknown>, keys: TxKeys, audit: WriteAudit | undefined): Promise<RecordView> {
     return this.#store.tenant(actor.tenantId, WRITE).transaction(async (tx) => {
       const [, current] = await tx.batch([
         versionStep(c).statement,
@@ -242,23 +252,32 @@ export class Records {
       } catch (error) {
         throw classify(error, steps);
       }
+      if (audit) await audit.log.appendInTransaction(tx, actor.tenantId, [audit.event(id)]);
       this.#usage.recordWrite(actor.tenantId, 1);
       return withPlaintext(toView(results[updateIndex]!.rows[0]!), c, data);
     });
   }
 
   /** Deletes a record (its unique and indexed values go with it, by cascade). */
-  async delete(tenantId: string, collection: string, id: string): Promise<void> {
+  async delete(tenantId: string, collection: string, id: string, audit?: WriteAudit): Promise<void> {
     const c = await this.#collections.get(tenantId, collection);
     if (!isUuid(id)) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
-    const [r] = await this.#store.tenant(tenantId, WRITE).batch([
-      {
-        name: 'bh_record_delete',
-        text: 'DELETE FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3',
-        values: [tenantId, c.name, id],
-      },
-    ]);
-    if (r!.rowCount === 0) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
+    const remove: Statement = {
+      name: 'bh_record_delete',
+      text: 'DELETE FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3',
+      values: [tenantId, c.name, id],
+    };
+    const scope = this.#store.tenant(tenantId, WRITE);
+    const deleted = audit
+      ? await scope.transaction(async (tx) => {
+          const [r] = await tx.batch([remove]);
+          // Nothing deleted is a failed request, audited as such by the caller, not a write.
+          if (r!.rowCount === 0) return 0;
+          await audit.log.appendInTransaction(tx, tenantId, [audit.event(id)]);
+          return r!.rowCount ?? 0;
+        })
+      : ((await scope.batch([remove]))[0]!.rowCount ?? 0);
+    if (deleted === 0) throw new NotFoundError('RECORD_NOT_FOUND', 'no such record in this collection');
     this.#usage.recordWrite(tenantId, 1);
   }
 
@@ -343,13 +362,24 @@ export class Records {
     return this.#keys;
   }
 
-  async #run(tenantId: string, steps: readonly Step[]): Promise<StatementResult[]> {
+  /** Runs the steps in one transaction (one round trip without `then`; `then` runs in the same transaction after them). */
+  async #run(tenantId: string, steps: readonly Step[], then?: (tx: EngineTransaction) => Promise<void>): Promise<StatementResult[]> {
+    const statements = steps.map((s) => s.statement);
+    let stepsDone = false;
     try {
-      return await this.#store.tenant(tenantId, WRITE).batch(steps.map((s) => s.statement));
+      if (!then) return await this.#store.tenant(tenantId, WRITE).batch(statements);
+      return await this.#store.tenant(tenantId, WRITE).transaction(async (tx) => {
+        const results = await tx.batch(statements);
+        stepsDone = true;
+        await then(tx);
+        return results;
+      });
     } catch (error) {
-      throw classify(error, steps);
+      // Only the steps' own failures are theirs to explain; one of `then` passes as it is.
+      throw stepsDone ? error : classify(error, steps);
     }
   }
+
 
   /**
    * Runs `fn` against the cached definition of the collection, and once more against the current

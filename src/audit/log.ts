@@ -1,0 +1,309 @@
+/**
+ * The audit log: how events reach their chains (issue 5, items 4 and 5; docs/audit.md, "Writing").
+ *
+ * - A write's event is appended in the write's own transaction (`appendInTransaction`): the write
+ *   and its event commit together or not at all.
+ * - Every other event (reads, denials, failed writes, operator actions) goes through the
+ *   group-commit writer (`record`): concurrent events of one chain are appended in one transaction,
+ *   and each caller's promise resolves only once that transaction has committed, so a request is
+ *   answered after its event is durable and never before.
+ * - Appends to one chain are serialized by a transaction-scoped advisory lock on the chain, taken
+ *   before its head is read, so two processes never link to the same head; the database's link
+ *   trigger (BHA02) refuses a row that does not extend its chain all the same.
+ * - Signed checkpoints: every `checkpointEvery` events of a chain, and every `checkpointMs` for any
+ *   chain that moved, the chain's head is read under the same lock, signed (Ed25519) and appended
+ *   to the witness, outside the database.
+ *
+ * Tenant chains live in `audit_events` at the tenant's placement (so they follow it through moves),
+ * written through the tenant's own scope (RLS, and the move fence: an append during a move's switch
+ * waits for it). The platform chain lives in the control plane's `audit_platform_events`.
+ */
+import type { KeyObject } from 'node:crypto';
+import { BulkheadError, DatabaseError, WritesPausedError } from '../errors.js';
+import type { EngineTransaction, Statement } from '../store/engine.js';
+import type { ScopedStore } from '../store/store.js';
+import { ChainLinker, PLATFORM_CHAIN, type ChainHead, type ChainId, type LinkedRow } from './chain.js';
+import type { CheckpointSigner } from './checkpoint.js';
+import type { AuditEvent } from './event.js';
+import { AUDIT_LINK_SQLSTATE } from './schema.js';
+import type { Witness } from './witness.js';
+
+/** Where the log finds a chain's storage: the tenant's write scope, or the platform scope of the control plane. */
+export interface AuditScopes {
+  /** The tenant's scope at its placement, for writes (fenced during a move's switch). */
+  tenant(tenantId: string): ScopedStore;
+  /** The control plane's platform scope. */
+  platform(): ScopedStore;
+}
+
+/** Options of the audit log. */
+export interface AuditLogOptions {
+  readonly scopes: AuditScopes;
+  readonly signer: CheckpointSigner;
+  readonly witness: Witness;
+  /** Events of one chain after which its head is checkpointed (default 1,000). */
+  readonly checkpointEvery?: number;
+  /** Longest time a chain's new events wait for a checkpoint, in ms (default 60,000). */
+  readonly checkpointMs?: number;
+  /** Most events appended in one group commit (default 500). */
+  readonly maxBatch?: number;
+}
+
+/** The seed of the advisory lock that serializes appends to a chain (one key per chain). */
+export const AUDIT_CHAIN_LOCK_SEED = 5150371;
+/** Default events between checkpoints of a chain. */
+export const DEFAULT_CHECKPOINT_EVERY = 1_000;
+/** Default longest wait of a chain's new events for a checkpoint. */
+export const DEFAULT_CHECKPOINT_MS = 60_000;
+/** How long an append waits before retrying when a move's switch has paused the tenant's writes. */
+const PAUSED_RETRY_MS = 100;
+/** Chains whose head is remembered at once. */
+const MAX_CACHED_HEADS = 100_000;
+/** Attempts of a group commit before its callers get the error (a pause lasts well under a second). */
+const MAX_ATTEMPTS = 50;
+
+interface Pending {
+  readonly event: AuditEvent;
+  readonly resolve: () => void;
+  readonly reject: (error: unknown) => void;
+}
+
+/** A chain's table and its key columns in SQL. */
+function tableOf(chain: ChainId): { table: string; where: string; values: unknown[] } {
+  return chain === PLATFORM_CHAIN
+    ? { table: 'bulkhead.audit_platform_events', where: '', values: [] }
+    : { table: 'audit_events', where: 'WHERE tenant_id = $1', values: [chain] };
+}
+
+/** The statement that locks a chain until the end of the transaction (one key per chain). */
+function lockStatement(chain: ChainId): Statement {
+  return { name: 'bh_audit_lock', text: 'SELECT pg_advisory_xact_lock(hashtextextended($1, $2))', values: [chain, AUDIT_CHAIN_LOCK_SEED] };
+}
+
+/** The statements that lock a chain for this transaction and read its head (named: they run on every append). */
+function headStatements(chain: ChainId): Statement[] {
+  return [
+    lockStatement(chain),
+    chain === PLATFORM_CHAIN
+      ? { name: 'bh_audit_head_platform', text: 'SELECT seq, hash FROM bulkhead.audit_platform_events ORDER BY seq DESC LIMIT 1' }
+      : { name: 'bh_audit_head', text: 'SELECT seq, hash FROM audit_events WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1', values: [chain] },
+  ];
+}
+
+function headOf(row: Record<string, unknown> | undefined): ChainHead | undefined {
+  if (!row) return undefined;
+  return { seq: Number(row.seq), hash: row.hash as Uint8Array };
+}
+
+/** The insert of linked rows, as one statement (rows as JSON: engines take no arrays as parameters). */
+function insertStatement(chain: ChainId, rows: readonly LinkedRow[]): Statement {
+  const payload = JSON.stringify(
+    rows.map((r) => ({ seq: r.seq, prev_hash: `\\x${r.prevHash.toString('hex')}`, hash: `\\x${r.hash.toString('hex')}`, event: r.event, time: r.time })),
+  );
+  if (chain === PLATFORM_CHAIN) {
+    return {
+      name: 'bh_audit_insert_platform',
+      text:
+        'INSERT INTO bulkhead.audit_platform_events (seq, prev_hash, hash, event, time) ' +
+        'SELECT seq, prev_hash::bytea, hash::bytea, event, time FROM jsonb_to_recordset($1::text::jsonb) AS r (seq bigint, prev_hash text, hash text, event jsonb, time timestamptz) ORDER BY seq',
+      values: [payload],
+    };
+  }
+  return {
+    name: 'bh_audit_insert',
+    text:
+      'INSERT INTO audit_events (tenant_id, seq, prev_hash, hash, event, time) ' +
+      'SELECT $1, seq, prev_hash::bytea, hash::bytea, event, time FROM jsonb_to_recordset($2::text::jsonb) AS r (seq bigint, prev_hash text, hash text, event jsonb, time timestamptz) ORDER BY seq',
+    values: [chain, payload],
+  };
+}
+
+/**
+ * The audit log of one process. Tenant chains are named by tenant id, the platform chain by
+ * `platform`; an event's `tenantId` says which (null: platform).
+ */
+export class AuditLog {
+  readonly #scopes: AuditScopes;
+  readonly #signer: CheckpointSigner;
+  /** The witness checkpoints are written to. */
+  readonly witness: Witness;
+  readonly #every: number;
+  readonly #maxBatch: number;
+  readonly #queues = new Map<ChainId, Pending[]>();
+  readonly #flushing = new Set<ChainId>();
+  /** Events appended per chain by this process since its last checkpoint. */
+  readonly #since = new Map<ChainId, number>();
+  /**
+   * The head each chain had after this process's last append to it. A group commit links to it
+   * without reading it first, in one round trip: if another process appended meanwhile, the
+   * database's link trigger (BHA02) or the primary key refuses the insert, and the commit reads
+   * the head and tries again. Bounded: cleared past MAX_CACHED_HEADS chains.
+   */
+  readonly #heads = new Map<ChainId, ChainHead>();
+  readonly #timer: NodeJS.Timeout;
+  #checkpointing: Promise<number> | undefined;
+  #closed = false;
+
+  constructor(options: AuditLogOptions) {
+    this.#scopes = options.scopes;
+    this.#signer = options.signer;
+    this.witness = options.witness;
+    this.#every = options.checkpointEvery ?? DEFAULT_CHECKPOINT_EVERY;
+    this.#maxBatch = options.maxBatch ?? 500;
+    const ms = options.checkpointMs ?? DEFAULT_CHECKPOINT_MS;
+    this.#timer = setInterval(() => void this.checkpoint().catch(() => {}), ms);
+    this.#timer.unref();
+  }
+
+  /** The public key checkpoints are verified with. */
+  get verifyingKey(): KeyObject {
+    return this.#signer.publicKey;
+  }
+
+  /**
+   * Appends a tenant's events inside the caller's transaction on the tenant's placement (a write
+   * and its events commit together). Call it after the write's own statements succeeded.
+   */
+  async appendInTransaction(tx: EngineTransaction, tenantId: string, events: readonly AuditEvent[]): Promise<void> {
+    if (events.length === 0) return;
+    const [, head] = await tx.batch(headStatements(tenantId));
+    const linker = new ChainLinker(tenantId, headOf(head!.rows[0]));
+    const rows = events.map((e) => linker.append(e));
+    await tx.batch([insertStatement(tenantId, rows)]);
+    // The caller's transaction may still roll back: remember no head from it (the next group
+    // commit reads the head), rather than one that might never have been committed.
+    this.#heads.delete(tenantId);
+    this.#appended(tenantId, rows.length);
+  }
+
+  /**
+   * Appends an event through the group-commit writer; resolves once it is committed, rejects if it
+   * could not be (the caller's operation then fails: nothing is done unaudited).
+   */
+  record(event: AuditEvent): Promise<void> {
+    if (this.#closed) return Promise.reject(new BulkheadError('STORE_UNAVAILABLE', 'the server is shutting down'));
+    const chain = event.tenantId ?? PLATFORM_CHAIN;
+    return new Promise<void>((resolve, reject) => {
+      let queue = this.#queues.get(chain);
+      if (!queue) {
+        queue = [];
+        this.#queues.set(chain, queue);
+      }
+      queue.push({ event, resolve, reject });
+      if (!this.#flushing.has(chain)) void this.#flush(chain);
+    });
+  }
+
+  /**
+   * Signs the head of every chain this process appended to since its last checkpoint and appends
+   * it to the witness; returns how many were written. Safe to call from several processes: the
+   * head is read under the chain's lock, so the witness gets increasing seqs.
+   */
+  checkpoint(): Promise<number> {
+    this.#checkpointing ??= this.#checkpointAll().finally(() => (this.#checkpointing = undefined));
+    return this.#checkpointing;
+  }
+
+  /** Stops the timer, waits for pending appends, and checkpoints what moved. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#timer);
+    while (this.#flushing.size > 0) await new Promise((resolve) => setTimeout(resolve, 5));
+    await this.checkpoint().catch(() => {});
+  }
+
+  /** Appends every queued event of `chain`, a batch per transaction, until the queue is empty. */
+  async #flush(chain: ChainId): Promise<void> {
+    this.#flushing.add(chain);
+    try {
+      // Let the requests of this tick join the batch.
+      await new Promise((resolve) => setImmediate(resolve));
+      for (;;) {
+        const queue = this.#queues.get(chain);
+        if (!queue || queue.length === 0) break;
+        const batch = queue.splice(0, this.#maxBatch);
+        try {
+          await this.#commit(chain, batch.map((p) => p.event));
+          for (const p of batch) p.resolve();
+        } catch (error) {
+          for (const p of batch) p.reject(error);
+        }
+      }
+      this.#queues.delete(chain);
+    } finally {
+      this.#flushing.delete(chain);
+    }
+  }
+
+  async #commit(chain: ChainId, events: readonly AuditEvent[]): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      const scope = chain === PLATFORM_CHAIN ? this.#scopes.platform() : this.#scopes.tenant(chain);
+      const known = this.#heads.get(chain);
+      try {
+        let rows: LinkedRow[];
+        if (known) {
+          // One round trip: lock, and insert linked to the head this process last wrote.
+          const linker = new ChainLinker(chain, known);
+          rows = events.map((e) => linker.append(e));
+          await scope.batch([lockStatement(chain), insertStatement(chain, rows)]);
+        } else {
+          rows = await scope.transaction(async (tx) => {
+            const [, head] = await tx.batch(headStatements(chain));
+            const linker = new ChainLinker(chain, headOf(head!.rows[0]));
+            const linked = events.map((e) => linker.append(e));
+            await tx.batch([insertStatement(chain, linked)]);
+            return linked;
+          });
+        }
+        this.#remember(chain, rows[rows.length - 1]!);
+        this.#appended(chain, events.length);
+        return;
+      } catch (error) {
+        if (known && error instanceof DatabaseError && (error.sqlState === AUDIT_LINK_SQLSTATE || error.kind === 'unique')) {
+          // Another process appended since: read the head and link again (nothing was written).
+          this.#heads.delete(chain);
+          continue;
+        }
+        // A move's switch pauses the tenant's writes for a moment; the events wait for it.
+        if (!(error instanceof WritesPausedError) || attempt >= MAX_ATTEMPTS) throw error;
+        await new Promise((resolve) => setTimeout(resolve, PAUSED_RETRY_MS));
+      }
+    }
+  }
+
+  #remember(chain: ChainId, last: LinkedRow): void {
+    if (this.#heads.size >= MAX_CACHED_HEADS && !this.#heads.has(chain)) this.#heads.clear();
+    this.#heads.set(chain, { seq: last.seq, hash: last.hash });
+  }
+
+  #appended(chain: ChainId, n: number): void {
+    const count = (this.#since.get(chain) ?? 0) + n;
+    this.#since.set(chain, count);
+    if (count >= this.#every) void this.checkpoint().catch(() => {});
+  }
+
+  async #checkpointAll(): Promise<number> {
+    let written = 0;
+    for (const chain of [...this.#since.keys()]) {
+      this.#since.delete(chain);
+      try {
+        const scope = chain === PLATFORM_CHAIN ? this.#scopes.platform() : this.#scopes.tenant(chain);
+        // The lock is held while the checkpoint is written: another process's checkpoint of the
+        // same chain waits, and so reads a head at least as new.
+        const done = await scope.transaction(async (tx) => {
+          const [, head] = await tx.batch(headStatements(chain));
+          const h = headOf(head!.rows[0]);
+          if (!h) return false;
+          await this.witness.append(this.#signer.sign({ chain, seq: h.seq, hash: h.hash }));
+          return true;
+        });
+        if (done) written++;
+      } catch (error) {
+        // Checkpointed at the next opportunity; the events themselves are safe in the database.
+        this.#since.set(chain, (this.#since.get(chain) ?? 0) + 1);
+        if (!(error instanceof WritesPausedError)) throw error;
+      }
+    }
+    return written;
+  }
+}
