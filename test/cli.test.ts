@@ -298,7 +298,7 @@ for (const kind of BACKENDS) {
       const plan = JSON.parse(dryJson.stdout);
       assert.equal(plan.dryRun, true);
       assert.deepEqual(plan.collections[1], {
-        name: 'tasks', result: 'updated', version: 2, previousVersion: 1, changes: { added: ['priority'], removed: [], changed: ['title'], description: false },
+        name: 'tasks', result: 'updated', version: 2, previousVersion: 1, changes: { added: ['priority'], removed: [], changed: ['title'], description: false, readAudit: false },
       });
 
       const updated = await cli(['collections', 'apply', '-f', changedFile, '--tenant', a.slug]);
@@ -320,7 +320,7 @@ for (const kind of BACKENDS) {
         tenant: a.slug,
         file,
         dryRun: false,
-        collections: [{ name: 'notes', result: 'created', version: 1, previousVersion: null, changes: { added: ['body'], removed: [], changed: [], description: false } }],
+        collections: [{ name: 'notes', result: 'created', version: 1, previousVersion: null, changes: { added: ['body'], removed: [], changed: [], description: false, readAudit: false } }],
       });
     });
 

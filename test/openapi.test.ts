@@ -495,7 +495,15 @@ for (const kind of BACKENDS) {
           }
           continue;
         }
-        assert.deepEqual(op.security, [{ tenantToken: [] }]);
+        // A route that operators reach as well names the platform action they take there.
+        const operatorAction = op['x-bulkhead-operator-action'] as Action | undefined;
+        if (operatorAction !== undefined) {
+          assert.ok(isPlatformAction(operatorAction), `${method} ${path}: operators take a platform action`);
+          assert.deepEqual(op.security, [{ tenantToken: [] }, { operatorToken: [] }]);
+          assert.equal(t.bh.authorizer.authorize(operator, operatorAction, {}).allowed, true, `an operator may ${operatorAction}`);
+        } else {
+          assert.deepEqual(op.security, [{ tenantToken: [] }]);
+        }
         const roles = op['x-bulkhead-roles'] as TenantRole[];
         assert.ok(Array.isArray(roles) && roles.length > 0, `${method} ${path} lists its roles`);
         const resource = { tenantId, ...(collection ? { collection } : {}) };

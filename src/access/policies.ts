@@ -55,13 +55,17 @@ namespace Bulkhead {
 
   // Operator views across tenants (usage, partition health: aggregates, no tenant data), tenant
   // moves, key rotation, erasure, and verification of the audit trail.
-  action "tenant.usage", "tenant.partitions", "tenant.move", "tenant.keys", "tenant.erase", "audit.verify" in ["tenant-registry"]
+  action "tenant.usage", "tenant.partitions", "tenant.move", "tenant.keys", "tenant.erase", "tenant.audit", "audit.verify" in ["tenant-registry"]
     appliesTo { principal: [TenantUser, Operator], resource: [Platform] };
 
   action "collection.define", "collection.read", "collection.list" in ["tenant-data"]
     appliesTo { principal: [TenantUser, Operator], resource: [Collection] };
 
   action "record.create", "record.read", "record.list", "record.update", "record.delete" in ["tenant-data"]
+    appliesTo { principal: [TenantUser, Operator], resource: [Record] };
+
+  // A tenant's own audit trail (its auditors and admins; operators read any with tenant.audit).
+  action "audit.read" in ["tenant-data"]
     appliesTo { principal: [TenantUser, Operator], resource: [Record] };
 }
 `;
@@ -153,12 +157,11 @@ permit (
 )
 when { resource has tenant && resource.tenant == principal.tenant };
 
-// An auditor sees which collections exist, not what they hold; reading the audit trail comes with
-// the audit actions.
+// An auditor sees which collections exist, not what they hold, and reads its tenant's audit trail.
 @id("role.auditor")
 permit (
   principal in Bulkhead::Role::"auditor",
-  action in [Bulkhead::Action::"collection.read", Bulkhead::Action::"collection.list"],
+  action in [Bulkhead::Action::"collection.read", Bulkhead::Action::"collection.list", Bulkhead::Action::"audit.read"],
   resource
 )
 when { resource has tenant && resource.tenant == principal.tenant };

@@ -38,6 +38,7 @@ export const ACTIONS = [
   'tenant.keys',
   'tenant.erase',
   'audit.verify',
+  'tenant.audit',
   'collection.define',
   'collection.read',
   'collection.list',
@@ -46,6 +47,7 @@ export const ACTIONS = [
   'record.list',
   'record.update',
   'record.delete',
+  'audit.read',
 ] as const;
 
 /** An operation. */

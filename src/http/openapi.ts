@@ -675,6 +675,37 @@ const schemas: JsonObject = {
       finishedAt: { type: ['string', 'null'], format: 'date-time', description: 'When the erasure reached `done` or `cancelled`.' },
     },
   },
+  AuditEvent: {
+    type: 'object',
+    description: 'A stored audit event (docs/audit.md, "The event") with its chain data. Never a field value or a secret.',
+    required: ['seq', 'prevHash', 'hash', 'time', 'tenantId', 'principal', 'action', 'decision', 'requestId', 'sourceAddress', 'outcome'],
+    properties: {
+      seq: { type: 'integer', minimum: 1 },
+      prevHash: { type: 'string', pattern: '^[0-9a-f]{64}$' },
+      hash: { type: 'string', pattern: '^[0-9a-f]{64}$' },
+      time: { type: 'string', format: 'date-time' },
+      tenantId: { type: ['string', 'null'] },
+      principal: { type: ['object', 'null'] },
+      action: { type: 'string' },
+      collection: { type: 'string' },
+      recordIds: { type: 'array', items: { type: 'string', format: 'uuid' } },
+      query: { type: 'object', properties: { fingerprint: { type: 'string' }, rowCount: { type: 'integer' } } },
+      decision: { type: 'object', properties: { effect: { type: 'string', enum: ['allow', 'deny'] }, policyIds: { type: 'array', items: { type: 'string' } } } },
+      requestId: { type: 'string' },
+      sourceAddress: { type: ['string', 'null'] },
+      outcome: { type: 'string', enum: ['success', 'denied', 'error'] },
+      errorCode: { type: 'string' },
+      operator: { type: 'object' },
+    },
+  },
+  AuditEventPage: {
+    type: 'object',
+    required: ['events', 'nextCursor'],
+    properties: {
+      events: { type: 'array', items: schema('AuditEvent'), description: 'In seq order.' },
+      nextCursor: { type: ['string', 'null'], description: 'Pass as `cursor` for the next page; null on the last page.' },
+    },
+  },
   AuditVerifyRequest: {
     type: 'object',
     additionalProperties: false,
@@ -1198,6 +1229,44 @@ const paths: JsonObject = {
       description: 'Exact row counts (a full count of the records table). Query parameters are refused with `REQUEST_INVALID`.',
       responses: { 200: ok('The partitions of the records table.', schema('PartitionHealth')), ...problems(AUTHENTICATED, ['REQUEST_INVALID']) },
     }),
+  },
+  '/v1/audit/events': {
+    get: {
+      ...tenantOperation('audit.read', 'audit', ['tenant_admin', 'auditor'], {
+        operationId: 'listAuditEvents',
+        summary: 'Read, filter, page and export an audit chain',
+        description:
+          'A tenant\'s auditors and admins read their own tenant\'s chain; an operator token (action `tenant.audit`) reads any tenant\'s with `tenant=`, or the platform chain. ' +
+          'Filters are AND-ed. `Accept: application/x-ndjson` exports every matching event after the cursor (up to 100,000) as `{"seq","prevHash","hash","event"}` lines, ' +
+          'the row format of the offline verifier; `Accept: text/csv` the same as CSV (RFC 4180) with the whole event as JSON in the last column. Reading the trail is itself audited.',
+      parameters: [
+        { name: 'tenant', in: 'query', schema: { type: 'string', maxLength: 64 }, description: 'Operators only: the tenant (id or slug) whose chain to read; absent, or `platform`: the platform chain. Refused for tenant tokens, which read their own tenant\'s.' },
+        { name: 'from', in: 'query', schema: { type: 'string', format: 'date-time' }, description: 'Events at or after this time.' },
+        { name: 'to', in: 'query', schema: { type: 'string', format: 'date-time' }, description: 'Events before this time.' },
+        { name: 'principal', in: 'query', schema: { type: 'string', minLength: 1, maxLength: 256 }, description: 'The acting subject.' },
+        { name: 'action', in: 'query', schema: { type: 'string', pattern: '^[a-z][a-zA-Z0-9]*(\\.[a-z][a-zA-Z0-9]*){1,3}$' } },
+        { name: 'collection', in: 'query', schema: { type: 'string', pattern: COLLECTION_NAME.source } },
+        { name: 'record', in: 'query', schema: { type: 'string', format: 'uuid' }, description: 'Events naming this record.' },
+        { name: 'outcome', in: 'query', schema: { type: 'string', enum: ['success', 'denied', 'error'] } },
+        { name: 'cursor', in: 'query', schema: { type: 'string' } },
+        { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 1000, default: 100 } },
+      ],
+        responses: {
+          200: {
+            description: 'A page of events (or the export).',
+            headers: { 'x-request-id': ref('headers', 'RequestId') },
+            content: {
+              'application/json': { schema: schema('AuditEventPage') },
+              'application/x-ndjson': { schema: { type: 'string' } },
+              'text/csv': { schema: { type: 'string' } },
+            },
+          },
+          ...problems(AUTHENTICATED, ['REQUEST_INVALID', 'QUERY_CURSOR_INVALID', 'TENANT_NOT_FOUND']),
+        },
+      }),
+      security: [{ tenantToken: [] }, { operatorToken: [] }],
+      'x-bulkhead-operator-action': 'tenant.audit',
+    },
   },
   '/v1/audit/verify': {
     post: operatorOperation('audit.verify', {

@@ -5,6 +5,8 @@ import type { Bulkhead } from '../bulkhead.js';
 import { AccessDeniedError, BulkheadError, InvalidRequestError, NotFoundError, WritesPausedError, type ErrorCode } from '../errors.js';
 import { createAuditEvent, queryFingerprint, type AuditDecision, type AuditEvent, type AuditOperatorFields, type AuditPrincipal, type AuditQuery } from '../audit/event.js';
 import type { WriteAudit } from '../tenancy/records.js';
+import { PLATFORM_CHAIN } from '../audit/chain.js';
+import { MAX_EXPORT_EVENTS, MAX_TRAIL_LIMIT, parseTrailQuery, readTrail, toCsv, toNdjson, type TrailEvent } from '../audit/trail.js';
 import { SENSITIVE_CLASSIFICATIONS, type CollectionDefinition } from '../tenancy/fields.js';
 import { isUuid, uuidv7 } from '../ids.js';
 import { checkCollectionName } from '../tenancy/collections.js';
@@ -334,6 +336,54 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
     const tenant = await bh.tenants.get(req.params.id);
     return { erasures: await bh.erasures.list(tenant.id) };
   });
+  // The audit trail: a tenant's auditors and admins read their own tenant's chain; operators read
+  // any tenant's (`tenant=`) or the platform's. JSON pages, or NDJSON and CSV exports with the
+  // chain data needed to verify them offline.
+  app.get<{ Querystring: Record<string, unknown> }>('/v1/audit/events', async (req, reply) => {
+    const p = principal(req);
+    const { tenant, ...rest } = queryParams(req.query, ['tenant', 'from', 'to', 'principal', 'action', 'collection', 'record', 'outcome', 'cursor', 'limit']);
+    let chain: string;
+    if (p.kind === 'operator') {
+      decide(req, p, 'tenant.audit', {}, null);
+      if (tenant === undefined || tenant === PLATFORM_CHAIN) {
+        chain = PLATFORM_CHAIN;
+      } else {
+        chain = (await bh.tenants.get(tenant)).id;
+        req.audit!.operator = { targetTenantId: chain };
+      }
+    } else {
+      // The tenant is the principal's own: a tenant token names no other (SPEC, principle 2).
+      if (tenant !== undefined) throw new InvalidRequestError('tenant= is for operators; a tenant token reads its own tenant\'s trail', { field: 'tenant' });
+      decide(req, p, 'audit.read', { tenantId: p.tenantId }, p.tenantId);
+      chain = p.tenantId;
+    }
+    const { filters, cursor, limit } = parseTrailQuery(rest);
+    const scope = chain === PLATFORM_CHAIN ? bh.store.platform() : bh.placements.tenant(chain, { requireActive: false });
+    const shape = { filters: Object.keys(filters).sort(), limit };
+    const accept = String(req.headers.accept ?? '');
+    const format = accept.includes('application/x-ndjson') ? 'ndjson' : accept.includes('text/csv') ? 'csv' : 'json';
+    if (format === 'json') {
+      const page = await readTrail(scope, chain, filters, cursor, limit);
+      req.audit!.query = { fingerprint: queryFingerprint(shape), rowCount: page.events.length };
+      return page;
+    }
+    // An export: every matching event after the cursor, up to MAX_EXPORT_EVENTS, in seq order.
+    const events: TrailEvent[] = [];
+    let after = cursor;
+    for (;;) {
+      const page = await readTrail(scope, chain, filters, after, Math.min(MAX_TRAIL_LIMIT, MAX_EXPORT_EVENTS - events.length));
+      events.push(...page.events);
+      if (page.nextCursor === null || events.length >= MAX_EXPORT_EVENTS) break;
+      after = events[events.length - 1]!.seq;
+    }
+    req.audit!.query = { fingerprint: queryFingerprint({ ...shape, format }), rowCount: events.length };
+    // A text body skips the serialization hook: the export's own event is recorded here, before it is sent.
+    await bh.audit.record(eventOf(req, req.audit!, 'success'));
+    req.audit!.written = true;
+    reply.type(format === 'ndjson' ? 'application/x-ndjson' : 'text/csv; charset=utf-8');
+    return format === 'ndjson' ? toNdjson(events) : toCsv(events);
+  });
+
   // The audit trail (operator): recompute every chain, check every checkpoint against the witness.
   app.post('/v1/audit/verify', async (req) => {
     operator(req, 'audit.verify');

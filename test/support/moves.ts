@@ -50,6 +50,14 @@ export async function tenantChecksums(bh: Bulkhead, tenantId: string): Promise<C
   return checksums(bh.placements.tenant(tenantId, { requireActive: false }), tenantId);
 }
 
+/**
+ * The checksums of the tenant's data without its audit chain: audited requests append to the chain
+ * by design, so "the data did not change" compares these.
+ */
+export function dataChecksums(c: Checksums): Checksums {
+  return Object.fromEntries(Object.entries(c).filter(([k]) => !k.startsWith('audit_events/')));
+}
+
 /** Waits for a move's runner in this process, then returns the move as stored. */
 export async function finished(bh: Bulkhead, tenantId: string, moveId: string): Promise<MoveView> {
   await bh.moves.wait(moveId);
