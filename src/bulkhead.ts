@@ -21,6 +21,7 @@ import { KeyRotations, type KeyRotationsOptions } from './tenancy/key-rotations.
 import { Erasures, type ErasuresOptions } from './tenancy/erasures.js';
 import { AuditLog, type AuditLogOptions } from './audit/log.js';
 import { verifyTrail, type VerifyReport } from './audit/verify.js';
+import { pruneChain, type PruneResult } from './audit/retention.js';
 import { loadOrCreateSigner, SIGNING_KEY_DIR_NAME } from './audit/checkpoint.js';
 import { Witness } from './audit/witness.js';
 import { join } from 'node:path';
@@ -55,6 +56,8 @@ export interface OpenOptions {
 
 /** How often a server looks for erasures whose grace period is over. */
 export const ERASURE_CHECK_MS = 60_000;
+/** How often a server applies audit retention (every 6 hours). */
+export const RETENTION_CHECK_MS = 6 * 3_600_000;
 
 /**
  * One Bulkhead instance: the store, the registry, the low-code data model and the two
@@ -92,6 +95,7 @@ export class Bulkhead {
   /** The audit trail: per-tenant and platform hash chains, signed checkpoints to the witness. */
   readonly audit: AuditLog;
   #erasureTimer: NodeJS.Timeout | undefined;
+  #retentionTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     config: Config,
@@ -170,6 +174,7 @@ export class Bulkhead {
         scopes: { tenant: (tenantId) => placements.tenant(tenantId, { write: true }), platform: () => store.platform() },
         signer,
         witness: new Witness(config.auditWitnessDir),
+        anchors: new Witness(join(config.auditWitnessDir, 'anchors')),
         checkpointEvery: config.auditCheckpointEvents,
         checkpointMs: config.auditCheckpointMs,
         ...options.audit,
@@ -278,12 +283,39 @@ export class Bulkhead {
         tenant: (tenantId) => this.placements.tenant(tenantId, { requireActive: false }),
         platform: () => this.store.platform(),
         witness: this.audit.witness,
+        anchors: this.audit.anchors,
         keys: [this.audit.verifyingKey],
         ...(onProgress ? { onProgress } : {}),
       },
       tenants.map((t) => ({ id: t.id, erased: t.status === 'erased' })),
       idOrSlug === undefined,
     );
+  }
+
+  /**
+   * Applies audit retention: every tenant chain's events before `before` (default: the retention
+   * period ago) are removed behind a signed anchor; erased tenants and the platform chain are left.
+   */
+  async pruneAudit(before: Date = new Date(Date.now() - this.config.auditRetentionDays * 86_400_000)): Promise<PruneResult[]> {
+    const results: PruneResult[] = [];
+    for (const tenant of await this.tenants.list()) {
+      if (tenant.status === 'erased') continue;
+      results.push(
+        await pruneChain(
+          {
+            tenant: (tenantId) => this.placements.tenant(tenantId, { requireActive: false }),
+            signer: this.audit.signer,
+            anchors: this.audit.anchors,
+            keys: [this.audit.verifyingKey],
+            verify: (tenantId) => this.verifyAudit(tenantId),
+            remove: (tenantId, throughSeq) => this.placements.pruneAudit(tenantId, throughSeq),
+          },
+          tenant.id,
+          before,
+        ).catch((): PruneResult => ({ chain: tenant.id, anchorSeq: null, removed: 0, refused: 'error' })),
+      );
+    }
+    return results;
   }
 
   /** Cancels the scheduled erasure of a tenant (by id or slug); it gets its earlier status back. */
@@ -295,6 +327,7 @@ export class Bulkhead {
   /** Stops the movers, rotators and erasers at a persisted step, flushes the usage counters and closes the cells. */
   async close(): Promise<void> {
     if (this.#erasureTimer) clearInterval(this.#erasureTimer);
+    if (this.#retentionTimer) clearInterval(this.#retentionTimer);
     await this.erasures.close();
     await this.moves.close();
     await this.keyRotations.close();
@@ -317,6 +350,9 @@ export class Bulkhead {
     void this.erasures.runDue().catch(() => {});
     this.#erasureTimer = setInterval(() => void this.erasures.runDue().catch(() => {}), ERASURE_CHECK_MS);
     this.#erasureTimer.unref();
+    // Audit retention: a few times a day is plenty for a period counted in days.
+    this.#retentionTimer = setInterval(() => void this.pruneAudit().catch(() => {}), RETENTION_CHECK_MS);
+    this.#retentionTimer.unref();
   }
 
   async #verifyOperator(token: string): Promise<Principal> {

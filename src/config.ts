@@ -66,6 +66,8 @@ export interface Config {
   readonly auditCheckpointMs: number;
   /** The witness directory of signed checkpoints (`BULKHEAD_AUDIT_WITNESS_DIR`, default `<dataDir>/audit-witness`); keep it where database administrators cannot write. */
   readonly auditWitnessDir: string;
+  /** Days audit events are kept (`BULKHEAD_AUDIT_RETENTION_DAYS`, default 365, PCI DSS 10.5.1); older ones are pruned behind a signed anchor. */
+  readonly auditRetentionDays: number;
   /** The key-encryption keys' provider (`BULKHEAD_KMS_PROVIDER`, `kms` in the file; see docs/encryption.md). */
   readonly kms: KmsSettings;
   /**
@@ -124,6 +126,7 @@ const DEFAULTS = {
   eraseGraceSeconds: 604_800,
   auditCheckpointEvents: 1000,
   auditCheckpointMs: 60_000,
+  auditRetentionDays: 365,
   logLevel: 'info',
 } as const;
 
@@ -133,7 +136,7 @@ export const MAX_ERASE_GRACE_SECONDS = 31_536_000;
 /** Keys a config file may hold (camelCase, as in `Config`). */
 const FILE_KEYS = new Set([
   'port', 'host', 'dataDir', 'databaseUrl', 'jwksUrl', 'jwtIssuer', 'jwtAudience', 'partitions', 'regions',
-  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells', 'moveBatchSize', 'placementCacheMs', 'keyCacheMs', 'rotationBatchSize', 'eraseGraceSeconds', 'auditCheckpointEvents', 'auditCheckpointMs', 'auditWitnessDir', 'tlsCert', 'tlsKey', 'kms', 'encryptedClassifications',
+  'ownerRole', 'appRole', 'bodyLimit', 'poolSize', 'logLevel', 'cells', 'moveBatchSize', 'placementCacheMs', 'keyCacheMs', 'rotationBatchSize', 'eraseGraceSeconds', 'auditCheckpointEvents', 'auditCheckpointMs', 'auditWitnessDir', 'auditRetentionDays', 'tlsCert', 'tlsKey', 'kms', 'encryptedClassifications',
 ]);
 
 
@@ -283,6 +286,7 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
     auditCheckpointEvents: int(pick(undefined, env.BULKHEAD_AUDIT_CHECKPOINT_EVENTS, file.auditCheckpointEvents, DEFAULTS.auditCheckpointEvents), 'the audit checkpoint interval in events', 1, 10_000_000),
     auditCheckpointMs: int(pick(undefined, env.BULKHEAD_AUDIT_CHECKPOINT_MS, file.auditCheckpointMs, DEFAULTS.auditCheckpointMs), 'the audit checkpoint interval in ms', 100, 86_400_000),
     auditWitnessDir: resolve(str(pick(undefined, env.BULKHEAD_AUDIT_WITNESS_DIR, file.auditWitnessDir, join(dataDir, 'audit-witness')), 'the audit witness directory')),
+    auditRetentionDays: int(pick(undefined, env.BULKHEAD_AUDIT_RETENTION_DAYS, file.auditRetentionDays, DEFAULTS.auditRetentionDays), 'the audit retention in days', 1, 36_500),
     logLevel: logLevel as Config['logLevel'],
     tlsCert,
     tlsKey,

@@ -41,6 +41,8 @@ export interface AuditLogOptions {
   readonly scopes: AuditScopes;
   readonly signer: CheckpointSigner;
   readonly witness: Witness;
+  /** Where retention's signed anchors are written (a directory of its own). */
+  readonly anchors: Witness;
   /** Events of one chain after which its head is checkpointed (default 1,000). */
   readonly checkpointEvery?: number;
   /** Longest time a chain's new events wait for a checkpoint, in ms (default 60,000). */
@@ -124,9 +126,12 @@ function insertStatement(chain: ChainId, rows: readonly LinkedRow[]): Statement 
  */
 export class AuditLog {
   readonly #scopes: AuditScopes;
-  readonly #signer: CheckpointSigner;
+  /** Signs checkpoints and retention anchors. */
+  readonly signer: CheckpointSigner;
   /** The witness checkpoints are written to. */
   readonly witness: Witness;
+  /** The witness of retention's anchors. */
+  readonly anchors: Witness;
   readonly #every: number;
   readonly #maxBatch: number;
   readonly #queues = new Map<ChainId, Pending[]>();
@@ -146,7 +151,8 @@ export class AuditLog {
 
   constructor(options: AuditLogOptions) {
     this.#scopes = options.scopes;
-    this.#signer = options.signer;
+    this.signer = options.signer;
+    this.anchors = options.anchors;
     this.witness = options.witness;
     this.#every = options.checkpointEvery ?? DEFAULT_CHECKPOINT_EVERY;
     this.#maxBatch = options.maxBatch ?? 500;
@@ -157,7 +163,7 @@ export class AuditLog {
 
   /** The public key checkpoints are verified with. */
   get verifyingKey(): KeyObject {
-    return this.#signer.publicKey;
+    return this.signer.publicKey;
   }
 
   /**
@@ -294,7 +300,7 @@ export class AuditLog {
           const [, head] = await tx.batch(headStatements(chain));
           const h = headOf(head!.rows[0]);
           if (!h) return false;
-          await this.witness.append(this.#signer.sign({ chain, seq: h.seq, hash: h.hash }));
+          await this.witness.append(this.signer.sign({ chain, seq: h.seq, hash: h.hash }));
           return true;
         });
         if (done) written++;

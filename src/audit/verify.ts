@@ -7,6 +7,7 @@ import type { KeyObject } from 'node:crypto';
 import type { ScopedStore } from '../store/store.js';
 import { PLATFORM_CHAIN, type ChainId, type Divergence, type StoredRow } from './chain.js';
 import { checkpointKeys } from './checkpoint.js';
+import { anchorOf } from './retention.js';
 import type { Witness } from './witness.js';
 
 /** Rows read per query while streaming a chain (constant memory whatever its length). */
@@ -41,6 +42,8 @@ export interface VerifySources {
   readonly tenant: (tenantId: string) => ScopedStore;
   readonly platform: () => ScopedStore;
   readonly witness: Witness;
+  /** Where retention's signed anchors are: a pruned chain is verified from its newest one. */
+  readonly anchors?: Witness;
   /** The public keys checkpoints may be signed with. */
   readonly keys: readonly KeyObject[];
   /** Called with rows verified so far, for a progress bar. */
@@ -76,7 +79,11 @@ export async function verifyTrail(sources: VerifySources, tenants: readonly { id
       continue;
     }
     const scope = chain === PLATFORM_CHAIN ? sources.platform() : sources.tenant(chain);
+    // A chain pruned by retention starts after its newest anchor whose signature verifies (a
+    // forged anchor line fails the verification: the witness throws on it, uniformly).
+    const start = sources.anchors && chain !== PLATFORM_CHAIN ? await anchorOf(sources.anchors, chain, sources.keys) : undefined;
     const result = await sources.witness.verify(chain, rowsOf(scope, chain), keys, {
+      ...(start ? { start } : {}),
       ...(sources.onProgress ? { onProgress: (n: number) => sources.onProgress!(chain, n) } : {}),
     });
     if (result.ok) {

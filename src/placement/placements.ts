@@ -104,6 +104,15 @@ export class Placements implements TenantScopes {
     await this.tiers[p.tier].drop(this.cells.get(p.cell), tenantId, p.location);
   }
 
+  /** Removes a tenant's audit events up to `throughSeq` at its placement (audit retention; see `Store.pruneAudit`). */
+  async pruneAudit(tenantId: string, throughSeq: number): Promise<number> {
+    const p = await this.resolve(tenantId);
+    if (!p) throw new BulkheadError('TENANT_NOT_FOUND', 'no such tenant');
+    const cell = this.cells.get(p.cell);
+    if (p.tier === 'silo') return (await this.tiers.silo.store(cell, tenantId, p.location)).pruneAudit(tenantId, 'bulkhead', throughSeq);
+    return cell.store.pruneAudit(tenantId, p.tier === 'bridge' ? p.location : 'bulkhead', throughSeq);
+  }
+
   /** Records every tenant created before the directory existed as pool tenants of the control cell. */
   async backfill(): Promise<number> {
     const [r] = await this.control.store.platform().batch([

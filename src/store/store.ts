@@ -191,6 +191,26 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
     return Object.fromEntries(tables.map((t, i) => [t, results[i + 2]!.rowCount]));
   }
 
+  /**
+   * Removes a tenant's audit events up to seq `throughSeq` (retention), as the owner role under the
+   * same narrow exception as a purge (`AUDIT_PURGE_SETTING`); the caller has signed an anchor for
+   * that seq first, so the rest of the chain still verifies. Returns the rows removed.
+   */
+  async pruneAudit(tenantId: string, schema: string, throughSeq: number): Promise<number> {
+    if (!isUuid(tenantId)) throw new BulkheadError('INTERNAL', 'pruning needs a validated tenant id');
+    if (!/^[a-z_][a-z0-9_]{0,62}$/.test(schema)) throw new BulkheadError('INTERNAL', 'pruning needs a plain schema name');
+    if (!Number.isSafeInteger(throughSeq) || throughSeq < 1) throw new BulkheadError('INTERNAL', 'pruning needs a seq from 1');
+    const results = await this.engine.batch([
+      { text: `SET LOCAL ROLE ${this.options.ownerRole}` },
+      {
+        text: `SELECT set_config('bulkhead.tenant_id', $1, true), set_config('bulkhead.scope', 'tenant', true), set_config('${AUDIT_PURGE_SETTING}', $1, true)`,
+        values: [tenantId],
+      },
+      { text: `DELETE FROM ${schema}.audit_events WHERE tenant_id = $1 AND seq <= $2`, values: [tenantId, throughSeq] },
+    ]);
+    return results[2]!.rowCount;
+  }
+
   /** Releases the engine. */
   async close(): Promise<void> {
     await this.engine.close();
