@@ -3,7 +3,7 @@ import { OperatorTokenVerifier, generateOperatorToken, hashOperatorToken, looksL
 import type { Action, Principal, Resource, Decision, TenantRole } from './access/principal.js';
 import { TokenVerifier, generateJwtSecret, mintTenantToken } from './access/tokens.js';
 import { MAX_ERASE_GRACE_SECONDS, resolveJwtSecret, type Config } from './config.js';
-import { AccessDeniedError, AuthenticationError, BulkheadError } from './errors.js';
+import { AccessDeniedError, AuthenticationError, BulkheadError, ERROR_CODES, type ErrorCode } from './errors.js';
 import { Cells } from './placement/cells.js';
 import { Moves, type MovesOptions } from './placement/moves.js';
 import { Placements } from './placement/placements.js';
@@ -20,6 +20,10 @@ import { TenantKeyring } from './crypto/keyring.js';
 import { KeyRotations, type KeyRotationsOptions } from './tenancy/key-rotations.js';
 import { Erasures, type ErasuresOptions } from './tenancy/erasures.js';
 import { AuditLog, type AuditLogOptions } from './audit/log.js';
+import { createAuditEvent, type AuditOperatorFields } from './audit/event.js';
+import type { MoveView } from './placement/moves.js';
+import type { RotationView } from './tenancy/key-rotations.js';
+import type { ErasureView } from './tenancy/erasures.js';
 import { verifyTrail, type VerifyReport } from './audit/verify.js';
 import { pruneChain, type PruneResult } from './audit/retention.js';
 import { loadOrCreateSigner, SIGNING_KEY_DIR_NAME } from './audit/checkpoint.js';
@@ -193,7 +197,43 @@ export class Bulkhead {
       // A region move wraps the tenant's keys again in the new region (the keyring exists once `bh` does).
       let keyring: TenantKeyring | undefined;
       const onRegionChange = async (tenantId: string, _from: string, to: string) => keyring!.rewrapInto(tenantId, to);
-      const bh = new Bulkhead(config, placements, new Moves(placements, { batchSize: config.moveBatchSize, onRegionChange, ...options.moves }), authorizer, tokens, jwtSecret, new OperatorTokenVerifier(hashes), kms, options.rotations, options.erasures, audit);
+      // Background jobs record how they end in the platform chain (system events), besides the
+      // observers a caller gives (progress, crash tests).
+      const log = audit;
+      const moveStep = options.moves?.onStep;
+      const rotationStep = options.rotations?.onStep;
+      const erasureStep = options.erasures?.onStep;
+      const bh = new Bulkhead(
+        config,
+        placements,
+        new Moves(placements, {
+          batchSize: config.moveBatchSize,
+          onRegionChange,
+          ...options.moves,
+          onStep: async (move) => {
+            if (move.state === 'done' || move.state === 'rolled_back') await recordJobEnd(log, jobEndOfMove(move));
+            await moveStep?.(move);
+          },
+        }),
+        authorizer,
+        tokens,
+        jwtSecret,
+        new OperatorTokenVerifier(hashes),
+        kms,
+        {
+          onStep: async (rotation) => {
+            if (rotation.state === 'done' || rotation.state === 'failed') await recordJobEnd(log, jobEndOfRotation(rotation));
+            await rotationStep?.(rotation);
+          },
+        },
+        {
+          onStep: async (erasure) => {
+            if (erasure.state === 'done') await recordJobEnd(log, jobEndOfErasure(erasure));
+            await erasureStep?.(erasure);
+          },
+        },
+        audit,
+      );
       keyring = bh.keyring;
       // A move or rotation interrupted by a crash or a restart goes on from the state it was in.
       if (options.resumeMoves ?? true) await bh.moves.resume();
@@ -368,6 +408,81 @@ export class Bulkhead {
       return this.#operators.verify(token);
     }
   }
+}
+
+/** How a background job ended, for its system event in the platform chain. */
+interface JobEnd {
+  readonly action: string;
+  readonly tenantId: string;
+  readonly jobId: string;
+  readonly ok: boolean;
+  readonly errorCode?: ErrorCode;
+  readonly operator?: Omit<AuditOperatorFields, 'targetTenantId' | 'jobId'>;
+}
+
+function jobEndOfMove(move: MoveView): JobEnd {
+  const end = (e: MoveView['source']) => ({ tier: e.tier, region: e.region, cell: e.cell });
+  return {
+    action: 'tenant.move',
+    tenantId: move.tenantId,
+    jobId: move.id,
+    ok: move.state === 'done',
+    ...(move.state === 'done' ? {} : { errorCode: codeIn(move.error) }),
+    operator: { from: end(move.source), to: end(move.target), ...(move.legalBasis ? { legalBasis: move.legalBasis } : {}), reason: `move ${move.state}` },
+  };
+}
+
+/** The error code a job recorded in its `error` (`state: CODE ...`), or INTERNAL. */
+function codeIn(error: string | null): ErrorCode {
+  const code = /: ([A-Z][A-Z0-9_]+)/.exec(error ?? '')?.[1];
+  return code !== undefined && code in ERROR_CODES ? (code as ErrorCode) : 'INTERNAL';
+}
+
+function jobEndOfRotation(r: RotationView): JobEnd {
+  return {
+    action: 'tenant.keys',
+    tenantId: r.tenantId,
+    jobId: r.id,
+    ok: r.state === 'done',
+    ...(r.state === 'done' ? {} : { errorCode: codeIn(r.error) }),
+    operator: { ...(r.toVersion ? { keyVersion: r.toVersion } : {}), reason: `key rotation ${r.state}; versions destroyed: ${(r.progress.destroyed ?? []).join(', ') || 'none'}` },
+  };
+}
+
+function jobEndOfErasure(e: ErasureView): JobEnd {
+  const c = e.certificate;
+  const records = c ? Object.values(c.records).reduce((a, b) => a + b, 0) : 0;
+  const keys = (c?.tenantKeys ?? []).filter((k) => k.keyId !== null).map((k) => `${k.region}:${k.keyId}`);
+  return {
+    action: 'tenant.erase',
+    tenantId: e.tenantId,
+    jobId: e.id,
+    ok: true,
+    operator: { reason: `erased: ${records} records purged; tenant keys destroyed: ${keys.join(' ') || 'none'}`.slice(0, 500) },
+  };
+}
+
+/**
+ * Records a background job's end as a system event in the platform chain. A failure to record is
+ * not the job's failure (its own state is saved); it is retried by nothing, so it is rare enough
+ * to accept: the job's row in the control plane keeps the facts.
+ */
+async function recordJobEnd(log: AuditLog, job: JobEnd): Promise<void> {
+  await log
+    .record(
+      createAuditEvent({
+        tenantId: null,
+        principal: { subject: 'bulkhead', roles: [], authMethod: 'system' },
+        action: job.action,
+        decision: { effect: 'allow', policyIds: [] },
+        requestId: job.jobId,
+        sourceAddress: null,
+        outcome: job.ok ? 'success' : 'error',
+        ...(job.ok ? {} : { errorCode: job.errorCode ?? 'INTERNAL' }),
+        operator: { targetTenantId: job.tenantId, jobId: job.jobId, ...job.operator },
+      }),
+    )
+    .catch(() => {});
 }
 
 async function loadOperatorHashes(store: Store): Promise<string[]> {

@@ -148,6 +148,11 @@ for (const kind of BACKENDS) {
       const rotated = events.find((e) => e.action === 'tenant.keys')!;
       assert.deepEqual(rotated.operator, { targetTenantId: c.id, jobId: rotation.body.id });
       assert.equal(rotated.principal.authMethod, 'operator_token');
+      // The job's end is a system event of its own, with the job's id.
+      await t.bh.keyRotations.wait(rotation.body.id);
+      const ended = (await platform()).map((r) => r.event).find((e) => e.principal?.authMethod === 'system' && e.operator?.jobId === rotation.body.id);
+      assert.ok(ended, 'the rotation\'s end is recorded');
+      assert.deepEqual([ended.action, ended.outcome, ended.operator.targetTenantId], ['tenant.keys', 'success', c.id]);
     });
 
     it('audits reads per the collection\'s read-audit level, and writes and refusals always', async () => {

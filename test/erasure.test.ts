@@ -165,6 +165,12 @@ for (const kind of BACKENDS) {
       assert.deepEqual(destroyed.map((k: { region: string; alreadyDestroyed: boolean }) => [k.region, k.alreadyDestroyed]), [[cert.tenant.region, false]]);
       assert.ok(Date.parse(cert.erasedAt) >= Date.parse(cert.purgedAt));
       for (const w of written) assert.ok(!JSON.stringify(done).includes(w.ssn) && !JSON.stringify(done).includes(w.name), 'the certificate holds no tenant data');
+      // The erasure's end is in the platform's audit chain, with the destroyed key ids.
+      const [events] = await su.batch([{ text: "SELECT event FROM bulkhead.audit_platform_events WHERE event -> 'operator' ->> 'jobId' = $1", values: [done.id] }]);
+      const ended = events!.rows.map((r) => r.event as { action: string; principal: { authMethod: string }; operator: { reason: string } }).find((e) => e.principal.authMethod === 'system');
+      assert.ok(ended, 'a system event records the erasure');
+      assert.equal(ended.action, 'tenant.erase');
+      assert.ok(ended.operator.reason.includes(destroyed[0].keyId), ended.operator.reason);
       // The other tenant is untouched and reads as before.
       assert.deepEqual(await rawRows(b.id), otherRows);
       const read = await request(t.app, 'GET', `/v1/collections/patients/records/${other[0]!.id}`, { token: b.token });
