@@ -316,7 +316,7 @@ export class Bulkhead {
    * Verifies the audit trail: the chain of one tenant (by id or slug), or every tenant's and the
    * platform's; erased tenants are reported as skipped (their chain went with their data).
    */
-  async verifyAudit(idOrSlug?: string, onProgress?: (chain: string, rows: number) => void): Promise<VerifyReport> {
+  async verifyAudit(idOrSlug?: string, onProgress?: (rows: number, total: number) => void): Promise<VerifyReport> {
     const tenants = idOrSlug === undefined ? await this.tenants.list() : [await this.tenants.get(idOrSlug)];
     return verifyTrail(
       {

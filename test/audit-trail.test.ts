@@ -291,10 +291,19 @@ for (const kind of BACKENDS) {
       const url = `http://127.0.0.1:${(t.app.server.address() as AddressInfo).port}`;
       const run = await runCli(['audit', 'verify', '--tenant', d.slug], { BULKHEAD_URL: url, BULKHEAD_OPERATOR_TOKEN: t.operatorToken });
       assert.equal(run.code, 1, run.stderr);
-      assert.match(run.stderr, new RegExp(`^error AUDIT_CHAIN_BROKEN: audit chain ${d.id} diverges at seq ${target} \\(hash-mismatch\\)`));
+      assert.match(run.stderr, new RegExp(`^error AUDIT_CHAIN_BROKEN: audit chain ${d.id} diverges at seq ${target} \\(hash-mismatch\\)`, 'm'));
       assert.match(run.stdout, /DIVERGES/);
       const ok = await runCli(['audit', 'verify', '--tenant', a.slug], { BULKHEAD_URL: url, BULKHEAD_OPERATOR_TOKEN: t.operatorToken });
       assert.equal(ok.code, 0, ok.stderr);
+      assert.match(ok.stderr, /verify \[.*\] 100% \| (\d+)\/\1 events/, 'a progress bar that ends at every event');
+      assert.match(ok.stdout, new RegExp(`${a.id} +ok`));
+      // Streamed over the API: progress lines, then the report.
+      const streamed = await request(t.app, 'POST', '/v1/audit/verify', { token: t.operatorToken, body: { tenant: a.slug }, headers: { accept: 'application/x-ndjson' } });
+      const lines = streamed.text.trim().split('\n').map((l) => JSON.parse(l));
+      assert.ok(lines[0].progress, streamed.text.slice(0, 200));
+      assert.equal(lines.at(-1).report.ok, true);
+      assertProblem(await request(t.app, 'POST', '/v1/audit/verify', { token: t.operatorToken, body: { tenant: 'no-such-tenant' }, headers: { accept: 'application/x-ndjson' } }), 404, 'TENANT_NOT_FOUND');
+      assertProblem(await request(t.app, 'POST', '/v1/audit/verify', { token: a.token, body: {} }), 403, 'ACCESS_DENIED');
     });
   });
 }

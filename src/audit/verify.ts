@@ -46,8 +46,8 @@ export interface VerifySources {
   readonly anchors?: Witness;
   /** The public keys checkpoints may be signed with. */
   readonly keys: readonly KeyObject[];
-  /** Called with rows verified so far, for a progress bar. */
-  readonly onProgress?: (chain: ChainId, rows: number) => void;
+  /** Called with the rows verified so far in all chains and the rows there are, for a progress bar (every 1,000 rows and at each chain's end). */
+  readonly onProgress?: (rows: number, total: number) => void;
 }
 
 /** Streams a chain's rows in seq order, a page at a time. */
@@ -64,6 +64,14 @@ async function* rowsOf(scope: ScopedStore, chain: ChainId): AsyncGenerator<Store
   }
 }
 
+async function countRows(scope: ScopedStore, chain: ChainId): Promise<number> {
+  const [r] =
+    chain === PLATFORM_CHAIN
+      ? await scope.batch([{ text: 'SELECT count(*)::bigint AS n FROM bulkhead.audit_platform_events' }])
+      : await scope.batch([{ text: 'SELECT count(*)::bigint AS n FROM audit_events WHERE tenant_id = $1', values: [chain] }]);
+  return Number(r!.rows[0]!.n);
+}
+
 /**
  * Verifies the chains of `tenants` (each `{ id, erased }`) and, when `platform` is set, the platform
  * chain; stops at nothing (every chain is reported) and names the first divergence.
@@ -73,6 +81,13 @@ export async function verifyTrail(sources: VerifySources, tenants: readonly { id
   const chains: ChainReport[] = [];
   let firstDivergence: Divergence | undefined;
   const targets: Array<{ chain: ChainId; erased: boolean }> = [...tenants.map((t) => ({ chain: t.id, erased: t.erased })), ...(platform ? [{ chain: PLATFORM_CHAIN, erased: false }] : [])];
+  // For a progress bar: how many rows there are, counted first (one query per chain).
+  let total = 0;
+  let before = 0;
+  if (sources.onProgress) {
+    for (const { chain, erased } of targets) if (!erased) total += await countRows(chain === PLATFORM_CHAIN ? sources.platform() : sources.tenant(chain), chain);
+    sources.onProgress(0, total);
+  }
   for (const { chain, erased } of targets) {
     if (erased) {
       chains.push({ chain, ok: true, events: 0, checkpoints: 0, skipped: 'erased' });
@@ -84,8 +99,10 @@ export async function verifyTrail(sources: VerifySources, tenants: readonly { id
     const start = sources.anchors && chain !== PLATFORM_CHAIN ? await anchorOf(sources.anchors, chain, sources.keys) : undefined;
     const result = await sources.witness.verify(chain, rowsOf(scope, chain), keys, {
       ...(start ? { start } : {}),
-      ...(sources.onProgress ? { onProgress: (n: number) => sources.onProgress!(chain, n) } : {}),
+      ...(sources.onProgress ? { onProgress: (n: number) => sources.onProgress!(before + n, total), progressEvery: 1_000 } : {}),
     });
+    before += result.rows;
+    sources.onProgress?.(before, Math.max(total, before));
     if (result.ok) {
       chains.push({ chain, ok: true, events: result.rows, checkpoints: result.checkpoints, headSeq: result.head.seq });
     } else {

@@ -121,7 +121,8 @@ export class BulkheadClient {
    * Sends one request and returns its JSON body. A problem+json answer becomes an `ApiError`;
    * a server that cannot be reached, a `CliError` naming its URL.
    */
-  async request<T>(method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', path: string, body?: unknown): Promise<T> {
+  /** The URL and headers of a call to `path` (UsageError without a token). */
+  prepare(path: string, body?: unknown): { url: URL; headers: Record<string, string> } {
     if (this.#token === undefined) {
       throw new UsageError('no token: pass --token or set BULKHEAD_TOKEN (or BULKHEAD_OPERATOR_TOKEN)');
     }
@@ -129,6 +130,11 @@ export class BulkheadClient {
     const url = new URL(`${this.#base.pathname.replace(/\/+$/, '')}${path}`, this.#base);
     const headers: Record<string, string> = { authorization: `Bearer ${this.#token}`, accept: 'application/json' };
     if (body !== undefined) headers['content-type'] = 'application/json';
+    return { url, headers };
+  }
+
+  async request<T>(method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', path: string, body?: unknown): Promise<T> {
+    const { url, headers } = this.prepare(path, body);
     let response: Response;
     try {
       response = await fetch(url, {
@@ -155,6 +161,50 @@ export class BulkheadClient {
     } catch {
       throw new CliError(`the server at ${this.url} answered ${response.status} with a body that is not JSON; is --url a Bulkhead server?`);
     }
+  }
+}
+
+/**
+ * The client's streaming call: sends one request accepting NDJSON and hands each line, parsed, to
+ * `onLine` as it arrives. No overall time limit (a verification of long chains may take minutes),
+ * but each line must come within the request timeout. Errors as `request`.
+ */
+export async function streamLines(client: BulkheadClient, method: 'POST' | 'GET', path: string, body: unknown, onLine: (line: unknown) => void): Promise<void> {
+  const { url, headers } = client.prepare(path, body);
+  headers.accept = 'application/x-ndjson';
+  const idle = new AbortController();
+  let timer = setTimeout(() => idle.abort(), REQUEST_TIMEOUT_MS);
+  const touch = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => idle.abort(), REQUEST_TIMEOUT_MS);
+  };
+  try {
+    let response: Response;
+    try {
+      response = await fetch(url, { method, headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}), redirect: 'manual', signal: idle.signal });
+    } catch (error) {
+      throw new CliError(`cannot reach the Bulkhead server at ${client.url} (${reason(error)}); start it with "bulkhead serve" or point --url / BULKHEAD_URL at it`);
+    }
+    if (!response.ok || !response.body) throw problemOf(response, await response.text(), client.url);
+    const decoder = new TextDecoder();
+    let buffer = '';
+    try {
+      for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+        touch();
+        buffer += decoder.decode(chunk, { stream: true });
+        let nl: number;
+        while ((nl = buffer.indexOf('\n')) >= 0) {
+          const line = buffer.slice(0, nl);
+          buffer = buffer.slice(nl + 1);
+          if (line.trim().length > 0) onLine(JSON.parse(line));
+        }
+      }
+    } catch (error) {
+      if (error instanceof CliError) throw error;
+      throw new CliError(`the answer of the server at ${client.url} stopped before its end (${reason(error)})`);
+    }
+  } finally {
+    clearTimeout(timer);
   }
 }
 

@@ -1277,7 +1277,16 @@ const paths: JsonObject = {
         'Recomputes every chain (or one tenant\'s) from its rows, checks every checkpoint of the witness (signature, order) and that the ' +
         'row at each checkpoint\'s seq has the signed hash, and names the first divergence. Answers 200 either way: `ok` says whether it verified.',
       requestBody: { ...jsonBody(schema('AuditVerifyRequest')), required: false },
-      responses: { 200: ok('The report.', schema('AuditVerifyReport')), ...problems(AUTHENTICATED, BODY, ['TENANT_NOT_FOUND']) },
+      responses: {
+        200: {
+          description:
+            'The report. With `Accept: application/x-ndjson` the answer is streamed: `{"progress": {"rows", "total"}}` lines while it runs, ' +
+            'then `{"report": …}` (or `{"problem": …}` if it failed after the answer began).',
+          headers: { 'x-request-id': ref('headers', 'RequestId') },
+          content: { 'application/json': { schema: schema('AuditVerifyReport') }, 'application/x-ndjson': { schema: { type: 'string' } } },
+        },
+        ...problems(AUTHENTICATED, BODY, ['TENANT_NOT_FOUND']),
+      },
     }),
   },
   '/v1/placements': {

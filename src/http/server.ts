@@ -1,3 +1,4 @@
+import { PassThrough } from 'node:stream';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Action, Principal } from '../access/principal.js';
@@ -385,13 +386,31 @@ export async function buildServer(bh: Bulkhead, options: ServerOptions): Promise
   });
 
   // The audit trail (operator): recompute every chain, check every checkpoint against the witness.
-  app.post('/v1/audit/verify', async (req) => {
+  app.post('/v1/audit/verify', async (req, reply) => {
     operator(req, 'audit.verify');
     const body = objectBody(req.body ?? {}, ['tenant']);
     if (body.tenant !== undefined && (typeof body.tenant !== 'string' || body.tenant.length === 0 || body.tenant.length > 64)) {
       throw new InvalidRequestError('tenant must be a tenant id or slug', { field: 'tenant' });
     }
-    return bh.verifyAudit(body.tenant as string | undefined);
+    if (!String(req.headers.accept ?? '').includes('application/x-ndjson')) return bh.verifyAudit(body.tenant as string | undefined);
+    // Streamed: `{"progress": {"rows", "total"}}` lines while it runs (a progress bar for long
+    // chains, and no idle connection), then `{"report": …}`, or `{"problem": …}` if it failed.
+    const tenant = body.tenant === undefined ? undefined : (await bh.tenants.get(body.tenant as string)).id;
+    await bh.audit.record(eventOf(req, req.audit!, 'success'));
+    req.audit!.written = true;
+    const stream = new PassThrough();
+    let last = 0;
+    void bh
+      .verifyAudit(tenant, (rows, total) => {
+        const now = Date.now();
+        if (now - last < 200 && rows < total) return;
+        last = now;
+        stream.write(`${JSON.stringify({ progress: { rows, total } })}\n`);
+      })
+      .then((report) => stream.end(`${JSON.stringify({ report })}\n`))
+      .catch((error: unknown) => stream.end(`${JSON.stringify({ problem: toProblem(error, req.id) })}\n`));
+    reply.type('application/x-ndjson');
+    return reply.send(stream);
   });
   app.get('/v1/placements', async (req) => {
     operator(req, 'tenant.partitions');
