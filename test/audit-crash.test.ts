@@ -6,13 +6,12 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { generateOperatorToken } from '../src/access/operator-tokens.js';
 import { Bulkhead } from '../src/bulkhead.js';
 import { loadConfig } from '../src/config.js';
+import { crashEnv } from './support/crash.js';
 import { BACKENDS, createTestDatabase, type BackendKind, type TestDatabase } from './support/backends.js';
 
 const SERVER = join(import.meta.dirname, 'fixtures', 'audit-server.ts');
@@ -53,19 +52,11 @@ for (const kind of BACKENDS) {
     before(async () => {
       db = await createTestDatabase(kind as BackendKind);
       dataDir = mkdtempSync(join(tmpdir(), 'bulkhead-audit-crash-'));
-      env = {
-        BULKHEAD_DATA_DIR: dataDir,
-        BULKHEAD_OPERATOR_TOKEN: generateOperatorToken(),
-        BULKHEAD_OWNER_ROLE: db.ownerRole,
-        BULKHEAD_APP_ROLE: db.appRole,
-        BULKHEAD_PARTITIONS: '4',
-        BULKHEAD_JWT_SECRET: randomBytes(32).toString('base64url'),
-        BULKHEAD_LOG_LEVEL: 'silent',
+      env = crashEnv(db, dataDir, {
         // Checkpoints often, so the witness holds heads from the middle of the load.
         BULKHEAD_AUDIT_CHECKPOINT_EVENTS: '50',
         BULKHEAD_AUDIT_CHECKPOINT_MS: '200',
-        ...(db.url ? { DATABASE_URL: db.url } : {}),
-      };
+      });
     });
     after(async () => {
       await db?.drop();

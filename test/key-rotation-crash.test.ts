@@ -7,14 +7,13 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { generateOperatorToken } from '../src/access/operator-tokens.js';
 import { Bulkhead } from '../src/bulkhead.js';
 import { loadConfig } from '../src/config.js';
+import { crashEnv, runChild } from './support/crash.js';
 import { BACKENDS, createTestDatabase, type BackendKind, type TestDatabase } from './support/backends.js';
 
 const CHILD = join(import.meta.dirname, 'fixtures', 'rotation-child.ts');
@@ -25,17 +24,6 @@ const COLLECTION = {
     diagnosis: { type: 'text', classification: 'phi' },
   },
 };
-
-/** Runs the child with `env` added; resolves with the signal that ended it (null: it exited). */
-function runChild(env: Record<string, string>): Promise<{ signal: NodeJS.Signals | null; code: number | null; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CHILD], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('exit', (code, signal) => resolve({ signal, code, stderr }));
-  });
-}
 
 /** The tenant's records in clear, through the decrypting read path, and the key versions its stored values name. */
 async function state(bh: Bulkhead, tenantId: string) {
@@ -70,19 +58,11 @@ for (const kind of BACKENDS) {
     before(async () => {
       db = await createTestDatabase(kind as BackendKind);
       dataDir = mkdtempSync(join(tmpdir(), 'bulkhead-rotation-crash-'));
-      env = {
-        BULKHEAD_DATA_DIR: dataDir,
-        BULKHEAD_OPERATOR_TOKEN: generateOperatorToken(),
-        BULKHEAD_OWNER_ROLE: db.ownerRole,
-        BULKHEAD_APP_ROLE: db.appRole,
-        BULKHEAD_PARTITIONS: '4',
-        BULKHEAD_JWT_SECRET: randomBytes(32).toString('base64url'),
-        BULKHEAD_LOG_LEVEL: 'silent',
+      env = crashEnv(db, dataDir, {
         BULKHEAD_ROTATION_BATCH_SIZE: '40',
         // The last pass waits this long (plus a second) after the rotation: short here.
         BULKHEAD_KEY_CACHE_MS: '300',
-        ...(db.url ? { DATABASE_URL: db.url } : {}),
-      };
+      });
     });
     after(async () => {
       await db?.drop();
@@ -108,7 +88,7 @@ for (const kind of BACKENDS) {
         assert.deepEqual(before.versions, [1]);
         await bh.close();
 
-        const run = await runChild({ ...env, ROTATE_TENANT: rotating, CRASH_AT: crashAt });
+        const run = await runChild(CHILD, { ...env, ROTATE_TENANT: rotating, CRASH_AT: crashAt });
         assert.equal(run.signal, 'SIGKILL', `the child was to die in ${crashAt}; it exited with ${run.code}: ${run.stderr.slice(0, 2000)}`);
 
         bh = await Bulkhead.open(loadConfig({}, env), { resumeRotations: false });

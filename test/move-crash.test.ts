@@ -7,29 +7,16 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { generateOperatorToken } from '../src/access/operator-tokens.js';
 import { Bulkhead } from '../src/bulkhead.js';
 import { loadConfig } from '../src/config.js';
+import { crashEnv, runChild } from './support/crash.js';
 import { BACKENDS, createTestDatabase, type BackendKind, type TestDatabase } from './support/backends.js';
 import { SEED_COLLECTION, seedRecords, tenantChecksums } from './support/moves.js';
 
 const CHILD = join(import.meta.dirname, 'fixtures', 'move-child.ts');
-
-/** Runs the child with `env` added; resolves with the signal that ended it (null: it exited). */
-function runChild(env: Record<string, string>): Promise<{ signal: NodeJS.Signals | null; code: number | null; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CHILD], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('exit', (code, signal) => resolve({ signal, code, stderr }));
-  });
-}
 
 interface Case {
   readonly crashAt: string;
@@ -59,19 +46,11 @@ for (const kind of BACKENDS) {
     before(async () => {
       db = await createTestDatabase(kind as BackendKind);
       dataDir = mkdtempSync(join(tmpdir(), 'bulkhead-crash-'));
-      env = {
-        BULKHEAD_DATA_DIR: dataDir,
-        BULKHEAD_OPERATOR_TOKEN: generateOperatorToken(),
-        BULKHEAD_OWNER_ROLE: db.ownerRole,
-        BULKHEAD_APP_ROLE: db.appRole,
-        BULKHEAD_PARTITIONS: '4',
-        BULKHEAD_JWT_SECRET: randomBytes(32).toString('base64url'),
-        BULKHEAD_LOG_LEVEL: 'silent',
+      env = crashEnv(db, dataDir, {
         BULKHEAD_MOVE_BATCH_SIZE: '200',
         // The source goes this long after the switch (the directory cache time); short here.
         BULKHEAD_PLACEMENT_CACHE_MS: '200',
-        ...(db.url ? { DATABASE_URL: db.url } : {}),
-      };
+      });
     });
     after(async () => {
       await db?.drop();
@@ -99,7 +78,7 @@ for (const kind of BACKENDS) {
         await bh.close();
 
         // The child starts the move and dies in the chosen state.
-        const run = await runChild({
+        const run = await runChild(CHILD, {
           ...env,
           MOVE_TENANT: moving,
           MOVE_BODY: JSON.stringify({ tier: c.to }),

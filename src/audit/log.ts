@@ -120,6 +120,15 @@ function insertStatement(chain: ChainId, rows: readonly LinkedRow[]): Statement 
   };
 }
 
+/** In `tx`: locks the chain, reads its head, and inserts `events` linked after it; returns the rows. */
+async function linkAfterHead(tx: EngineTransaction, chain: ChainId, events: readonly AuditEvent[]): Promise<LinkedRow[]> {
+  const [, head] = await tx.batch(headStatements(chain));
+  const linker = new ChainLinker(chain, headOf(head!.rows[0]));
+  const rows = events.map((e) => linker.append(e));
+  await tx.batch([insertStatement(chain, rows)]);
+  return rows;
+}
+
 /**
  * The audit log of one process. Tenant chains are named by tenant id, the platform chain by
  * `platform`; an event's `tenantId` says which (null: platform).
@@ -172,10 +181,7 @@ export class AuditLog {
    */
   async appendInTransaction(tx: EngineTransaction, tenantId: string, events: readonly AuditEvent[]): Promise<void> {
     if (events.length === 0) return;
-    const [, head] = await tx.batch(headStatements(tenantId));
-    const linker = new ChainLinker(tenantId, headOf(head!.rows[0]));
-    const rows = events.map((e) => linker.append(e));
-    await tx.batch([insertStatement(tenantId, rows)]);
+    const rows = await linkAfterHead(tx, tenantId, events);
     // The caller's transaction may still roll back: remember no head from it (the next group
     // commit reads the head), rather than one that might never have been committed.
     this.#heads.delete(tenantId);
@@ -253,13 +259,7 @@ export class AuditLog {
           rows = events.map((e) => linker.append(e));
           await scope.batch([lockStatement(chain), insertStatement(chain, rows)]);
         } else {
-          rows = await scope.transaction(async (tx) => {
-            const [, head] = await tx.batch(headStatements(chain));
-            const linker = new ChainLinker(chain, headOf(head!.rows[0]));
-            const linked = events.map((e) => linker.append(e));
-            await tx.batch([insertStatement(chain, linked)]);
-            return linked;
-          });
+          rows = await scope.transaction((tx) => linkAfterHead(tx, chain, events));
         }
         this.#remember(chain, rows[rows.length - 1]!);
         this.#appended(chain, events.length);
