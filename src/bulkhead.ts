@@ -175,7 +175,11 @@ export class Bulkhead {
       // directory; both belong outside the database (docs/audit.md, "The witness").
       const signer = await loadOrCreateSigner(join(config.dataDir, SIGNING_KEY_DIR_NAME));
       audit = new AuditLog({
-        scopes: { tenant: (tenantId) => placements.tenant(tenantId, { write: true }), platform: () => store.platform() },
+        scopes: {
+          tenant: (tenantId) => placements.tenant(tenantId, { write: true }),
+          platform: () => store.platform(),
+          across: (parts) => placements.writeAcross(parts),
+        },
         signer,
         witness: new Witness(config.auditWitnessDir),
         anchors: new Witness(join(config.auditWitnessDir, 'anchors')),

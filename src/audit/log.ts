@@ -20,7 +20,7 @@
  */
 import type { KeyObject } from 'node:crypto';
 import { BulkheadError, DatabaseError, WritesPausedError } from '../errors.js';
-import type { EngineTransaction, Statement } from '../store/engine.js';
+import type { EngineTransaction, Statement, StatementResult } from '../store/engine.js';
 import type { ScopedStore } from '../store/store.js';
 import { ChainLinker, PLATFORM_CHAIN, type ChainHead, type ChainId, type LinkedRow } from './chain.js';
 import type { CheckpointSigner } from './checkpoint.js';
@@ -34,6 +34,12 @@ export interface AuditScopes {
   tenant(tenantId: string): ScopedStore;
   /** The control plane's platform scope. */
   platform(): ScopedStore;
+  /**
+   * Writes several tenants' statements, each in its write scope, with the tenants of one database
+   * in one transaction (`Placements.writeAcross`); per part its results or its error. Without it
+   * every chain commits on its own.
+   */
+  across?(parts: ReadonlyArray<{ readonly tenantId: string; readonly statements: readonly Statement[] }>): Promise<Array<StatementResult[] | Error>>;
 }
 
 /** Options of the audit log. */
@@ -144,7 +150,11 @@ export class AuditLog {
   readonly #every: number;
   readonly #maxBatch: number;
   readonly #queues = new Map<ChainId, Pending[]>();
-  readonly #flushing = new Set<ChainId>();
+  /** Chains with a commit under way: their next events wait for it (a chain's appends are sequential in a process). */
+  readonly #busy = new Set<ChainId>();
+  /** Whether a joint commit (many chains, one transaction per database) is under way; there is one at a time. */
+  #jointBusy = false;
+  #drainScheduled = false;
   /** Events appended per chain by this process since its last checkpoint. */
   readonly #since = new Map<ChainId, number>();
   /**
@@ -202,7 +212,7 @@ export class AuditLog {
         this.#queues.set(chain, queue);
       }
       queue.push({ event, resolve, reject });
-      if (!this.#flushing.has(chain)) void this.#flush(chain);
+      this.#scheduleDrain();
     });
   }
 
@@ -220,30 +230,115 @@ export class AuditLog {
   async close(): Promise<void> {
     this.#closed = true;
     clearInterval(this.#timer);
-    while (this.#flushing.size > 0) await new Promise((resolve) => setTimeout(resolve, 5));
+    while (this.#busy.size > 0 || this.#jointBusy || this.#queues.size > 0) await new Promise((resolve) => setTimeout(resolve, 5));
     await this.checkpoint().catch(() => {});
   }
 
-  /** Appends every queued event of `chain`, a batch per transaction, until the queue is empty. */
-  async #flush(chain: ChainId): Promise<void> {
-    this.#flushing.add(chain);
-    try {
-      // Let the requests of this tick join the batch.
-      await new Promise((resolve) => setImmediate(resolve));
-      for (;;) {
-        const queue = this.#queues.get(chain);
-        if (!queue || queue.length === 0) break;
-        const batch = queue.splice(0, this.#maxBatch);
-        try {
-          await this.#commit(chain, batch.map((p) => p.event));
-          for (const p of batch) p.resolve();
-        } catch (error) {
-          for (const p of batch) p.reject(error);
-        }
+  /** Drains the queues once the requests of this tick have joined them. */
+  #scheduleDrain(): void {
+    if (this.#drainScheduled) return;
+    this.#drainScheduled = true;
+    setImmediate(() => {
+      this.#drainScheduled = false;
+      this.#drain();
+    });
+  }
+
+  /**
+   * Starts the commits the queues call for. A tenant chain whose head this process knows joins
+   * the joint commit: every such chain with events waiting, of every tenant of a database, in one
+   * transaction and one round trip (`AuditScopes.across`), so that reads spread over many tenants
+   * share commits as the reads of one tenant do. A chain whose head must be read first, the
+   * platform chain, and a chain the joint commit could not take go through their own commit.
+   */
+  #drain(): void {
+    const joint: ChainId[] = [];
+    for (const [chain, queue] of this.#queues) {
+      if (this.#busy.has(chain)) continue;
+      if (queue.length === 0) {
+        this.#queues.delete(chain);
+        continue;
       }
-      this.#queues.delete(chain);
+      if (this.#scopes.across && chain !== PLATFORM_CHAIN && this.#heads.has(chain)) joint.push(chain);
+      else void this.#flushChain(chain);
+    }
+    if (joint.length > 0 && !this.#jointBusy) void this.#flushJoint(joint);
+  }
+
+  /** The next batch of a chain's queue (at most `maxBatch` events). */
+  #take(chain: ChainId, max: number): Pending[] {
+    const queue = this.#queues.get(chain)!;
+    const batch = queue.splice(0, max);
+    if (queue.length === 0) this.#queues.delete(chain);
+    return batch;
+  }
+
+  /** One batch of one chain in its own transaction. */
+  async #flushChain(chain: ChainId): Promise<void> {
+    this.#busy.add(chain);
+    const batch = this.#take(chain, this.#maxBatch);
+    try {
+      await this.#commit(chain, batch.map((p) => p.event));
+      for (const p of batch) p.resolve();
+    } catch (error) {
+      for (const p of batch) p.reject(error);
     } finally {
-      this.#flushing.delete(chain);
+      this.#busy.delete(chain);
+      this.#drain();
+    }
+  }
+
+  /**
+   * Appends the waiting events of `chains` (heads known) in one transaction per database, at most
+   * `maxBatch` events in all. Each chain is locked, as in its own commit, in the same order in
+   * every process (by chain id), so two joint commits cannot deadlock. A chain whose part failed
+   * (the whole transaction of its database then wrote nothing) goes through its own commit, which
+   * reads its head again when another process appended, and waits out a move's switch.
+   */
+  async #flushJoint(chains: ChainId[]): Promise<void> {
+    this.#jointBusy = true;
+    chains.sort();
+    const taken: Array<{ chain: ChainId; batch: Pending[]; rows: LinkedRow[] }> = [];
+    let budget = this.#maxBatch;
+    for (const chain of chains) {
+      if (budget <= 0) break;
+      const batch = this.#take(chain, budget);
+      budget -= batch.length;
+      this.#busy.add(chain);
+      const linker = new ChainLinker(chain, this.#heads.get(chain));
+      taken.push({ chain, batch, rows: batch.map((p) => linker.append(p.event)) });
+    }
+    try {
+      let outcomes: Array<StatementResult[] | Error>;
+      try {
+        outcomes = await this.#scopes.across!(
+          taken.map(({ chain, rows }) => ({ tenantId: chain, statements: [lockStatement(chain), insertStatement(chain, rows)] })),
+        );
+      } catch (error) {
+        outcomes = taken.map(() => error as Error);
+      }
+      await Promise.all(
+        taken.map(async ({ chain, batch, rows }, i) => {
+          try {
+            if (outcomes[i] instanceof Error) {
+              await this.#commit(chain, batch.map((p) => p.event));
+            } else {
+              this.#remember(chain, rows[rows.length - 1]!);
+              this.#appended(chain, rows.length);
+            }
+            for (const p of batch) p.resolve();
+          } catch (error) {
+            // Its next events start from the head in the database.
+            this.#heads.delete(chain);
+            for (const p of batch) p.reject(error);
+          } finally {
+            this.#busy.delete(chain);
+          }
+        }),
+      );
+    } finally {
+      this.#jointBusy = false;
+      this.#drain();
     }
   }
 

@@ -1,8 +1,8 @@
 import { BulkheadError, WritesPausedError } from '../errors.js';
 import { isUuid } from '../ids.js';
-import type { Statement } from '../store/engine.js';
+import type { Statement, StatementResult } from '../store/engine.js';
 import { WRITE_FENCE_SEED } from '../store/migrations.js';
-import type { ScopedStore, Store, TenantScopeOptions } from '../store/store.js';
+import type { Joinable, ScopedStore, Store, TenantScopeOptions } from '../store/store.js';
 import { BridgeTier } from './bridge-tier.js';
 import type { Cell, Cells } from './cells.js';
 import { PoolTier } from './pool-tier.js';
@@ -169,6 +169,55 @@ export class Placements implements TenantScopes {
     };
   }
 
+  /**
+   * Writes of several tenants at once, as each tenant's own write batch would make them (its
+   * placement, its context, its write check, paused during a move's switch), but with the tenants
+   * of one database in ONE transaction (`Store.batchAcross`) and the databases in parallel. A
+   * tenant that cannot be routed or is paused fails alone; a database's transaction that fails
+   * fails every tenant in it, and writes nothing. Returns, per part, its results or its error.
+   */
+  async writeAcross(parts: ReadonlyArray<{ readonly tenantId: string; readonly statements: readonly Statement[] }>): Promise<Array<StatementResult[] | Error>> {
+    const out: Array<StatementResult[] | Error> = new Array(parts.length);
+    const groups = new Map<Store, Array<{ index: number; scope: Joinable }>>();
+    await Promise.all(
+      parts.map(async (part, index) => {
+        try {
+          const until = this.#paused.get(part.tenantId);
+          if (until !== undefined) throw new WritesPausedError(Math.max(1, (until - Date.now()) / 1000));
+          const scope = (await this.#scope(part.tenantId, { write: true })).joinable;
+          if (!scope) throw new BulkheadError('INTERNAL', 'a write scope that cannot join a joint batch');
+          const group = groups.get(scope.store) ?? [];
+          group.push({ index, scope });
+          groups.set(scope.store, group);
+        } catch (error) {
+          out[index] = error as Error;
+        }
+      }),
+    );
+    await Promise.all(
+      [...groups].map(async ([store, group]) => {
+        // A pause set in this process since routing holds for these writes too.
+        const ready = group.filter(({ index }) => {
+          const until = this.#paused.get(parts[index]!.tenantId);
+          if (until !== undefined) out[index] = new WritesPausedError(Math.max(1, (until - Date.now()) / 1000));
+          return until === undefined;
+        });
+        if (ready.length === 0) return;
+        for (const { index } of ready) this.#enter(parts[index]!.tenantId);
+        try {
+          const results = await store.batchAcross(ready.map(({ index, scope }) => ({ scope, statements: parts[index]!.statements })));
+          ready.forEach(({ index }, i) => (out[index] = results[i]!));
+        } catch (error) {
+          if (error instanceof WritesPausedError && error.stalePlacement) for (const { index } of ready) this.invalidate(parts[index]!.tenantId);
+          for (const { index } of ready) out[index] = error as Error;
+        } finally {
+          for (const { index } of ready) this.#leave(parts[index]!.tenantId);
+        }
+      }),
+    );
+    return out;
+  }
+
   /** How long a directory entry is trusted by any process (the cache time). */
   get cacheTtlMs(): number {
     return this.#ttl;
@@ -243,7 +292,7 @@ export class Placements implements TenantScopes {
     // write let through while the switch compares the two sides could be lost with the source.
     const until = this.#paused.get(tenantId);
     if (until !== undefined) throw new WritesPausedError(Math.max(1, (until - Date.now()) / 1000));
-    this.#inflight.set(tenantId, (this.#inflight.get(tenantId) ?? 0) + 1);
+    this.#enter(tenantId);
     try {
       return await run();
     } catch (error) {
@@ -252,10 +301,18 @@ export class Placements implements TenantScopes {
       if (error instanceof WritesPausedError && error.stalePlacement) this.invalidate(tenantId);
       throw error;
     } finally {
-      const n = (this.#inflight.get(tenantId) ?? 1) - 1;
-      if (n > 0) this.#inflight.set(tenantId, n);
-      else this.#inflight.delete(tenantId);
+      this.#leave(tenantId);
     }
+  }
+
+  #enter(tenantId: string): void {
+    this.#inflight.set(tenantId, (this.#inflight.get(tenantId) ?? 0) + 1);
+  }
+
+  #leave(tenantId: string): void {
+    const n = (this.#inflight.get(tenantId) ?? 1) - 1;
+    if (n > 0) this.#inflight.set(tenantId, n);
+    else this.#inflight.delete(tenantId);
   }
 
   async #scope(tenantId: string, options: RoutedScopeOptions): Promise<ScopedStore> {

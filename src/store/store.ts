@@ -21,6 +21,20 @@ export interface ScopedStore {
   batch(statements: readonly Statement[]): Promise<StatementResult[]>;
   /** An interactive transaction; the context is set in its first batch. */
   transaction<T>(fn: (tx: EngineTransaction) => Promise<T>): Promise<T>;
+  /** Set on a store's own scopes: lets `Store.batchAcross` join this scope's statements with other scopes' in one transaction. */
+  readonly joinable?: Joinable;
+}
+
+/**
+ * A scope's part of a joint transaction (`Store.batchAcross`): the store it runs on, and its
+ * statements as one of its own batches would send them (its context and check first).
+ */
+export interface Joinable {
+  readonly store: Store;
+  /** The context, the check and (outside the pool) the search path, then `statements`, named for the scope. */
+  prefixed(statements: readonly Statement[]): { readonly statements: readonly Statement[]; readonly skip: number };
+  /** Whether the scope points the search path away from the pool's schema. */
+  readonly movesSearchPath: boolean;
 }
 
 /**
@@ -211,6 +225,40 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
     return results[2]!.rowCount;
   }
 
+  /**
+   * Runs several scopes' statements in ONE transaction and one round trip, each part after its own
+   * context and check, as its own batch would run them: the tenant context is set again for each
+   * part, so each part's statements still see only their own tenant. It serves the audit log's
+   * group commit, which appends to many tenants' chains at once (docs/audit.md, "Writing"). Parts
+   * that keep the pool's search path run first, so none inherits another part's. Any failure rolls
+   * the whole transaction back. Returns each part's results, in the order given.
+   */
+  async batchAcross(parts: ReadonlyArray<{ readonly scope: Joinable; readonly statements: readonly Statement[] }>): Promise<StatementResult[][]> {
+    const order = parts.map((part, index) => ({ part, index }));
+    order.sort((a, b) => Number(a.part.scope.movesSearchPath) - Number(b.part.scope.movesSearchPath) || a.index - b.index);
+    const all: Statement[] = [];
+    // Each part's span of the joint batch: it starts at `start`, its own statements after `skip`.
+    const spans: Array<{ index: number; start: number; skip: number; to: number }> = [];
+    for (const { part, index } of order) {
+      if (part.scope.store !== this) throw new BulkheadError('INTERNAL', 'a joint batch takes scopes of its own store only');
+      const { statements, skip } = part.scope.prefixed(part.statements);
+      spans.push({ index, start: all.length, skip, to: all.length + statements.length });
+      all.push(...statements);
+    }
+    let results: StatementResult[];
+    try {
+      results = await this.engine.batch(all);
+    } catch (error) {
+      // Numbered as the failing part's own batch would be (its context and check hidden).
+      const at = error instanceof DatabaseError ? error.statementIndex : undefined;
+      const span = at === undefined ? undefined : spans.find((s) => at < s.to);
+      throw span === undefined ? error : fromPreamble(new DatabaseError((error as DatabaseError).cause, at! - span.start), span.skip);
+    }
+    const out: StatementResult[][] = new Array(parts.length);
+    for (const span of spans) out[span.index] = results.slice(span.start + span.skip, span.to);
+    return out;
+  }
+
   /** Releases the engine. */
   async close(): Promise<void> {
     await this.engine.close();
@@ -228,7 +276,13 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
     if (schema !== POOL_SCHEMA) preamble.push({ name: 'bh_path', text: SEARCH_PATH_SQL, values: [schema] });
     const skip = preamble.length;
     const engine = this.engine;
+    const joinable: Joinable = {
+      store: this,
+      movesSearchPath: schema !== POOL_SCHEMA,
+      prefixed: (statements) => ({ statements: [...preamble, ...named(statements)], skip }),
+    };
     return {
+      joinable,
       async batch(statements) {
         try {
           return (await engine.batch([...preamble, ...named(statements)])).slice(skip);
