@@ -41,6 +41,7 @@ const HELP = `Usage: npm run bench:audit-reads -- [options]
   --connections N    concurrent HTTP connections of the load generator (default 20)
   --rounds N         measured runs per collection and operation, interleaved A-B-B-A (default 2; --quick: 1)
   --max-minutes M    stop, clean up and exit 124 after M minutes (default 20)
+  --profile DIR      write a V8 CPU profile of the server into DIR (node --cpu-prof; read it with bench/profile-summary.ts)
   --quick            few tenants and short runs: a smoke check, not a measurement
   --help
 
@@ -102,6 +103,8 @@ interface Options {
   readonly connections: number;
   readonly rounds: number;
   readonly maxMinutes: number;
+  /** Where the server's CPU profile goes (`--profile`); none when absent. */
+  readonly profileDir: string | undefined;
   readonly quick: boolean;
 }
 
@@ -121,6 +124,7 @@ function parseOptions(): Options {
       connections: { type: 'string' },
       rounds: { type: 'string' },
       'max-minutes': { type: 'string' },
+      profile: { type: 'string' },
       quick: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
@@ -144,6 +148,7 @@ function parseOptions(): Options {
     connections: positiveInt(values.connections, 20, 'connections'),
     rounds: positiveInt(values.rounds, quick ? 1 : 2, 'rounds'),
     maxMinutes: positiveInt(values['max-minutes'], 20, 'max-minutes'),
+    profileDir: values.profile,
     quick,
   };
 }
@@ -371,7 +376,8 @@ async function main(options: Options, cleanup: Cleanup): Promise<void> {
   }
   log(`  VACUUM ANALYZE ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
-  const server = await startServer('isolated', { ...env, BULKHEAD_LOG_LEVEL: 'warn' }, []);
+  const profile = options.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${options.profileDir}`] : [];
+  const server = await startServer('isolated', { ...env, BULKHEAD_LOG_LEVEL: 'warn' }, profile);
   cleanup.add(() => server.stop());
   const stats = new pg.Client({ connectionString: db.url, application_name: 'bulkhead-bench' });
   await stats.connect();

@@ -89,7 +89,7 @@ $group$;
 SET LOCAL ROLE ${cell.store.options.ownerRole};
 GRANT USAGE ON SCHEMA bulkhead TO ${group};
 GRANT SELECT ON bulkhead.tenants TO ${group};
-GRANT EXECUTE ON FUNCTION bulkhead.value_key(jsonb), bulkhead.require_reference(boolean), bulkhead.require_collection_version(boolean), bulkhead.require_active_tenant(boolean), bulkhead.require_writable_tenant(uuid, integer) TO ${group};`);
+GRANT EXECUTE ON FUNCTION bulkhead.value_key(jsonb), bulkhead.require_reference(boolean), bulkhead.require_collection_version(boolean), bulkhead.require_active_tenant(boolean), bulkhead.require_writable_tenant(uuid, integer), bulkhead.require_writable_state(text, integer, integer) TO ${group};`);
     this.#prepared.add(cell.name);
   }
 }

@@ -2,7 +2,7 @@ import { AuthenticationError, BulkheadError, DatabaseError, WritesPausedError } 
 import { isUuid } from '../ids.js';
 import { AUDIT_PURGE_SETTING } from '../audit/schema.js';
 import type { Engine, EngineTransaction, Statement, StatementResult } from './engine.js';
-import { DATA_TABLES, MIGRATIONS, checkPartitions, checkRoleName, rolesSql, type MigrationOptions } from './migrations.js';
+import { DATA_TABLES, MIGRATIONS, WRITE_FENCE_SEED, checkPartitions, checkRoleName, rolesSql, type MigrationOptions } from './migrations.js';
 
 /** Options of a store. */
 export interface StoreOptions {
@@ -68,12 +68,22 @@ const ACTIVE_SQL =
   "SELECT bulkhead.require_active_tenant(EXISTS (SELECT 1 FROM bulkhead.tenants WHERE id = $1::uuid AND status IN ('active', 'migrating')))";
 
 /**
+ * The context of a write batch: `CONTEXT_SQL` plus the write fence's shared advisory lock on the
+ * tenant, held to the end of the transaction. A move's switch waits on the exclusive side of it
+ * (`Placements.fenceWrites`, same key), so no write that passed the check below can land on a
+ * source after the final sync.
+ */
+const WRITE_CONTEXT_SQL = `${CONTEXT_SQL}, pg_advisory_xact_lock_shared(hashtextextended($2::text, ${WRITE_FENCE_SEED}))`;
+
+/**
  * The check of a write batch, in place of `ACTIVE_SQL`: active, not being switched over by a move,
  * and still at the placement epoch the batch was routed with (SQLSTATE BHT02 otherwise; see
- * migration 5). It holds a shared advisory lock to the end of the transaction, which a move's
- * switch waits on, so no write that passed it can land on a source after the final sync.
+ * migrations 5 and 9). A statement of its own after the context's lock, so the row it reads is at
+ * least as new as the lock (a move marks the tenant before it waits on the lock). It reads the row
+ * itself, so its plan is the prepared statement's, kept per role.
  */
-const WRITABLE_SQL = 'SELECT bulkhead.require_writable_tenant($1::uuid, $2::int)';
+const WRITABLE_SQL =
+  'SELECT bulkhead.require_writable_state(t.status, t.placement_epoch, $2::int) FROM (SELECT 1) AS one LEFT JOIN bulkhead.tenants t ON t.id = $1::uuid';
 
 /** Options of a tenant scope. */
 export interface TenantScopeOptions {
@@ -267,7 +277,11 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
   #scoped(tenantId: string, scope: 'tenant' | 'platform', options: TenantScopeOptions): ScopedStore {
     const role = options.role ?? this.options.appRole;
     const schema = options.schema ?? POOL_SCHEMA;
-    const preamble: Statement[] = [{ name: 'bh_ctx', text: CONTEXT_SQL, values: [role, tenantId, scope] }];
+    const preamble: Statement[] = [
+      options.writeEpoch === undefined
+        ? { name: 'bh_ctx', text: CONTEXT_SQL, values: [role, tenantId, scope] }
+        : { name: 'bh_ctx_write', text: WRITE_CONTEXT_SQL, values: [role, tenantId, scope] },
+    ];
     const named = statementNamer(schema);
     // The check reads an RLS table, so its plan belongs to the role it ran as (PostgreSQL re-plans
     // an RLS plan for another role): per schema, like the statements, since each has its own role.

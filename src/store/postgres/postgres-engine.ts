@@ -141,7 +141,7 @@ async function runPipeline(client: pg.PoolClient, statements: readonly Statement
  * `statementNamer` in store.ts), so the count grows with the tenants a connection serves; past
  * this bound the oldest tenth is deallocated, and a tenant whose names went is planned again.
  */
-const MAX_PREPARED = 4_000;
+const MAX_PREPARED = 10_000;
 const prepared = new WeakMap<PipelineConnection, string[]>();
 
 function namesOf(connection: PipelineConnection): string[] {
