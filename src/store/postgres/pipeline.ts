@@ -9,6 +9,7 @@ export interface PipelineConnection {
   parse(message: { text: string; name?: string; types?: number[] }): void;
   bind(message: { statement?: string; portal?: string; values: unknown[]; valueMapper?: (value: unknown) => unknown }): void;
   describe(message: { type: 'P' | 'S'; name?: string }): void;
+  close(message: { type: 'S' | 'P'; name?: string }): void;
   execute(message: { portal?: string; rows?: number }): void;
   sync(): void;
   /** pg's own record of the named statements parsed on this connection, shared with pg's Query. */
@@ -33,12 +34,16 @@ export function preparedOn(connection: PipelineConnection, name: string): boolea
  * Parse/Bind/Describe/Execute and then ONE Sync. The server runs everything up to the Sync in
  * one implicit transaction and stops at the first error, so the batch is atomic.
  *
- * In `prepare` mode it only parses its (single, named) statement and records the name on success.
+ * A named statement not yet prepared on the connection is parsed under its name in the same
+ * round trip, at its first use in the pipeline, and bound by name from then on; the names are
+ * recorded once the whole pipeline succeeded. After a failure nobody knows which of those parses
+ * the server got to: `closing` sends a Close for each (not an error for a name that does not
+ * exist), so the connection's record stays true.
  */
 export class Pipeline {
   readonly done: Promise<StatementResult[]>;
   readonly #statements: readonly Statement[];
-  readonly #mode: 'prepare' | 'execute';
+  readonly #mode: 'closing' | 'execute';
   readonly #results: StatementResult[] = [];
   #fields: Field[] | null = null;
   #parsers: Parser[] = [];
@@ -48,7 +53,10 @@ export class Pipeline {
   #resolve!: (results: StatementResult[]) => void;
   #reject!: (error: unknown) => void;
 
-  constructor(statements: readonly Statement[], mode: 'prepare' | 'execute') {
+  /** Names parsed by this pipeline (execute mode), or to close (closing mode). */
+  readonly #fresh = new Set<string>();
+
+  constructor(statements: readonly Statement[], mode: 'closing' | 'execute') {
     this.#statements = statements;
     this.#mode = mode;
     this.done = new Promise((resolve, reject) => {
@@ -78,11 +86,15 @@ export class Pipeline {
     }
     connection.stream.cork?.();
     try {
-      if (this.#mode === 'prepare') {
-        for (const s of this.#statements) connection.parse({ text: s.text, name: s.name ?? '' });
+      if (this.#mode === 'closing') {
+        for (const s of this.#statements) connection.close({ type: 'S', name: s.name! });
       } else {
         this.#statements.forEach((s, i) => {
-          const named = s.name !== undefined && preparedOn(connection, s.name);
+          if (s.name !== undefined && !preparedOn(connection, s.name) && !this.#fresh.has(s.name)) {
+            connection.parse({ text: s.text, name: s.name });
+            this.#fresh.add(s.name);
+          }
+          const named = s.name !== undefined;
           if (!named) connection.parse({ text: s.text, name: '' });
           connection.bind({ statement: named ? s.name! : '', portal: '', values: wire[i]! });
           connection.describe({ type: 'P', name: '' });
@@ -131,10 +143,15 @@ export class Pipeline {
     this.#fail(withIndex);
   }
 
+  /** The names this pipeline parsed (to record on success, to close after a failure). */
+  get fresh(): ReadonlySet<string> {
+    return this.#fresh;
+  }
+
   handleReadyForQuery(): void {
     if (this.#settled) return;
-    if (this.#mode === 'prepare' && this.#connection) {
-      for (const s of this.#statements) if (s.name) this.#connection.parsedStatements[s.name] = s.text;
+    if (this.#mode === 'execute' && this.#connection) {
+      for (const s of this.#statements) if (s.name && this.#fresh.has(s.name)) this.#connection.parsedStatements[s.name] = s.text;
     }
     this.#settled = true;
     this.#resolve(this.#results);

@@ -124,16 +124,27 @@ async function runPipeline(client: pg.PoolClient, statements: readonly Statement
   // `connection` is pg's protocol connection; the Submittable API (used by pg-cursor) hands it
   // to `submit`, but we need it before submitting to know which names are already prepared.
   const connection = (client as unknown as { connection: PipelineConnection }).connection;
-  // Named statements are prepared in their own round trip once per connection, so a Parse
-  // failure can never leave the connection unsure of which names exist.
-  for (const statement of statements) {
-    if (statement.name && !preparedOn(connection, statement.name)) {
-      await makeRoom(client, connection);
-      await submit(client, new Pipeline([statement], 'prepare'));
-      namesOf(connection).push(statement.name);
-    }
+  const names = new Set<string>();
+  let fresh = 0;
+  for (const s of statements) {
+    if (s.name === undefined || names.has(s.name)) continue;
+    names.add(s.name);
+    if (!preparedOn(connection, s.name)) fresh++;
   }
-  return submit(client, new Pipeline(statements, 'execute'));
+  if (fresh > 0) await makeRoom(client, connection, fresh, names);
+  // New names are parsed in the same round trip as their first use (see Pipeline).
+  const pipeline = new Pipeline(statements, 'execute');
+  try {
+    const results = await submit(client, pipeline);
+    namesOf(connection).push(...pipeline.fresh);
+    return results;
+  } catch (error) {
+    if (pipeline.fresh.size > 0 && !isConnectionLost(error)) {
+      const closing = [...pipeline.fresh].map((name) => ({ name, text: '' }));
+      await submit(client, new Pipeline(closing, 'closing')).catch(() => {});
+    }
+    throw error;
+  }
 }
 
 /**
@@ -153,10 +164,18 @@ function namesOf(connection: PipelineConnection): string[] {
   return names;
 }
 
-async function makeRoom(client: pg.PoolClient, connection: PipelineConnection): Promise<void> {
+/**
+ * Deallocates the oldest tenth of the names (at least `needed`) when `needed` more would pass
+ * MAX_PREPARED; never a name in `keep`, which the pipeline about to run binds to.
+ */
+async function makeRoom(client: pg.PoolClient, connection: PipelineConnection, needed: number, keep: ReadonlySet<string>): Promise<void> {
   const names = namesOf(connection);
-  if (names.length < MAX_PREPARED) return;
-  const evicted = names.splice(0, Math.ceil(MAX_PREPARED / 10));
+  if (names.length + needed <= MAX_PREPARED) return;
+  const count = Math.max(needed, Math.ceil(MAX_PREPARED / 10));
+  const evicted: string[] = [];
+  const kept: string[] = [];
+  for (const n of names) (evicted.length < count && !keep.has(n) ? evicted : kept).push(n);
+  names.splice(0, names.length, ...kept);
   // Our own names: plain identifiers and '@', quoted as identifiers.
   await client.query(evicted.map((n) => `DEALLOCATE "${n.replace(/"/g, '""')}";`).join('\n'));
   for (const n of evicted) delete connection.parsedStatements[n];
