@@ -298,7 +298,7 @@ for (const kind of BACKENDS) {
       const plan = JSON.parse(dryJson.stdout);
       assert.equal(plan.dryRun, true);
       assert.deepEqual(plan.collections[1], {
-        name: 'tasks', result: 'updated', version: 2, previousVersion: 1, changes: { added: ['priority'], removed: [], changed: ['title'], description: false, readAudit: false },
+        name: 'tasks', result: 'updated', version: 2, previousVersion: 1, changes: { added: ['priority'], removed: [], changed: ['title'], description: false, readAudit: false, encryptedClassifications: false },
       });
 
       const updated = await cli(['collections', 'apply', '-f', changedFile, '--tenant', a.slug]);
@@ -320,7 +320,7 @@ for (const kind of BACKENDS) {
         tenant: a.slug,
         file,
         dryRun: false,
-        collections: [{ name: 'notes', result: 'created', version: 1, previousVersion: null, changes: { added: ['body'], removed: [], changed: [], description: false, readAudit: false } }],
+        collections: [{ name: 'notes', result: 'created', version: 1, previousVersion: null, changes: { added: ['body'], removed: [], changed: [], description: false, readAudit: false, encryptedClassifications: false } }],
       });
     });
 
@@ -398,6 +398,62 @@ for (const kind of BACKENDS) {
       assert.equal(stored.get('items')?.version, 1);
     });
 
+    test('collections: a collection list of encrypted classifications is applied, shown, diffed, and checked', async () => {
+      const a = await newTenant('enccls');
+      const v1 = schemaFile('enc-v1.yaml', [
+        'collections:',
+        '  cases:',
+        '    encryptedClassifications: [pii, internal, phi, pci, confidential]',
+        '    fields:',
+        '      note: { type: string }',
+        '      label: { type: string, classification: public }',
+        '',
+      ].join('\n'));
+      const created = await cli(['collections', 'apply', '-f', v1, '--tenant', a.slug]);
+      assert.equal(created.code, 0, created.stderr);
+      assert.match(created.stdout, /^cases +created +1 +\+note \+label$/m);
+      const show = await cli(['collections', 'show', 'cases', '--tenant', a.slug]);
+      assert.equal(show.code, 0, show.stderr);
+      assert.match(show.stdout, /^encrypts +internal, confidential, pii, phi, pci$/m);
+      assert.match(show.stdout, /^note +string +internal +encrypted$/m);
+      assert.match(show.stdout, /^label +string +public$/m);
+      const showJson = await cli(['collections', 'show', 'cases', '--tenant', a.slug, '--json']);
+      assert.deepEqual(JSON.parse(showJson.stdout).encryptedClassifications, ['internal', 'confidential', 'pii', 'phi', 'pci']);
+      // The same list in another order is no change.
+      const again = await cli(['collections', 'apply', '-f', v1, '--tenant', a.slug, '--dry-run', '--json']);
+      assert.deepEqual(JSON.parse(again.stdout).collections[0].result, 'unchanged');
+
+      // Adding public (no record holds label) is a change of the list alone, and the field it flips.
+      const v2 = schemaFile('enc-v2.json', {
+        collections: { cases: { encryptedClassifications: ['internal', 'public', 'confidential', 'pii', 'phi', 'pci'], fields: { note: { type: 'string' }, label: { type: 'string', classification: 'public' } } } },
+      });
+      const dry = await cli(['collections', 'apply', '-f', v2, '--tenant', a.slug, '--dry-run', '--json']);
+      assert.deepEqual(JSON.parse(dry.stdout).collections[0].changes, {
+        added: [], removed: [], changed: ['label'], description: false, readAudit: false, encryptedClassifications: true,
+      });
+      const updated = await cli(['collections', 'apply', '-f', v2, '--tenant', a.slug]);
+      assert.equal(updated.code, 0, updated.stderr);
+      assert.match(updated.stdout, /^cases +updated +1 -> 2 +~label encryptedClassifications$/m);
+      // Leaving the list out goes back to the deployment's: a change, shown as such.
+      const v3 = schemaFile('enc-v3.json', { collections: { cases: { fields: { note: { type: 'string' }, label: { type: 'string', classification: 'public' } } } } });
+      const back = await cli(['collections', 'apply', '-f', v3, '--tenant', a.slug, '--dry-run']);
+      assert.match(back.stdout, /^cases +would update +2 -> 3 +~note ~label encryptedClassifications$/m);
+
+      // A malformed list fails locally, before anything is sent.
+      const dup = schemaFile('enc-dup.json', { collections: { other: { encryptedClassifications: ['pii', 'pii'], fields: { x: { type: 'string' } } } } });
+      const local = await cli(['collections', 'apply', '-f', dup, '--tenant', a.slug]);
+      assertError(local, 1, 'COLLECTION_INVALID');
+      assert.match(local.stderr, /enc-dup\.json: collection other: encryptedClassifications lists pii more than once/);
+      // A list leaving out what the deployment encrypts is the server's to refuse: it knows the deployment's list.
+      const fewer = schemaFile('enc-fewer.json', { collections: { other: { encryptedClassifications: ['internal', 'pii'], fields: { x: { type: 'string' } } } } });
+      const refused = await cli(['collections', 'apply', '-f', fewer, '--tenant', a.slug]);
+      assertError(refused, 1, 'COLLECTION_INVALID');
+      assert.match(refused.stderr, /collection other: encryptedClassifications leaves out confidential, phi, pci/);
+      const stored = await storedCollections(a.id);
+      assert.equal(stored.has('other'), false);
+      assert.equal(stored.get('cases')?.version, 2);
+    });
+
     test('collections apply to an unknown tenant is TENANT_NOT_FOUND', async () => {
       const file = schemaFile('unknown.json', { collections: { notes: { fields: { body: { type: 'text' } } } } });
       assertError(await cli(['collections', 'apply', '-f', file, '--tenant', 'no-such-tenant']), 1, 'TENANT_NOT_FOUND');
@@ -430,6 +486,7 @@ for (const kind of BACKENDS) {
       const show = await cli(['collections', 'show', 'orders', '--tenant', a.slug]);
       assert.equal(show.code, 0, show.stderr);
       assert.match(show.stdout, /^name +orders$/m);
+      assert.match(show.stdout, /^encrypts +the deployment's list$/m);
       assert.match(show.stdout, /^FIELD +TYPE +REQUIRED +UNIQUE +INDEXED +CLASSIFICATION +DETAILS$/m);
       assert.match(show.stdout, /^customer +reference +yes +internal +-> customers$/m);
       assert.match(show.stdout, /^total +number +yes +internal$/m);

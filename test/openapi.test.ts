@@ -213,6 +213,9 @@ describe('OpenAPI document', () => {
     assert.deepEqual(s.FieldDefinition.properties.type.enum, [...FIELD_TYPES]);
     assert.deepEqual(s.FieldDefinitionInput.properties.classification.enum, [...CLASSIFICATIONS]);
     assert.deepEqual(s.FieldDefinition.properties.classification.enum, [...CLASSIFICATIONS]);
+    assert.deepEqual(s.CollectionDefinition.properties.encryptedClassifications.items.enum, [...CLASSIFICATIONS]);
+    assert.equal(s.CollectionDefinition.properties.encryptedClassifications.uniqueItems, true);
+    assert.deepEqual(s.Collection.properties.encryptedClassifications.items.enum, [...CLASSIFICATIONS]);
     for (const type of FIELD_TYPES) assert.ok(s[`FieldValue.${type}`], `the values of ${type} fields are described`);
     assert.deepEqual(s.TokenMintRequest.properties.roles.items.enum, [...TENANT_ROLES]);
     assert.deepEqual(s.Tenant.properties.tier.enum, [...TIERS]);
@@ -354,6 +357,18 @@ for (const kind of BACKENDS) {
       checkAgainstDocument('GET', '/v1/collections/{name}', await request(t.app, 'GET', '/v1/collections/nothing', { token }));
       checkAgainstDocument('GET', '/v1/collections/{name}', await request(t.app, 'GET', '/v1/collections/Bad-Name', { token }));
       checkAgainstDocument('GET', '/v1/collections', await request(t.app, 'GET', '/v1/collections', { token: ops }));
+      // A collection that lists its own encrypted classifications: the body is a valid definition, the answers match.
+      const vault = { encryptedClassifications: ['internal', 'confidential', 'pii', 'phi', 'pci'], fields: { note: { type: 'string' } } };
+      assert.ok(defineOk(vault), JSON.stringify(defineOk.errors));
+      assert.ok(!defineOk({ ...vault, encryptedClassifications: ['pii', 'pii'] }), 'a duplicate is invalid by the schema too');
+      assert.ok(!defineOk({ ...vault, encryptedClassifications: ['secret'] }), 'an unknown classification is invalid by the schema too');
+      const vaultPut = await request(t.app, 'PUT', '/v1/collections/vault', { token, body: vault });
+      assert.equal(vaultPut.status, 201, vaultPut.text);
+      checkAgainstDocument('PUT', '/v1/collections/{name}', vaultPut);
+      const vaultGet = await request(t.app, 'GET', '/v1/collections/vault', { token });
+      assert.deepEqual(vaultGet.body.encryptedClassifications, vault.encryptedClassifications);
+      checkAgainstDocument('GET', '/v1/collections/{name}', vaultGet);
+      checkAgainstDocument('PUT', '/v1/collections/{name}', await request(t.app, 'PUT', '/v1/collections/vault', { token, body: { ...vault, encryptedClassifications: ['pii'] } }));
 
       const record = await request(t.app, 'POST', '/v1/collections/tasks/records', {
         token,

@@ -45,6 +45,7 @@ function describeChanges(c: DefinitionChanges): string {
     ...c.removed.map((f) => `-${f}`),
     ...(c.description ? ['description'] : []),
     ...(c.readAudit ? ['readAudit'] : []),
+    ...(c.encryptedClassifications ? ['encryptedClassifications'] : []),
   ].join(' ');
 }
 
@@ -54,6 +55,7 @@ function describeField(f: FieldDefinition): string {
   if (f.type === 'enum') parts.push(`values ${(f.values ?? []).join('|')}`);
   if (f.maxLength !== undefined) parts.push(`maxLength ${f.maxLength}`);
   if (f.default !== undefined) parts.push(`default ${JSON.stringify(f.default)}`);
+  if (f.encrypted) parts.push('encrypted');
   if (f.subject) parts.push('data subject');
   return parts.join(', ');
 }
@@ -174,6 +176,8 @@ export function collectionsCommand(parent: Command, io: CliIO): Command {
           ['name', view.name],
           ['version', view.version],
           ...(view.description ? ([['description', view.description]] as const) : []),
+          // Absent, the deployment's list applied; an empty list is shown as such, not as absent.
+          ['encrypts', view.encryptedClassifications ? view.encryptedClassifications.join(', ') || 'none' : "the deployment's list"],
           ['updated', view.updatedAt],
         ]);
         const fields = Object.entries(view.fields).map(([field, f]) => ({ field, ...f }));
@@ -193,8 +197,13 @@ export function collectionsCommand(parent: Command, io: CliIO): Command {
   return collections;
 }
 
-const noChanges: DefinitionChanges = Object.freeze({ added: [], removed: [], changed: [], description: false, readAudit: false });
+const noChanges: DefinitionChanges = Object.freeze({ added: [], removed: [], changed: [], description: false, readAudit: false, encryptedClassifications: false });
 
 function definitionOf(view: CollectionView): CollectionDefinition {
-  return { fields: view.fields, ...(view.description !== undefined ? { description: view.description } : {}), readAudit: view.readAudit };
+  return {
+    fields: view.fields,
+    ...(view.description !== undefined ? { description: view.description } : {}),
+    readAudit: view.readAudit,
+    ...(view.encryptedClassifications !== undefined ? { encryptedClassifications: view.encryptedClassifications } : {}),
+  };
 }

@@ -73,7 +73,9 @@ export function loadSchemaFile(path: string, cwd: string): SchemaFile {
   for (const [name, input] of Object.entries(doc.collections)) {
     if (!COLLECTION_NAME.test(name)) invalid(`${path}: collection "${safe(name)}": names must match ${COLLECTION_NAME.source}`);
     try {
-      collections.set(name, { name, input, definition: parseCollectionDefinition(input) });
+      // The deployment's encrypted classifications are the server's to know: a collection's own
+      // list is checked here for its shape, and against the deployment's list by the server.
+      collections.set(name, { name, input, definition: parseCollectionDefinition(input, { deploymentUnknown: true }) });
     } catch (error) {
       if (error instanceof BulkheadError) invalid(`${path}: collection ${name}: ${error.message}`);
       throw error;
@@ -127,6 +129,8 @@ export interface DefinitionChanges {
   readonly description: boolean;
   /** The read-audit level changes (an absent level is `all`). */
   readonly readAudit: boolean;
+  /** The collection's own list of encrypted classifications changes, or is set or dropped (absent is the deployment's list). */
+  readonly encryptedClassifications: boolean;
 }
 
 /** Compares two definitions field by field, regardless of key order. */
@@ -137,12 +141,21 @@ export function diffDefinitions(before: CollectionDefinition | undefined, after:
   const changed = Object.keys(after.fields).filter((f) => f in old && canonical(old[f]) !== canonical(after.fields[f]));
   const description = before !== undefined && (before.description ?? '') !== (after.description ?? '');
   const readAudit = before !== undefined && (before.readAudit ?? 'all') !== (after.readAudit ?? 'all');
-  return { added, removed, changed, description, readAudit };
+  // Both sides keep the list in CLASSIFICATIONS order (the parser sorts it), so order is no change.
+  const encryptedClassifications = before !== undefined && canonical(before.encryptedClassifications ?? null) !== canonical(after.encryptedClassifications ?? null);
+  return { added, removed, changed, description, readAudit, encryptedClassifications };
 }
 
 /** True when a diff changes nothing. */
 export function isUnchanged(changes: DefinitionChanges): boolean {
-  return changes.added.length === 0 && changes.removed.length === 0 && changes.changed.length === 0 && !changes.description && !changes.readAudit;
+  return (
+    changes.added.length === 0 &&
+    changes.removed.length === 0 &&
+    changes.changed.length === 0 &&
+    !changes.description &&
+    !changes.readAudit &&
+    !changes.encryptedClassifications
+  );
 }
 
 /** JSON with sorted keys and no undefined members, to compare definitions read from different places. */

@@ -798,7 +798,7 @@ const schemas: JsonObject = {
       encrypted: {
         type: 'boolean',
         description:
-          'Store the field encrypted with the tenant\'s data key. Default: true for the classifications the deployment encrypts (confidential, pii, phi, pci unless configured), which cannot be set to false; false otherwise. Cannot change while records hold the field.',
+          'Store the field encrypted with the tenant\'s data key. Default: true for the classifications the collection encrypts (its encryptedClassifications, else the deployment\'s: confidential, pii, phi, pci unless configured), which cannot be set to false; false otherwise. Cannot change while records hold the field.',
       },
       default: { not: { type: 'null' }, description: 'A value of the field\'s type, applied on create.' },
       values: {
@@ -857,6 +857,16 @@ const schemas: JsonObject = {
         default: 'all',
         description: 'Which successful reads of the collection are audited: all, only those returning a value of a field classified above internal, or none. Writes and refusals are always audited.',
       },
+      encryptedClassifications: {
+        type: 'array',
+        uniqueItems: true,
+        maxItems: CLASSIFICATIONS.length,
+        items: { type: 'string', enum: [...CLASSIFICATIONS] },
+        description:
+          'The classifications whose fields this collection encrypts. Absent: the deployment\'s list (BULKHEAD_ENCRYPTED_CLASSIFICATIONS). ' +
+          'It must hold every classification the deployment encrypts (a collection can encrypt more, never fewer), so the empty list is accepted only where the deployment encrypts none; ' +
+          'otherwise COLLECTION_INVALID. Stored in CLASSIFICATIONS order. Whether a field holding records is encrypted cannot change, so a list that would flip such a field is refused.',
+      },
     },
   },
   Collection: {
@@ -868,6 +878,12 @@ const schemas: JsonObject = {
       fields: { type: 'object', propertyNames: { pattern: FIELD_NAME.source }, additionalProperties: schema('FieldDefinition') },
       description: { type: 'string' },
       readAudit: { type: 'string', enum: ['all', 'classified', 'off'], description: 'Which successful reads are audited (see CollectionDefinition.readAudit).' },
+      encryptedClassifications: {
+        type: 'array',
+        uniqueItems: true,
+        items: { type: 'string', enum: [...CLASSIFICATIONS] },
+        description: 'The classifications the collection encrypts, when its definition lists them; absent, the deployment\'s list applied (see CollectionDefinition.encryptedClassifications). Each field\'s `encrypted` is what was settled.',
+      },
       ...timestamps,
     },
   },

@@ -23,6 +23,12 @@ export interface CollectionView {
   readonly description?: string;
   /** Which successful reads are audited: `all`, `classified` or `off` (docs/audit.md, "Read auditing"). */
   readonly readAudit: ReadAuditLevel;
+  /**
+   * The classifications the collection encrypts, when its definition lists them (absent: the
+   * deployment's list, as it was when the version was made). Each field's `encrypted` says what
+   * was settled for it.
+   */
+  readonly encryptedClassifications?: readonly Classification[];
   readonly createdAt: string;
   readonly updatedAt: string;
 }
@@ -276,7 +282,7 @@ export class Collections {
         // plaintext); a field's encryption is settled once records hold it.
         checks.push({
           field,
-          reason: 'whether it is encrypted, and for an encrypted field whether it is unique, cannot change while records hold it',
+          reason: encryptionChangeReason(before, after, old, next),
           statement: { text: `${base}data ? $3::text) AS hit`, values: [tenantId, name, field] },
         });
       } else if (next.type === 'reference' && next.collection !== old.collection) {
@@ -303,6 +309,22 @@ export class Collections {
       throw new BulkheadError('COLLECTION_INVALID', `fields.${failed.field}: ${failed.reason}`, { details: { field: failed.field } });
     }
   }
+}
+
+/**
+ * Why a field's encryption cannot change, naming the collection's `encryptedClassifications` when
+ * a change of that list is what flips it, since the builder may not have touched the field itself.
+ */
+function encryptionChangeReason(before: CollectionDefinition, after: CollectionDefinition, old: FieldDefinition, next: FieldDefinition): string {
+  const general = 'whether it is encrypted, and for an encrypted field whether it is unique, cannot change while records hold it';
+  const c = next.classification;
+  const listed = (d: CollectionDefinition) => d.encryptedClassifications?.includes(c) === true;
+  if (Boolean(next.encrypted) === Boolean(old.encrypted) || old.classification !== c || listed(before) === listed(after)) return general;
+  return next.encrypted
+    ? `encryptedClassifications now lists ${c}, which would encrypt this ${c} field, but ${general} (its stored values are in clear); ` +
+        `leave ${c} out of encryptedClassifications, or keep these values in a new field`
+    : `encryptedClassifications no longer lists ${c}, which would stop encrypting this ${c} field, but ${general}; ` +
+        `keep ${c} in encryptedClassifications, or set encrypted: true on the field`;
 }
 
 function keyStatements(
@@ -346,6 +368,7 @@ function view(c: Pick<CompiledCollection, 'name' | 'version' | 'definition' | 'c
     fields: c.definition.fields,
     ...(c.definition.description ? { description: c.definition.description } : {}),
     readAudit: c.definition.readAudit ?? 'all',
+    ...(c.definition.encryptedClassifications ? { encryptedClassifications: c.definition.encryptedClassifications } : {}),
     createdAt: c.createdAt.toISOString(),
     updatedAt: c.updatedAt.toISOString(),
   };

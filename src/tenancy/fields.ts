@@ -56,6 +56,14 @@ export interface CollectionDefinition {
   readonly description?: string;
   /** Settled to `all` when a definition is parsed; absent only in definitions stored before it existed (read as `all`). */
   readonly readAudit?: ReadAuditLevel;
+  /**
+   * The classifications this collection encrypts, when the builder lists them: every one the
+   * deployment encrypts, and possibly more (`parseCollectionDefinition` refuses fewer). Kept in
+   * `CLASSIFICATIONS` order, so the same set is the same definition. Absent: the deployment's list
+   * applied when the definition was made. Each field's resolved `encrypted` flag is what the record
+   * path follows; this list is how it was decided.
+   */
+  readonly encryptedClassifications?: readonly Classification[];
 }
 
 /** Limits on definitions, so one tenant cannot make validation or indexing unbounded. */
@@ -82,6 +90,8 @@ export function isKeyable(type: FieldType): boolean {
   return SCALAR_TYPES.has(type);
 }
 
+const DEFINITION_KEYS = new Set(['fields', 'description', 'readAudit', 'encryptedClassifications']);
+
 const FIELD_KEYS = new Set([
   'type', 'required', 'unique', 'indexed', 'classification', 'subject', 'encrypted', 'default', 'values', 'collection', 'maxLength', 'description',
 ]);
@@ -91,8 +101,14 @@ export const DEFAULT_ENCRYPTED_CLASSIFICATIONS: readonly Classification[] = Obje
 
 /** Options of `parseCollectionDefinition`. */
 export interface DefinitionOptions {
-  /** Classifications whose fields are always encrypted (default `DEFAULT_ENCRYPTED_CLASSIFICATIONS`). */
+  /** The deployment's classifications, whose fields are always encrypted (default `DEFAULT_ENCRYPTED_CLASSIFICATIONS`). */
   readonly encryptedClassifications?: readonly Classification[];
+  /**
+   * Set where the deployment's list is not known (the CLI checking a schema file before it sends
+   * it): a collection's own `encryptedClassifications` is then checked for its shape only, and the
+   * server, which knows the deployment's list, checks that it leaves none of it out.
+   */
+  readonly deploymentUnknown?: boolean;
 }
 
 /**
@@ -124,14 +140,19 @@ function flag(raw: Record<string, unknown>, key: string, name: string): boolean 
 /**
  * Checks a collection definition from a builder (API or schema-as-code) and resolves defaults.
  * Every message names the field at fault. `collection` is the collection's own name, so a
- * reference may point at it.
+ * reference may point at it. A field is encrypted when its classification is in the collection's
+ * own `encryptedClassifications` (when it has one) or else the deployment's list, or when the
+ * builder sets `encrypted: true`; fail closed: a list that leaves out one the deployment encrypts,
+ * and `encrypted: false` on a field a list covers, are refused.
  */
 export function parseCollectionDefinition(input: unknown, options: DefinitionOptions = {}): CollectionDefinition {
-  const encryptedClassifications = options.encryptedClassifications ?? DEFAULT_ENCRYPTED_CLASSIFICATIONS;
+  const deployment = options.encryptedClassifications ?? DEFAULT_ENCRYPTED_CLASSIFICATIONS;
   if (!isPlainObject(input)) fail('the collection definition must be a JSON object');
   for (const key of Object.keys(input)) {
-    if (key !== 'fields' && key !== 'description' && key !== 'readAudit') fail(`unknown property "${safeName(key)}" in the collection definition`);
+    if (!DEFINITION_KEYS.has(key)) fail(`unknown property "${safeName(key)}" in the collection definition`);
   }
+  const own = input.encryptedClassifications === undefined ? undefined : parseEncryptedClassifications(input.encryptedClassifications, deployment, options);
+  const encryption: Encryption = { deployment, deploymentKnown: options.deploymentUnknown !== true, own };
   const readAudit = input.readAudit ?? 'all';
   if (typeof readAudit !== 'string' || !(READ_AUDIT_LEVELS as readonly string[]).includes(readAudit)) {
     fail(`readAudit must be one of ${READ_AUDIT_LEVELS.join(', ')}`);
@@ -149,7 +170,7 @@ export function parseCollectionDefinition(input: unknown, options: DefinitionOpt
   let subjects = 0;
   for (const name of names) {
     if (!FIELD_NAME.test(name)) fail(`field names must match ${FIELD_NAME.source}`, safeName(name));
-    const field = parseField(name, rawFields[name], encryptedClassifications);
+    const field = parseField(name, rawFields[name], encryption);
     // Names the second subject field, so the builder sees which flag to drop.
     if (field.subject && ++subjects > 1) fail('at most one field may be marked as the data subject', name);
     fields[name] = field;
@@ -158,10 +179,49 @@ export function parseCollectionDefinition(input: unknown, options: DefinitionOpt
     fields: Object.freeze(fields),
     ...(description === undefined ? {} : { description: description as string }),
     readAudit: readAudit as ReadAuditLevel,
+    ...(own === undefined ? {} : { encryptedClassifications: own }),
   });
 }
 
-function parseField(name: string, raw: unknown, encryptedClassifications: readonly Classification[]): FieldDefinition {
+/** The lists that decide which fields are encrypted: the deployment's, and the collection's own when it has one. */
+interface Encryption {
+  readonly deployment: readonly Classification[];
+  /** False when `deployment` is only the default, standing in for a list not known here. */
+  readonly deploymentKnown: boolean;
+  readonly own: readonly Classification[] | undefined;
+}
+
+/**
+ * Checks a collection's own list of encrypted classifications. It may add classifications to the
+ * deployment's list, never leave one out: the deployment's list is the operator's floor for every
+ * tenant (SPEC section 4), so a builder cannot opt a classified field out of encryption.
+ */
+function parseEncryptedClassifications(raw: unknown, deployment: readonly Classification[], options: DefinitionOptions): readonly Classification[] {
+  const known = CLASSIFICATIONS.join(', ');
+  if (!Array.isArray(raw)) fail(`encryptedClassifications must be an array of distinct classifications among ${known}`);
+  const seen = new Set<Classification>();
+  for (const entry of raw as unknown[]) {
+    if (typeof entry !== 'string') fail(`encryptedClassifications must hold only strings, each a classification among ${known}`);
+    if (!(CLASSIFICATIONS as readonly string[]).includes(entry)) {
+      fail(`encryptedClassifications: "${safeName(entry)}" is not a classification; use classifications among ${known}`);
+    }
+    if (seen.has(entry as Classification)) fail(`encryptedClassifications lists ${entry} more than once; list each classification once`);
+    seen.add(entry as Classification);
+  }
+  if (options.deploymentUnknown !== true) {
+    const missing = deployment.filter((c) => !seen.has(c));
+    if (missing.length > 0) {
+      fail(
+        `encryptedClassifications leaves out ${missing.join(', ')}, which this deployment encrypts in every collection ` +
+          `(BULKHEAD_ENCRYPTED_CLASSIFICATIONS: ${deployment.join(', ')}); a collection can encrypt more classifications, never fewer: ` +
+          'add them to the list, or leave encryptedClassifications out to use the deployment\'s list',
+      );
+    }
+  }
+  return Object.freeze(CLASSIFICATIONS.filter((c) => seen.has(c)));
+}
+
+function parseField(name: string, raw: unknown, encryption: Encryption): FieldDefinition {
   if (!isPlainObject(raw)) fail(`fields.${name} must be an object with a type`, name);
   for (const key of Object.keys(raw)) {
     if (!FIELD_KEYS.has(key)) fail(`unknown property "${safeName(key)}" in fields.${name}`, name);
@@ -185,10 +245,22 @@ function parseField(name: string, raw: unknown, encryptedClassifications: readon
     subject: flag(raw, 'subject', name),
     classification: classification as Classification,
   };
-  const required = encryptedClassifications.includes(field.classification);
+  const c = field.classification;
+  // A collection's own list holds the deployment's (checked above), so when there is one it alone
+  // decides; where the deployment's list is not known (the CLI) it is also the best knowledge there is.
+  const required = encryption.own !== undefined ? encryption.own.includes(c) : encryption.deployment.includes(c);
   if (raw.encrypted !== undefined && typeof raw.encrypted !== 'boolean') fail(`fields.${name}.encrypted must be a boolean`, name);
   if (raw.encrypted === false && required) {
-    fail(`fields.${name} is classified ${field.classification}, and this deployment encrypts every ${field.classification} field; leave encrypted out or set it to true`, name);
+    // Name the list that requires it: the deployment's when it does (leaving the classification
+    // out of the collection's list would not help), else the collection's own.
+    const byDeployment = encryption.own === undefined || (encryption.deploymentKnown && encryption.deployment.includes(c));
+    fail(
+      byDeployment
+        ? `fields.${name} is classified ${c}, and this deployment encrypts every ${c} field; leave encrypted out or set it to true`
+        : `fields.${name} is classified ${c}, and the collection's encryptedClassifications lists ${c}, so every ${c} field is encrypted; ` +
+            `leave encrypted out or set it to true, or leave ${c} out of encryptedClassifications`,
+      name,
+    );
   }
   field.encrypted = (raw.encrypted as boolean | undefined) ?? required;
   if ((field.unique || field.indexed) && !isKeyable(t)) fail(`fields.${name}: a ${t} field cannot be unique or indexed`, name);
