@@ -13,17 +13,14 @@
  * for the run and only ever passed through the environment. All traffic goes to 127.0.0.1.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { availableParallelism, loadavg, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { availableParallelism, loadavg } from 'node:os';
 import { isDeepStrictEqual, parseArgs } from 'node:util';
 import autocannon, { type AutocannonRequest, type AutocannonResult } from 'autocannon';
 import pg from 'pg';
-import { generateOperatorToken } from '../src/access/operator-tokens.js';
 import { Bulkhead } from '../src/bulkhead.js';
 import { loadConfig } from '../src/config.js';
-import { createBenchDatabase } from './dataset.js';
 import { Cleanup, call, cpuDelta, describeServer, snapshot, startServer, toMeasurement, type Measurement, type Server } from './isolation.bench.js';
+import { benchAdminUrl, benchLog, createDeployment, eachLimit, fmtInt, fmtMs, mean, percentile, positiveInt, vacuumAnalyze } from './support.js';
 
 const HELP = `Usage: npm run bench:encryption -- [options]
 
@@ -98,12 +95,6 @@ interface Options {
   readonly quick: boolean;
 }
 
-function positiveInt(value: string | undefined, fallback: number, name: string, min = 1): number {
-  if (value === undefined) return fallback;
-  if (!/^[0-9]+$/.test(value) || Number(value) < min) throw new Error(`--${name} must be an integer of at least ${min}`);
-  return Number(value);
-}
-
 function parseOptions(): Options {
   const { values } = parseArgs({
     options: {
@@ -123,10 +114,7 @@ function parseOptions(): Options {
     process.exit(0);
   }
   const quick = values.quick === true;
-  const adminUrl = process.env.BULKHEAD_BENCH_DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
-  if (!['127.0.0.1', 'localhost', '::1', '[::1]'].includes(new URL(adminUrl).hostname)) {
-    throw new Error('BULKHEAD_BENCH_DATABASE_URL must name a server on this machine (127.0.0.1): the benchmark measures one host');
-  }
+  const adminUrl = benchAdminUrl();
   return {
     adminUrl,
     // Two tenants at least: the sanity check reads one tenant's record with another's token.
@@ -141,25 +129,8 @@ function parseOptions(): Options {
   };
 }
 
-const log = (message: string) => console.error(`[encryption ${new Date().toISOString().slice(11, 19)}] ${message}`);
-const fmtInt = (n: number) => Math.round(n).toLocaleString('en-US');
-const fmtMs = (n: number) => (n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n.toFixed(2));
-const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
-/** Nearest-rank percentile. */
-function percentile(xs: readonly number[], p: number): number {
-  if (xs.length === 0) return NaN;
-  const sorted = [...xs].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
+const log = benchLog('encryption');
 
-/** Runs `fn` over 0..count-1 with at most `limit` in flight. */
-async function eachLimit(count: number, limit: number, fn: (index: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < count) await fn(next++);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, count) }, worker));
-}
 
 /** Who the tenants are and which records they hold: record k of tenant t has index k * tenants + t in both collections. */
 interface Data {
@@ -306,39 +277,13 @@ async function main(options: Options, cleanup: Cleanup): Promise<void> {
     (options.quick ? '  [--quick: smoke check, not a measurement]' : '');
   log(header.replace(/\n/g, ' | '));
 
-  const db = await createBenchDatabase(options.adminUrl);
-  cleanup.add(() => db.drop());
-  // The local KMS keeps its KEK versions in a state file beside the (unused) key file: one directory for the loader and the server.
-  const dataDir = mkdtempSync(join(tmpdir(), `${db.name}-`));
-  cleanup.add(async () => rmSync(dataDir, { recursive: true, force: true }));
-  const env: Record<string, string> = {
-    DATABASE_URL: db.url,
-    BULKHEAD_DATA_DIR: dataDir,
-    BULKHEAD_OPERATOR_TOKEN: generateOperatorToken(),
-    BULKHEAD_OWNER_ROLE: db.ownerRole,
-    BULKHEAD_APP_ROLE: db.appRole,
-    BULKHEAD_PARTITIONS: String(PARTITIONS),
-    BULKHEAD_POOL_SIZE: String(POOL_SIZE),
-    BULKHEAD_JWT_SECRET: randomBytes(32).toString('base64url'),
-    // Made for this run, passed only through the environment, gone with it.
-    BULKHEAD_KMS_PROVIDER: 'local',
-    BULKHEAD_MASTER_KEY: randomBytes(32).toString('base64'),
-    BULKHEAD_LOG_LEVEL: 'silent',
-  };
+  const { db, env } = await createDeployment(options.adminUrl, cleanup, { partitions: PARTITIONS, poolSize: POOL_SIZE });
   log(`database ${db.name}: populating through Bulkhead's services`);
   let t0 = performance.now();
   const data = await populate(env, options);
   const populateSeconds = (performance.now() - t0) / 1000;
   log(`  ${fmtInt(data.tenants)} tenants, ${fmtInt(2 * data.ids.plain.length)} records in ${populateSeconds.toFixed(1)} s`);
-  t0 = performance.now();
-  const admin = new pg.Client({ connectionString: db.url });
-  await admin.connect();
-  try {
-    await admin.query('VACUUM ANALYZE');
-  } finally {
-    await admin.end();
-  }
-  log(`  VACUUM ANALYZE ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  log(`  VACUUM ANALYZE ${(await vacuumAnalyze(db.url)).toFixed(1)} s`);
 
   const server = await startServer('isolated', { ...env, BULKHEAD_LOG_LEVEL: 'warn' }, []);
   cleanup.add(() => server.stop());

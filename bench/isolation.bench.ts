@@ -22,6 +22,7 @@ import { isDeepStrictEqual, parseArgs } from 'node:util';
 import autocannon, { type AutocannonRequest, type AutocannonResult } from 'autocannon';
 import pg from 'pg';
 import { COLLECTION, createBenchDatabase, loadDataset, recordFields, type Dataset } from './dataset.js';
+import { benchAdminUrl, benchLog, fmtInt, mean, positiveInt } from './support.js';
 
 const HELP = `Usage: npm run bench -- [options]
 
@@ -65,12 +66,6 @@ interface Options {
   readonly profileDir: string | undefined;
 }
 
-function positiveInt(value: string | undefined, fallback: number, name: string, min = 1): number {
-  if (value === undefined) return fallback;
-  if (!/^[0-9]+$/.test(value) || Number(value) < min) throw new Error(`--${name} must be an integer of at least ${min}`);
-  return Number(value);
-}
-
 function parseOptions(): Options {
   const { values } = parseArgs({
     options: {
@@ -95,11 +90,7 @@ function parseOptions(): Options {
   const tenantCounts = (values.tenants ?? '10,1000').split(',').map((s) => positiveInt(s.trim(), 0, 'tenants', 2));
   const records = positiveInt(values.records, quick ? 10_000 : 100_000, 'records');
   for (const n of tenantCounts) if (n > records) throw new Error('--records must be at least the largest tenant count');
-  const adminUrl = process.env.BULKHEAD_BENCH_DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
-  const host = new URL(adminUrl).hostname;
-  if (!['127.0.0.1', 'localhost', '::1', '[::1]'].includes(host)) {
-    throw new Error('BULKHEAD_BENCH_DATABASE_URL must name a server on this machine (127.0.0.1): the benchmark measures one host');
-  }
+  const adminUrl = benchAdminUrl();
   return {
     adminUrl,
     duration: positiveInt(values.duration, quick ? 3 : 10, 'duration'),
@@ -399,10 +390,8 @@ export function toMeasurement(tenants: number, op: Op, server: ServerKind, round
   };
 }
 
-const fmtInt = (n: number) => Math.round(n).toLocaleString('en-US');
 const fmtMs = (n: number) => (Number.isInteger(n) ? String(n) : n.toFixed(2));
-const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
-const log = (message: string) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}`);
+const log = benchLog('bench');
 
 /** The PostgreSQL version and the settings that matter for these numbers. */
 export async function describeServer(adminUrl: string): Promise<string> {

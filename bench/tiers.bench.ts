@@ -25,6 +25,7 @@ import { loadConfig } from '../src/config.js';
 import type { TierName } from '../src/placement/tier.js';
 import { COLLECTION, DEFINITION, createBenchDatabase, recordFields, type BenchDatabase, type Dataset } from './dataset.js';
 import { Cleanup, call, cpuDelta, describeServer, load, prime, snapshot, startServer, toMeasurement, type Measurement, type Server } from './isolation.bench.js';
+import { benchAdminUrl, benchLog, eachLimit, fmtInt, fmtMs, mean, percentile, positiveInt } from './support.js';
 
 const HELP = `Usage: node --import tsx bench/tiers.bench.ts [options]
 
@@ -65,12 +66,6 @@ interface Options {
   readonly quick: boolean;
 }
 
-function positiveInt(value: string | undefined, fallback: number, name: string, min = 1): number {
-  if (value === undefined) return fallback;
-  if (!/^[0-9]+$/.test(value) || Number(value) < min) throw new Error(`--${name} must be an integer of at least ${min}`);
-  return Number(value);
-}
-
 function parseOptions(): Options {
   const { values } = parseArgs({
     options: {
@@ -91,10 +86,7 @@ function parseOptions(): Options {
     process.exit(0);
   }
   const quick = values.quick === true;
-  const adminUrl = process.env.BULKHEAD_BENCH_DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
-  if (!['127.0.0.1', 'localhost', '::1', '[::1]'].includes(new URL(adminUrl).hostname)) {
-    throw new Error('BULKHEAD_BENCH_DATABASE_URL must name a server on this machine (127.0.0.1): the benchmark measures one host');
-  }
+  const adminUrl = benchAdminUrl();
   return {
     adminUrl,
     // Two tenants at least: the sanity check reads one tenant's record with another's token.
@@ -110,15 +102,7 @@ function parseOptions(): Options {
   };
 }
 
-const log = (message: string) => console.error(`[tiers ${new Date().toISOString().slice(11, 19)}] ${message}`);
-const fmtInt = (n: number) => Math.round(n).toLocaleString('en-US');
-const fmtMs = (n: number) => (n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n.toFixed(2));
-const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
-/** Nearest-rank percentile: with fewer than 100 samples p99 is the largest. */
-function percentile(xs: readonly number[], p: number): number {
-  const sorted = [...xs].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
+const log = benchLog('tiers');
 
 /**
  * A throw-away database; its `drop` also removes what Bulkhead made around it on the server (silo
@@ -163,14 +147,6 @@ function once(fn: () => Promise<void>): () => Promise<void> {
   return () => (done ??= fn());
 }
 
-/** Runs `fn` over 0..count-1 with at most `limit` in flight. */
-async function eachLimit(count: number, limit: number, fn: (index: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < count) await fn(next++);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, count) }, worker));
-}
 
 /** The per-tenant times of one tier's provisioning, in ms, in creation order. */
 interface Provisioning {
