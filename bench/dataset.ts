@@ -16,6 +16,7 @@ import { Bulkhead } from '../src/bulkhead.js';
 import { loadConfig } from '../src/config.js';
 import { uuidv7 } from '../src/ids.js';
 import { dropDeploymentObjects } from '../test/support/deployment.js';
+import { eachLimit } from './support.js';
 
 /** The collection every bench tenant has. No unique or indexed field: writes then measure the record path itself. */
 export const COLLECTION = 'items';
@@ -113,21 +114,12 @@ export interface DatasetOptions {
   readonly records: number;
   readonly partitions: number;
   readonly poolSize: number;
+  /** The collection's read auditing (`all`, the product's default, unless given). */
+  readonly readAudit?: 'all' | 'off';
   /** Called with a short progress message. */
   readonly progress?: (message: string) => void;
 }
 
-/** Runs `fn` over `items` with at most `limit` in flight. */
-async function eachLimit<T>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      await fn(items[i]!, i);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-}
 
 const STATUSES = ['open', 'pending', 'closed'] as const;
 
@@ -171,10 +163,9 @@ export async function loadDataset(db: BenchDatabase, options: DatasetOptions): P
     timings.migrate = (performance.now() - t0) / 1000;
 
     t0 = performance.now();
-    const indexes = Array.from({ length: options.tenants }, (_, i) => i);
-    await eachLimit(indexes, 8, async (i) => {
+    await eachLimit(options.tenants, 8, async (i) => {
       const tenant = await bh.tenants.create({ slug: `bench-${i}`, name: `Bench tenant ${i}` }, 'bench');
-      await bh.collections.define(tenant.id, COLLECTION, DEFINITION, 'bench');
+      await bh.collections.define(tenant.id, COLLECTION, { ...DEFINITION, readAudit: options.readAudit ?? 'all' }, 'bench');
       tenantIds[i] = tenant.id;
       tokens[i] = (await bh.mintToken(tenant.id, { sub: `bench-user-${i}`, roles: ['member'], ttlSeconds: 6 * 3600 })).token;
     });

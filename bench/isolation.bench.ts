@@ -34,6 +34,7 @@ const HELP = `Usage: npm run bench -- [options]
   --records N        records in each database's pool (default 100000; --quick: 10000)
   --quick            small pool and short runs: a smoke check, not a measurement
   --access-log       let the product write its JSON access log (to /dev/null) as in production
+  --read-audit all|off  audit every successful read, as the product does by default (all), or not (off)
   --pg-options=STR   PGOPTIONS for BOTH servers' connections, e.g. --pg-options="-c plan_cache_mode=force_generic_plan"
   --profile DIR      write V8 CPU profiles of both servers into DIR/<isolated|baseline>-<N>-tenants/ (node --cpu-prof;
                      the largest file is the main thread) and print how many requests each served;
@@ -62,8 +63,16 @@ interface Options {
   readonly records: number;
   readonly quick: boolean;
   readonly accessLog: boolean;
+  /** Whether the product audits successful reads (`--read-audit`). */
+  readonly readAudit: 'all' | 'off';
   readonly pgOptions: string | undefined;
   readonly profileDir: string | undefined;
+}
+
+/** `--read-audit`: `all` (every successful read leaves an audit event, the product's default) or `off`. */
+function readAuditOption(value: string | undefined): 'all' | 'off' {
+  if (value !== 'all' && value !== 'off') throw new Error('--read-audit must be all or off');
+  return value;
 }
 
 function parseOptions(): Options {
@@ -77,6 +86,7 @@ function parseOptions(): Options {
       records: { type: 'string' },
       quick: { type: 'boolean', default: false },
       'access-log': { type: 'boolean', default: false },
+      'read-audit': { type: 'string', default: 'all' },
       'pg-options': { type: 'string' },
       profile: { type: 'string' },
       help: { type: 'boolean', default: false },
@@ -101,6 +111,7 @@ function parseOptions(): Options {
     records,
     quick,
     accessLog: values['access-log'] === true,
+    readAudit: readAuditOption(values['read-audit']),
     pgOptions: values['pg-options'],
     profileDir: values.profile,
   };
@@ -416,6 +427,7 @@ async function main(options: Options, cleanup: Cleanup): Promise<void> {
     `${options.rounds} round(s) per server and operation, interleaved A-B-B-A\n` +
     `pool: ${fmtInt(options.records)} records per database, ${PARTITIONS} partitions, pg pool of ${POOL_SIZE} on both servers` +
     `${options.accessLog ? ', product access log on' : ', product access log off'}` +
+    `, read auditing ${options.readAudit}` +
     `${options.pgOptions ? `, PGOPTIONS="${options.pgOptions}" on both servers` : ''}${options.quick ? '  [--quick: smoke check, not a measurement]' : ''}`;
   log(header.replace(/\n/g, ' | '));
   const results: Measurement[] = [];
@@ -427,7 +439,14 @@ async function main(options: Options, cleanup: Cleanup): Promise<void> {
     cleanup.add(() => db.drop());
     log(`${tenants} tenants: database ${db.name}`);
     const setupStart = performance.now();
-    const ds = await loadDataset(db, { tenants, records: options.records, partitions: PARTITIONS, poolSize: POOL_SIZE, progress: (m) => log(`  ${m}`) });
+    const ds = await loadDataset(db, {
+      tenants,
+      records: options.records,
+      partitions: PARTITIONS,
+      poolSize: POOL_SIZE,
+      readAudit: options.readAudit,
+      progress: (m) => log(`  ${m}`),
+    });
     setup.push(`${fmtInt(tenants)} tenants: setup ${((performance.now() - setupStart) / 1000).toFixed(1)} s (${Object.entries(ds.timings).map(([k, v]) => `${k} ${v.toFixed(1)} s`).join(', ')})`);
 
     cleanup.add(() => scenario.run());
