@@ -11,17 +11,22 @@
  * product's `Moves`, while `--writers` loops create records through `Records.create` and one loop
  * reads; a write refused because of the pause (TENANT_WRITES_PAUSED) is counted and the longest
  * stretch of refusals, as a writer saw it, is reported next to the pause the mover recorded.
+ * As the API does (`--audit on`, the default), each write appends its audit event in its own
+ * transaction and each read is answered once its event is durable (the group-commit writer), so
+ * the tenant's audit chain grows during the move and is moved with it. Printed too: where the
+ * pause went (the mover's `progress.pauseSteps`), the longest read seen, the 1-minute load average.
  *
  * Environment: BULKHEAD_BENCH_DATABASE_URL, a superuser URL of a PostgreSQL 15+ server (default
  * postgres://postgres@127.0.0.1:5432/postgres). Everything made is dropped at the end (also on
  * an error or Ctrl-C): the database, silo databases, the per-tenant and deployment roles.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { generateOperatorToken } from '../src/access/operator-tokens.js';
+import { createAuditEvent, queryFingerprint } from '../src/audit/event.js';
 import { Bulkhead } from '../src/bulkhead.js';
 import { loadConfig } from '../src/config.js';
 import { createBenchDatabase } from './dataset.js';
@@ -33,8 +38,9 @@ const HELP = `Usage: npm run bench:moves -- [options]
 
   --records N    records of the moved tenant (default 100000)
   --writers N    concurrent writer loops during the moves (default 4)
-  --batch N      rows per copy batch (default 2000, the product's default)
+  --batch N      records (or rows of the other tables) per copy batch (default 2000, the product's default)
   --moves LIST   moves to run in order, from:to (default pool:bridge,bridge:silo,silo:pool)
+  --audit on|off audit every write and read as the API does (default on)
   --help
 
 Environment: BULKHEAD_BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres).`;
@@ -48,11 +54,19 @@ interface Options {
   readonly writers: number;
   readonly batch: number;
   readonly moves: ReadonlyArray<readonly [TierName, TierName]>;
+  readonly audit: boolean;
 }
 
 function options(): Options {
   const { values } = parseArgs({
-    options: { records: { type: 'string' }, writers: { type: 'string' }, batch: { type: 'string' }, moves: { type: 'string' }, help: { type: 'boolean' } },
+    options: {
+      records: { type: 'string' },
+      writers: { type: 'string' },
+      batch: { type: 'string' },
+      moves: { type: 'string' },
+      audit: { type: 'string' },
+      help: { type: 'boolean' },
+    },
   });
   if (values.help) {
     console.log(HELP);
@@ -69,6 +83,7 @@ function options(): Options {
     if (!tiers.includes(from!) || !tiers.includes(to!) || from === to) throw new Error(`--moves: "${m}" is not from:to with two different tiers`);
     return [from, to] as [TierName, TierName];
   });
+  if (values.audit !== undefined && values.audit !== 'on' && values.audit !== 'off') throw new Error('--audit must be on or off');
   for (let i = 1; i < moves.length; i++) {
     if (moves[i]![0] !== moves[i - 1]![1]) throw new Error('--moves: each move must start where the previous one ended');
   }
@@ -78,10 +93,14 @@ function options(): Options {
     writers: int(values.writers, 4, 'writers', 0, 64),
     batch: int(values.batch, 2_000, 'batch', 10, 100_000),
     moves,
+    audit: values.audit !== 'off',
   };
 }
 
 const fmt = (n: number): string => Math.round(n).toLocaleString('en-US');
+
+/** The 1-minute load average: another process's benchmark on this machine changes every number here. */
+const loadAverage = (): string => readFileSync('/proc/loadavg', 'utf8').split(' ')[0]!;
 
 /** When each state of a move began, from the mover's step observer. */
 type Timeline = Map<string, number>;
@@ -164,9 +183,24 @@ async function run(o: Options): Promise<void> {
       ]);
     }
     console.log(`tenant with ${fmt(o.records)} records (${fmt(o.records * 3)} rows with their unique and index values) loaded in ${((performance.now() - loadStart) / 1000).toFixed(1)} s`);
-    console.log(`moves under load: ${o.writers} writer loop(s) creating records, 1 reader loop\n`);
+    console.log(`moves under load: ${o.writers} writer loop(s) creating records, 1 reader loop, audit ${o.audit ? 'on' : 'off'}; load average ${loadAverage()}\n`);
+    // As the API records them: a write's event in its transaction, a read's through the group commit.
+    const principal = { subject: 'bench', roles: ['tenant_member'], authMethod: 'jwt' as const };
+    const decision = { effect: 'allow' as const, policyIds: ['bench'] };
+    let requests = 0;
+    const writeAudit = o.audit
+      ? () => {
+          const requestId = `bench-${++requests}`;
+          return {
+            log: bh!.audit,
+            event: (recordId: string) =>
+              createAuditEvent({ tenantId: tenant.id, principal, action: 'record.create', collection: 'items', recordIds: [recordId], decision, requestId, sourceAddress: '127.0.0.1', outcome: 'success' }),
+          };
+        }
+      : () => undefined;
 
     const rows: string[][] = [];
+    const steps: string[] = [];
     let live = 0;
     for (const [from, to] of o.moves) {
       // Load during the move: writers and a reader, until the move ends.
@@ -179,7 +213,7 @@ async function run(o: Options): Promise<void> {
         let refusedSince: number | undefined;
         while (running) {
           try {
-            await bh!.records.create({ tenantId: tenant.id, subject: 'bench' }, 'items', { title: `live-${live++}`, n: -1 });
+            await bh!.records.create({ tenantId: tenant.id, subject: 'bench' }, 'items', { title: `live-${live++}`, n: -1 }, writeAudit());
             written += 1;
             if (refusedSince !== undefined) longestRefusalMs = Math.max(longestRefusalMs, performance.now() - refusedSince);
             refusedSince = undefined;
@@ -191,12 +225,31 @@ async function run(o: Options): Promise<void> {
           }
         }
       };
+      let longestReadMs = 0;
       const reader = async () => {
         while (running) {
-          await bh!.records.list(tenant.id, 'items', { limit: '20' });
+          const begun = performance.now();
+          const page = await bh!.records.list(tenant.id, 'items', { limit: '20' });
+          if (o.audit) {
+            await bh!.audit.record(
+              createAuditEvent({
+                tenantId: tenant.id,
+                principal,
+                action: 'record.list',
+                collection: 'items',
+                query: { fingerprint: queryFingerprint(page.fingerprint), rowCount: page.records.length },
+                decision,
+                requestId: `bench-${++requests}`,
+                sourceAddress: '127.0.0.1',
+                outcome: 'success',
+              }),
+            );
+          }
+          longestReadMs = Math.max(longestReadMs, performance.now() - begun);
           reads += 1;
         }
       };
+      const loadBefore = loadAverage();
       const started = performance.now();
       const move = await bh.moveTenant(tenant.id, { tier: to }, 'operator:bench');
       const load = Promise.all([...Array.from({ length: o.writers }, writer), reader()]);
@@ -210,6 +263,11 @@ async function run(o: Options): Promise<void> {
       const copyMs = (t.get('verifying') ?? 0) - (t.get('copying') ?? 0);
       const rate = end.progress.copied / (copyMs / 1000);
       const pause = end.progress.pauseMs ?? Number.NaN;
+      const breakdown = Object.entries(end.progress.pauseSteps ?? {})
+        .map(([name, ms]) => `${name} ${fmt(ms)}`)
+        .join(', ');
+      const records = end.progress.pauseRecords === undefined ? '' : `, ${fmt(end.progress.pauseRecords)} records copied under the pause`;
+      steps.push(`${from} → ${to}: ${breakdown || '(not recorded)'} (${end.progress.checksumScan ?? '?'} checksums${records}; load ${loadBefore} → ${loadAverage()})`);
       rows.push([
         `${from} → ${to}`,
         fmt(end.progress.copied),
@@ -218,16 +276,19 @@ async function run(o: Options): Promise<void> {
         fmt(end.progress.synced ?? 0),
         `${fmt(pause)} ms`,
         `${fmt(longestRefusalMs)} ms`,
+        `${fmt(longestReadMs)} ms`,
         `${((performance.now() - started) / 1000).toFixed(1)} s`,
         `${fmt(written)} / ${fmt(refused)} / ${fmt(reads)}`,
       ]);
     }
 
-    const header = ['move', 'rows copied', 'copy time', 'rows/s', 'synced', 'write pause', 'longest refusal seen', 'whole move', 'writes ok / paused / reads'];
+    const header = ['move', 'rows copied', 'copy time', 'rows/s', 'synced', 'write pause', 'longest refusal seen', 'longest read', 'whole move', 'writes ok / paused / reads'];
     const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
     const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ');
     console.log(line(header));
     for (const r of rows) console.log(line(r));
+    console.log('\nunder the pause, ms per step (parallel steps overlap):');
+    for (const s of steps) console.log(`  ${s}`);
     const rates = rows.map((r) => Number(r[3]!.replace(/,/g, '')));
     const pauses = rows.map((r) => Number(r[5]!.replace(/[, ms]/g, '')));
     console.log('');

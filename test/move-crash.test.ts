@@ -132,6 +132,15 @@ for (const kind of BACKENDS) {
             assert.equal(r!.rows[0]!.n, 0, 'no pool row of the tenant is left');
           }
           assert.ok(tier);
+          // Nor the change capture the move kept at its source (src/placement/capture.ts): no
+          // trigger or log row of the tenant in the control cell's database, whatever the source.
+          const hex = moving.replace(/-/g, '');
+          const [, triggers, logged] = await bh.store.engine.batch([
+            { text: `SET LOCAL ROLE ${db.ownerRole}` },
+            { text: 'SELECT count(*)::int AS n FROM pg_trigger WHERE tgname LIKE $1', values: [`bh_capture_${hex}_%`] },
+            { text: 'SELECT count(*)::int AS n FROM bulkhead.move_changes WHERE tenant_id = $1', values: [moving] },
+          ]);
+          assert.deepEqual([triggers!.rows[0]!.n, logged!.rows[0]!.n], [0, 0], 'the change capture is removed');
         } finally {
           await bh.close();
         }

@@ -16,6 +16,19 @@ import type { TenantRow } from '../src/placement/tier.js';
 
 const TIERS = ['pool', 'bridge', 'silo'] as const;
 
+/**
+ * The change capture a move keeps of a tenant at a source in the control cell's database
+ * (src/placement/capture.ts): its triggers there (three per captured table) and its log's rows.
+ */
+async function captureOf(t: TestBulkhead, tenantId: string): Promise<{ triggers: number; logged: number }> {
+  const [, triggers, logged] = await t.bh.store.engine.batch([
+    { text: `SET LOCAL ROLE ${t.db.ownerRole}` },
+    { text: 'SELECT count(*)::int AS n FROM pg_trigger WHERE tgname LIKE $1 AND tgparentid = 0', values: [`bh_capture_${tenantId.replace(/-/g, '')}_%`] },
+    { text: 'SELECT count(*)::int AS n FROM bulkhead.move_changes WHERE tenant_id = $1', values: [tenantId] },
+  ]);
+  return { triggers: triggers!.rows[0]!.n as number, logged: logged!.rows[0]!.n as number };
+}
+
 for (const kind of BACKENDS) {
   describe(`tenant moves (${kind})`, () => {
     let t: TestBulkhead;
@@ -140,11 +153,13 @@ for (const kind of BACKENDS) {
       }
     }
 
-    // The switch takes its comparison base before the pause and adjusts it for what was written
-    // since; these check that what it records is the data as it is, on both of its paths.
+    // The switch takes its comparison base before the pause and adjusts it for the records the
+    // change log names since; these check that what it records is the data as it is. An old
+    // record changed between the base and the pause is named in the log like a new one: neither
+    // case sums the source whole under the pause (the switch did for the second, before the log).
     for (const [name, lateWrite, scan] of [
       ['writes after the snapshot are new records, edits and deletes of records written since', 'recent', 'changes'],
-      ['an old record is edited and another deleted between the comparison base and the pause', 'old', 'full'],
+      ['an old record is edited and another deleted between the comparison base and the pause', 'old', 'changes'],
     ] as const) {
       it(`records the switch's checksums of the data as it is when ${name}`, async () => {
         const tenant = await seeded('pool', 400);
@@ -155,11 +170,13 @@ for (const kind of BACKENDS) {
         const old = (page.body.records as Array<{ id: string }>).map((r) => r.id);
         assert.equal(old.length, 3);
         let created: string[] = [];
+        let capturing: { triggers: number; logged: number } | undefined;
         const mover = new Moves(t.bh.placements, {
           batchSize: 100,
           onStep: async (m: MoveView) => {
-            // After the verification's snapshot: a record created, then edited; another created, then deleted.
+            // After the verification's catch-up: a record created, then edited; another created, then deleted.
             if (m.state !== 'switching' || created.length > 0) return;
+            capturing = await captureOf(t, tenant.id);
             for (const title of ['late-a', 'late-b']) created.push((await write('POST', '/v1/collections/items/records', { fields: { title, n: 1 } })).body.id);
             assert.equal((await write('PATCH', `/v1/collections/items/records/${created[0]}`, { fields: { note: 'late' } })).status, 200);
             assert.equal((await write('DELETE', `/v1/collections/items/records/${created[1]}`)).status, 204);
@@ -187,6 +204,13 @@ for (const kind of BACKENDS) {
           assert.equal(done.checksums!.target['records/items']!.rows, expected);
           const renamed = await write('GET', `/v1/collections/items/records?filter=${encodeURIComponent(JSON.stringify({ title: { eq: 'renamed-old' } }))}`);
           assert.equal(renamed.body.records.length, lateWrite === 'old' ? 1 : 0);
+          // Under the pause the switch copied the records written since its last pass (those of
+          // \`beforePause\`), not the tenant: one created; or one edited and one deleted.
+          assert.equal(done.progress.pauseRecords, lateWrite === 'recent' ? 1 : 2);
+          // The source's changes were captured during the move (a trigger per operation on each
+          // of the three record tables), and nothing of the capture is left after it.
+          assert.equal(capturing?.triggers, 9);
+          assert.deepEqual(await captureOf(t, tenant.id), { triggers: 0, logged: 0 });
         } finally {
           await mover.close();
         }
@@ -353,8 +377,10 @@ for (const kind of BACKENDS) {
       assert.match(done.error!, /^(planned|copying): /);
       assert.equal((await t.bh.placements.resolve(tenant.id))!.tier, 'pool');
       assert.deepEqual(await tenantChecksums(t.bh, tenant.id), before);
+      assert.deepEqual(await captureOf(t, tenant.id), { triggers: 0, logged: 0 }, 'the rollback removed the change capture');
       const w = await request(t.app, 'POST', '/v1/collections/items/records', { token: tenant.token, body: { fields: { title: 'after-rollback', n: 1 } } });
       assert.equal(w.status, 201, 'writes are not left paused');
+      assert.deepEqual(await captureOf(t, tenant.id), { triggers: 0, logged: 0 }, 'a write after the rollback is not logged');
     });
   });
 

@@ -1,12 +1,17 @@
-import type { Statement } from '../store/engine.js';
+import type { Statement, StatementResult } from '../store/engine.js';
 import type { ScopedStore } from '../store/store.js';
+import { consumeChanges, loggedKeys, ownerBatch, readChanges, type CaptureSite, type LoggedChange } from './capture.js';
 
 /**
- * Copying one tenant's rows between two placements, table by table, in key order, and comparing
- * the two sides. Rows travel as one JSON text per batch (`jsonb_agg` on the source,
- * `jsonb_populate_recordset` on the target), so a batch is two statements whatever its size and
- * no row is parsed in JavaScript. Every statement runs in the tenant's own scope on both sides:
- * RLS applies to the copy as to any request.
+ * Copying one tenant's rows between two placements and comparing the two sides. The copy goes
+ * table by table in key order (a batch of records with their unique and index values); rows
+ * travel as one JSON text per table and batch (`json_agg` on the source, `jsonb_populate_recordset`
+ * on the target), so a batch is one statement on each side whatever its size and no row is parsed
+ * in JavaScript. What is written meanwhile is named by the source's change log (capture.ts) and
+ * copied again by record; the switch compares checksums taken from a base and what was copied
+ * since (`switchSync`). Every statement on the data runs in the tenant's own scope on both sides,
+ * so RLS applies to the copy as to any request; only the change log, and the base that joins it,
+ * are read as the source's owner, still in the tenant's context.
  */
 
 /** A data table: its primary key (after tenant_id) with types, and its other columns. */
@@ -98,6 +103,23 @@ export const COPY_TABLES: readonly TableSpec[] = [
   },
 ];
 
+/**
+ * Where the time under a move's pause went, in ms per step (steps run in parallel overlap). Kept
+ * in the move's progress, so a slow switch can be explained after the fact.
+ */
+export type StepTimes = Record<string, number>;
+
+/** Runs `fn`, adding its duration to `times[name]` when `times` is given. */
+export async function timed<T>(times: StepTimes | undefined, name: string, fn: () => Promise<T>): Promise<T> {
+  if (!times) return fn();
+  const start = performance.now();
+  try {
+    return await fn();
+  } finally {
+    times[name] = Math.round((times[name] ?? 0) + performance.now() - start);
+  }
+}
+
 /** A position in a table's key order: the last key copied, as JSON text values. */
 export type Cursor = readonly string[] | null;
 
@@ -136,25 +158,99 @@ function groupOf(t: TableSpec, alias: string): string {
   return t.collectionColumn.startsWith("'") ? t.collectionColumn : `${alias}.${t.collectionColumn}`;
 }
 
-/** Reads the next batch of `table` after `cursor` from `source` and inserts it into `target` (idempotent). */
-export async function copyBatch(source: ScopedStore, target: ScopedStore, tenantId: string, table: TableSpec, cursor: Cursor, limit: number): Promise<CopiedBatch> {
+/** A batch read for the copy: its rows per table as JSON text, how many in all, and the key of its last row (null: the table is done). */
+export interface ReadBatch {
+  readonly parts: ReadonlyArray<{ readonly table: TableSpec; readonly json: string; readonly rows: number }>;
+  readonly rows: number;
+  readonly next: Cursor;
+}
+
+/**
+ * For the copy's reads of the next rows after a cursor: a walk of the key's index in order, which
+ * stops after the batch. On a source whose statistics lag behind a bulk load (a tenant loaded and
+ * moved at once), the planner instead read every row after the cursor and sorted them: 23 ms
+ * against 2 ms for 2,000 of 20,000 records, and growing with the rows left. (`jit` off: the costs
+ * of disabled plans would otherwise pass its threshold, and compiling cost ~100 ms a statement.)
+ */
+const KEY_ORDER = {
+  text:
+    "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true), " +
+    "set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)",
+};
+
+/** Whether the copy carries `table`'s rows with their records (`readBatch` with `withValues`): the unique and index values. */
+export function copiedWithRecords(table: TableSpec): boolean {
+  return VALUES.includes(table);
+}
+
+/**
+ * Reads the next batch of `table` after `cursor` from `source`, in key order. As `json`, not
+ * `jsonb`: the target parses it once either way, and building `jsonb` on the source cost about
+ * twice as much (5,000 records: 63-77 ms against 136-243 ms, measured under load).
+ *
+ * With `withValues`, a batch of records comes with the unique and index values of exactly those
+ * records, read in the same statement (one snapshot) as a range of the values' index by record,
+ * which orders them as the records' key does. The target then gets each record's values in the
+ * transaction that inserts the record, so that no value can arrive before its record and the
+ * inserts need not look each one up (measured: the lookup was a third of a value's insert); the
+ * value tables are not copied on their own.
+ */
+export async function readBatch(source: ScopedStore, tenantId: string, table: TableSpec, cursor: Cursor, limit: number, withValues = false): Promise<ReadBatch> {
   const keys = keyList(table);
-  const after = cursor ? ` AND (${keys}) > (${table.key.map(([, type], i) => `$${i + 3}::${type}`).join(', ')})` : '';
-  const [r] = await source.batch([
+  const params = table.key.map(([, type], i) => `$${i + 3}::${type}`).join(', ');
+  const after = cursor ? ` AND (${keys}) > (${params})` : '';
+  const values = withValues && table === RECORDS ? VALUES : [];
+  const parts = values.map(
+    (v, i) =>
+      `CROSS JOIN LATERAL (SELECT count(*)::int AS n, coalesce(json_agg(v), '[]')::text AS rows FROM ${v.name} v, e WHERE v.tenant_id = $1` +
+      `${cursor ? ` AND (v.collection, v.record_id) > (${params})` : ''} AND (v.collection, v.record_id) <= (e.collection, e.id)) v${i}`,
+  );
+  const [, r] = await source.batch([
+    KEY_ORDER,
     {
       text:
-        `SELECT coalesce(jsonb_agg(to_jsonb(b) ORDER BY ${keys}), '[]')::text AS rows, count(*)::int AS n, ` +
-        `(array_agg(jsonb_build_array(${keys})::text ORDER BY ${table.key.map(([c]) => `${c} DESC`).join(', ')}))[1] AS last ` +
-        `FROM (SELECT * FROM ${table.name} WHERE tenant_id = $1${after} ORDER BY ${keys} LIMIT $2) b`,
+        `WITH b AS MATERIALIZED (SELECT * FROM ${table.name} WHERE tenant_id = $1${after} ORDER BY ${keys} LIMIT $2), ` +
+        `e AS (SELECT ${keys} FROM b ORDER BY ${table.key.map(([c]) => `${c} DESC`).join(', ')} LIMIT 1) ` +
+        `SELECT t.n, t.rows, (SELECT jsonb_build_array(${keys})::text FROM e) AS last${values.map((_, i) => `, v${i}.n AS n${i}, v${i}.rows AS rows${i}`).join('')} ` +
+        `FROM (SELECT count(*)::int AS n, coalesce(json_agg(b ORDER BY ${keys}), '[]')::text AS rows FROM b) t ${parts.join(' ')}`,
       values: [tenantId, limit, ...(cursor ?? [])],
     },
   ]);
   const row = r!.rows[0]!;
   const n = row.n as number;
-  if (n === 0) return { rows: 0, next: null };
-  await target.batch([insert(table, row.rows as string, false)]);
+  if (n === 0) return { parts: [], rows: 0, next: null };
+  const out = [{ table, json: row.rows as string, rows: n }, ...values.map((v, i) => ({ table: v, json: row[`rows${i}`] as string, rows: row[`n${i}`] as number }))];
   const last = JSON.parse(row.last as string) as unknown[];
-  return { rows: n, next: n < limit ? null : last.map((v) => String(v)) };
+  return { parts: out, rows: out.reduce((sum, p) => sum + p.rows, 0), next: n < limit ? null : last.map((v) => String(v)) };
+}
+
+/**
+ * Inserts a batch read by `readBatch` into `target`, in one transaction; a row already there is
+ * left alone (a resumed batch). Values read with their records need only their collection to be
+ * there (their record is inserted first, or was there), checked once per statement.
+ */
+export async function writeBatch(target: ScopedStore, tenantId: string, batch: ReadBatch): Promise<void> {
+  const withRecords = batch.parts.some((p) => p.table === RECORDS);
+  const statements = batch.parts
+    .filter((p) => p.rows > 0)
+    .map((p) =>
+      withRecords && copiedWithRecords(p.table)
+        ? {
+            text:
+              `INSERT INTO ${p.table.name} SELECT * FROM jsonb_populate_recordset(NULL::${p.table.name}, $1::text::jsonb) r ` +
+              'WHERE r.collection IN (SELECT name FROM collections WHERE tenant_id = $2) ON CONFLICT DO NOTHING',
+            values: [p.json, tenantId],
+          }
+        : insert(p.table, p.json, false),
+    );
+  if (statements.length > 0) await target.batch(statements);
+}
+
+/** Reads the next batch of `table` after `cursor` from `source` and inserts it into `target` (idempotent). */
+export async function copyBatch(source: ScopedStore, target: ScopedStore, tenantId: string, table: TableSpec, cursor: Cursor, limit: number): Promise<CopiedBatch> {
+  const batch = await readBatch(source, tenantId, table, cursor, limit);
+  await writeBatch(target, tenantId, batch);
+  return { rows: batch.rows, next: batch.next };
 }
 
 /**
@@ -299,53 +395,6 @@ async function rowHashes(scope: ScopedStore, tenantId: string, table: TableSpec)
   return new Map(r!.rows.map((row) => [row.k as string, row.h as string]));
 }
 
-/** The source's snapshot (`pg_current_snapshot()`), taken before a full sync: what `syncSince` starts from. */
-export async function snapshotOf(scope: ScopedStore): Promise<string> {
-  const [r] = await scope.batch([{ text: 'SELECT pg_current_snapshot()::text AS s' }]);
-  return r!.rows[0]!.s as string;
-}
-
-/**
- * The snapshot $2, read once per statement: `age()` of its horizon (`xmax`, the first xid it does
- * not see) and the xids in progress when it was taken, as 32-bit xids like a row's `xmin`.
- */
-const HORIZON =
-  '(SELECT age((pg_snapshot_xmax($2::text::pg_snapshot)::text::bigint % 4294967296)::text::xid) AS a, ' +
-  'ARRAY(SELECT (x::text::bigint % 4294967296)::text::xid FROM pg_snapshot_xip($2::text::pg_snapshot) x) AS xip) h';
-
-/**
- * The condition (on row `alias`) that the row was written by a transaction the snapshot $2 does
- * not see: inserted or updated since. Its `xmin` is at or past the snapshot's horizon (a smaller
- * `age()`, both ages taken from the same point in one statement) or was in progress when the
- * snapshot was taken. A frozen row's `xmin` has the largest age: unchanged, as it is. Measured
- * here: five times cheaper per row than widening `xmin` to an xid8 for `pg_visible_in_snapshot`,
- * which matters as the switch scans the tenant under the pause.
- */
-function changedSince(alias: string): string {
-  return `(age(${alias}.xmin) <= h.a OR ${alias}.xmin = ANY (h.xip))`;
-}
-
-/** `(collection, <column>)` is one of the record keys in the JSON array bound at `$n`. */
-function inRecordKeys(alias: string, column: 'id' | 'record_id', n: number): string {
-  return `(${alias}.collection, ${alias}.${column}) IN (SELECT k ->> 0, (k ->> 1)::uuid FROM jsonb_array_elements($${n}::text::jsonb) k)`;
-}
-
-/** What changed at the source since a snapshot, read with writes paused or not, to be applied to the target. */
-interface SincePlan {
-  /** Records written since: whole rows (JSON text) and their keys (`[collection, id]` JSON texts). */
-  readonly records: { readonly rows: string; readonly keys: readonly string[] };
-  /** Records the target has and the source no longer has (deleted since). */
-  readonly gone: readonly string[];
-  /** Per value table: the rows to put in place (JSON text), their keys, and the records they belong to. */
-  readonly values: ReadonlyArray<{ readonly table: TableSpec; readonly rows: string; readonly keys: readonly string[]; readonly records: readonly string[] }>;
-  /**
-   * Read in the same scans, by `table/collection`: how many rows did not change since the snapshot,
-   * and the checksums of those that did (what `syncAtSwitch` adds to its base).
-   */
-  readonly unchanged: Readonly<Record<string, number>>;
-  readonly changed: Checksums;
-}
-
 function copyTable(name: string): TableSpec {
   const table = COPY_TABLES.find((t) => t.name === name);
   if (!table) throw new Error(`no copy table ${name}`);
@@ -353,165 +402,312 @@ function copyTable(name: string): TableSpec {
 }
 const RECORDS = copyTable('records');
 const VALUES = [copyTable('unique_values'), copyTable('index_values')];
-/** The tables whose changes are found by `xmin`. */
-const SINCE_TABLES = [RECORDS, ...VALUES];
+/** The tables whose changes the move's change log names, by record (capture.ts): a record and its values. */
+const KEYED_TABLES = [RECORDS, ...VALUES];
 /** The small tables (collection definitions, their versions, the tenant's keys): synced and summed whole. */
 const WHOLE_TABLES = [copyTable('collections'), copyTable('collection_versions'), copyTable('tenant_keys')];
 /** The append-only chains (the audit trail): synced by their tail, summed from a base taken before the pause. */
 const CHAIN_TABLES = COPY_TABLES.filter((t) => t.chained);
 
-/** One scan of a table's rows of the tenant, grouped by collection (see `scanSince`). */
-interface SinceScan {
-  readonly rows: string;
-  readonly keys: readonly string[];
-  readonly records: readonly string[];
-  readonly unchanged: Record<string, number>;
-  readonly changed: Checksums;
+/** The column of a keyed table that names the record a row belongs to. */
+function recordColumn(t: TableSpec): 'id' | 'record_id' {
+  return t === RECORDS ? 'id' : 'record_id';
+}
+
+/** Record keys (`[collection, id]` JSON texts, as `jsonb_build_array` renders them) as one JSON array. */
+function keysJson(keys: readonly string[]): string {
+  return `[${keys.join(',')}]`;
 }
 
 /**
- * Two passes over a table's rows of the tenant, in one batch, per collection: the number of rows;
- * then, of the rows changed since the snapshot $2 or belonging to a record listed in $3, the
- * count and digest of those changed (the row hash taken of the table's own row, as `checksums`
- * does) and all of them as JSON with their keys and records. Measured on 140,000 records: a row
- * hash asked for in the same pass as the counts made the server build every row as a value,
- * changed or not (270 ms against 80 ms); here a row is only built once it passed the filter.
+ * The record keys at $2 (a JSON array of `[collection, id]`) as typed columns `kk.c`, `kk.id`. They
+ * are materialized so that the statements below compare the table's columns with plain values: a
+ * comparison with `(k ->> 1)::uuid` is not leakproof, and under row-level security PostgreSQL then
+ * applies it only after the policy, as a filter over the tenant's rows instead of an index lookup.
  */
-async function scanSince(source: ScopedStore, tenantId: string, table: TableSpec, snapshot: string, touched: string): Promise<SinceScan> {
-  const recordColumn = table === RECORDS ? 'id' : 'record_id';
-  const [, , totals, r] = await source.batch([
-    UTC,
-    WHOLE_TENANT,
-    { text: `SELECT ${table.collectionColumn} AS collection, count(*)::bigint AS n FROM ${table.name} WHERE tenant_id = $1 GROUP BY 1`, values: [tenantId] },
-    {
-      text:
-        `SELECT r.${table.collectionColumn} AS collection, count(*) FILTER (WHERE c.changed)::bigint AS changed, ` +
-        `${DIGEST(' FILTER (WHERE c.changed)')} AS digest, ` +
-        "coalesce(jsonb_agg(to_jsonb(r)), '[]')::text AS rows, " +
-        `coalesce(jsonb_agg(jsonb_build_array(${table.key.map(([c]) => `r.${c}`).join(', ')})), '[]')::text AS keys, ` +
-        `coalesce(jsonb_agg(jsonb_build_array(r.collection, r.${recordColumn})), '[]')::text AS records ` +
-        `FROM ${table.name} r CROSS JOIN ${HORIZON} CROSS JOIN LATERAL (SELECT ${changedSince('r')} AS changed) c ` +
-        `WHERE r.tenant_id = $1 AND (c.changed OR ${inRecordKeys('r', recordColumn, 3)}) GROUP BY 1`,
-      values: [tenantId, snapshot, touched],
-    },
-  ]);
-  const unchanged: Record<string, number> = {};
-  for (const row of totals!.rows) unchanged[`${table.name}/${row.collection as string}`] = Number(row.n);
-  const changed: Checksums = {};
-  const rows: string[] = [];
-  const keys: string[] = [];
-  const records = new Set<string>();
-  const list = (text: unknown) => (JSON.parse(text as string) as unknown[]).map((k) => JSON.stringify(k));
-  for (const row of r!.rows) {
-    const key = `${table.name}/${row.collection as string}`;
-    // Writes are paused when these counts are used: every row is either unchanged or changed.
-    unchanged[key] = (unchanged[key] ?? 0) - Number(row.changed);
-    if (Number(row.changed) > 0) changed[key] = { rows: Number(row.changed), digest: row.digest as string };
-    const json = (row.rows as string).slice(1, -1);
-    if (json.length > 0) rows.push(json);
-    keys.push(...list(row.keys));
-    for (const k of list(row.records)) records.add(k);
-  }
-  return { rows: `[${rows.join(',')}]`, keys, records: [...records], unchanged, changed };
+const KEYS_CTE = 'kk AS MATERIALIZED (SELECT k ->> 0 AS c, (k ->> 1)::uuid AS id FROM jsonb_array_elements($2::text::jsonb) k)';
+
+/**
+ * The rows of table `t` of each record in `kk`, looked up one record at a time through the table's
+ * index by record (the records' primary key, the values' `*_record` indexes): the subquery is kept
+ * apart (`OFFSET 0`) so that the planner cannot make it a join over the tenant's rows, which it did
+ * at a target filled moments before (its statistics still those of an empty table: it hashed or
+ * looped over the tenant's 20,000 rows for 400 keys, 2.2 s against 3 ms).
+ */
+function ofKeys(t: TableSpec, select: string): string {
+  return `kk CROSS JOIN LATERAL (SELECT ${select} FROM ${t.name} y WHERE y.tenant_id = $1 AND y.collection = kk.c AND y.${recordColumn(t)} = kk.id OFFSET 0) r`;
+}
+
+/** Per record: the checksums of its rows (its own and its values'), by `table/collection`. */
+type KeySums = Map<string, Checksums>;
+
+/** The rows of the records named by a list of keys (with their values), per table, and their checksums in all and per record. */
+export interface KeyedRows {
+  readonly tables: ReadonlyArray<{ readonly table: TableSpec; readonly json: string; readonly rows: number }>;
+  readonly sums: Checksums;
+  readonly byKey: KeySums;
+}
+
+/** Adds one group's count and digest to `into` (mutated); digests are in [0, 2^64), and so is their sum modulo 2^64. */
+function addSum(into: Record<string, TableChecksum>, key: string, rows: number, digest: string): void {
+  const was = into[key];
+  into[key] = was ? { rows: was.rows + rows, digest: ((BigInt(was.digest) + BigInt(digest)) % DIGEST_MODULUS).toString() } : { rows, digest };
 }
 
 /**
- * Reads what changed at the source since `snapshot`, one scan per table: records written since
- * (by `xmin`); records deleted since; and the unique and index values written since or belonging
- * to a record written since. It reads the target but does not change it.
+ * Gathers results grouped per record (`k`, `collection`, `n`, `digest`, and `rows` when asked) into
+ * checksums in all and per record, and one JSON array of rows per table.
  */
-async function planSince(source: ScopedStore, target: ScopedStore, tenantId: string, snapshot: string): Promise<SincePlan> {
-  const records = await scanSince(source, tenantId, RECORDS, snapshot, '[]');
-  const touched = `[${records.keys.join(',')}]`;
-  // Records deleted since: the target holds every source record but those written since, so
-  // when its other records number the source's unchanged ones, nothing was deleted; the ids of
-  // both sides are only compared when they do not.
-  const sourceUnchanged = Object.values(records.unchanged).reduce((a, b) => a + b, 0);
-  const [targetCount, ...values] = await Promise.all([
-    target.batch([{ text: `SELECT count(*)::bigint AS n FROM records t WHERE t.tenant_id = $1 AND NOT ${inRecordKeys('t', 'id', 2)}`, values: [tenantId, touched] }]),
-    ...VALUES.map((table) => scanSince(source, tenantId, table, snapshot, touched)),
-  ]);
-  const deletions = Number(targetCount[0]!.rows[0]!.n) !== sourceUnchanged;
-  const [sourceIds, targetIds] = deletions ? await Promise.all([recordKeys(source, tenantId), recordKeys(target, tenantId)]) : [new Set<string>(), new Set<string>()];
-  const gone = [...targetIds].filter((k) => !sourceIds.has(k));
+function gather(tables: readonly TableSpec[], results: readonly StatementResult[]): KeyedRows {
+  const sums: Record<string, TableChecksum> = {};
+  const byKey: KeySums = new Map();
+  const out = tables.map((table, i) => {
+    const parts: string[] = [];
+    let rows = 0;
+    for (const row of results[i]!.rows) {
+      const n = Number(row.n);
+      const group = `${table.name}/${row.collection as string}`;
+      rows += n;
+      addSum(sums, group, n, row.digest as string);
+      const k = row.k as string;
+      const mine = (byKey.get(k) ?? {}) as Record<string, TableChecksum>;
+      addSum(mine, group, n, row.digest as string);
+      byKey.set(k, mine);
+      const json = typeof row.rows === 'string' ? row.rows.slice(1, -1) : '';
+      if (json.length > 0) parts.push(json);
+    }
+    return { table, json: `[${parts.join(',')}]`, rows };
+  });
+  return { tables: out, sums, byKey };
+}
+
+/** The grouping of a keyed statement's rows `r` of `t` per record, with their count and digest. */
+function perRecord(t: TableSpec): { select: string; group: string } {
+  const rc = recordColumn(t);
   return {
-    records: { rows: records.rows, keys: records.keys },
-    gone,
-    values: values.map((v, i) => ({ table: VALUES[i]!, rows: v.rows, keys: v.keys, records: v.records })),
-    unchanged: Object.assign({}, records.unchanged, ...values.map((v) => v.unchanged)),
-    changed: Object.assign({}, records.changed, ...values.map((v) => v.changed)),
+    select: `jsonb_build_array(r.collection, r.${rc})::text AS k, r.collection, count(*)::bigint AS n, ${DIGEST('')} AS digest`,
+    group: `GROUP BY r.collection, r.${rc}`,
   };
 }
 
-/** What `applyPlan` did: rows changed, and the checksums of the rows it removed and of those it put in. */
-interface Applied {
-  readonly changed: number;
-  readonly removed: Checksums;
+/**
+ * Reads the rows of the records named by `keys` (each named once) and of their unique and index
+ * values at one placement, with their checksums (each row hashed as `checksums` hashes it); with
+ * `withRows` false, the checksums alone. One index lookup per record and table: its cost follows
+ * the keys, not the tenant.
+ */
+async function readKeyed(scope: ScopedStore, tenantId: string, keys: readonly string[], withRows = true): Promise<KeyedRows> {
+  if (keys.length === 0) return { tables: KEYED_TABLES.map((table) => ({ table, json: '[]', rows: 0 })), sums: {}, byKey: new Map() };
+  const [, ...results] = await scope.batch([
+    UTC,
+    ...KEYED_TABLES.map((t) => {
+      const { select, group } = perRecord(t);
+      return {
+        text: `WITH ${KEYS_CTE} SELECT ${select}${withRows ? ', json_agg(r)::text AS rows' : ''} FROM ${ofKeys(t, '*')} ${group}`,
+        values: [tenantId, keysJson(keys)],
+      };
+    }),
+  ]);
+  return gather(KEYED_TABLES, results);
+}
+
+/** What `applyKeyed` did at the target. */
+interface AppliedKeys {
+  /** The checksums of the rows it replaced or removed, per record. */
+  readonly removed: KeySums;
+  /** The checksums of the rows it put in, in all, and how many per table. */
   readonly added: Checksums;
+  readonly inserted: ReadonlyMap<TableSpec, number>;
+  /** Whether every row read was put in. */
+  readonly complete: boolean;
+  readonly changed: number;
 }
 
 /**
- * Applies a plan to the target in one transaction: removes the values of every record written or
- * deleted since and the values listed, then those records, then inserts the records and values
- * read from the source. Each statement returns the checksums of the rows it removed or added, so
- * the target's checksums can be adjusted without summing it again (see `syncAtSwitch`).
+ * Makes the records named by `keys` at the target what `read` found at the source, in one
+ * transaction, and returns the checksums of the rows it replaced (per record) and put in. Values
+ * are deleted (by the row ids their index lookups find) and inserted; records are updated in
+ * place (an upsert), and deleted only when the source no longer has them: deleting a record
+ * costs a cascade check per value table. A row that meets a unique value still held at the
+ * target by a record not in `keys`, or whose parent is not there, is left out (`complete` false):
+ * that record changed at the source after the log was read, and is named in it again.
  */
-async function applyPlan(target: ScopedStore, tenantId: string, plan: SincePlan): Promise<Applied> {
-  const scope = `[${[...new Set([...plan.records.keys, ...plan.gone])].join(',')}]`;
-  const sums = (cte: string, table: TableSpec) =>
-    `SELECT r.${table.collectionColumn} AS collection, count(*)::bigint AS n, ${DIGEST('')} AS digest FROM ${cte} r GROUP BY 1`;
-  const statements: Array<{ table: TableSpec; added: boolean; statement: Statement }> = [
-    ...plan.values.map(({ table, keys }) => ({
-      table,
-      added: false,
-      statement: {
-        text:
-          `WITH d AS (DELETE FROM ${table.name} x WHERE x.tenant_id = $1 AND (${inRecordKeys('x', 'record_id', 2)} OR ` +
-          `(${table.key.map(([c]) => `x.${c}`).join(', ')}) IN (SELECT ${table.key.map(([, type], i) => `(k ->> ${i})::${type}`).join(', ')} FROM jsonb_array_elements($3::text::jsonb) k)) ` +
-          `RETURNING x.*) ${sums('d', table)}`,
-        values: [tenantId, scope, `[${keys.join(',')}]`],
-      },
-    })),
+async function applyKeyed(target: ScopedStore, tenantId: string, keys: readonly string[], read: KeyedRows): Promise<AppliedKeys> {
+  if (keys.length === 0) return { removed: new Map(), added: {}, inserted: new Map(), complete: true, changed: 0 };
+  const sums = (cte: string) => `SELECT r.collection, count(*)::bigint AS n, ${DIGEST('')} AS digest FROM ${cte} r GROUP BY 1`;
+  const stillRecords = new Set<string>();
+  // A record's key is in `byKey` when any of its rows was read; it exists when its record row was.
+  const recordRows = read.tables.find((t) => t.table === RECORDS)!;
+  if (recordRows.rows > 0) for (const [k, s] of read.byKey) if (Object.keys(s).some((g) => g.startsWith(`${RECORDS.name}/`))) stillRecords.add(k);
+  const gone = keys.filter((k) => !stillRecords.has(k));
+  const removing = (t: TableSpec) => {
+    const { select, group } = perRecord(t);
+    return {
+      text:
+        `WITH ${KEYS_CTE}, d AS (DELETE FROM ${t.name} x WHERE x.tenant_id = $1 AND x.ctid = ANY (ARRAY(SELECT r.ctid FROM ${ofKeys(t, 'y.ctid')})) RETURNING x.*) ` +
+        `SELECT ${select} FROM d r ${group}`,
+      values: [tenantId, keysJson(keys)],
+    };
+  };
+  const { select, group } = perRecord(RECORDS);
+  const statements: Statement[] = [
+    ...VALUES.map(removing),
+    // The records as they are before this transaction changes them: what the upsert replaces and the delete removes.
+    { text: `WITH ${KEYS_CTE} SELECT ${select} FROM ${ofKeys(RECORDS, '*')} ${group}`, values: [tenantId, keysJson(keys)] },
     {
-      table: RECORDS,
-      added: false,
-      statement: { text: `WITH d AS (DELETE FROM records x WHERE x.tenant_id = $1 AND ${inRecordKeys('x', 'id', 2)} RETURNING x.*) ${sums('d', RECORDS)}`, values: [tenantId, scope] },
+      text: `WITH ${KEYS_CTE} DELETE FROM records x WHERE x.tenant_id = $1 AND x.ctid = ANY (ARRAY(SELECT r.ctid FROM ${ofKeys(RECORDS, 'y.ctid')}))`,
+      values: [tenantId, keysJson(gone)],
     },
-    { table: RECORDS, added: true, statement: { text: `WITH i AS (${insertRows(RECORDS)} RETURNING *) ${sums('i', RECORDS)}`, values: [plan.records.rows] } },
-    ...plan.values.map(({ table, rows }) => ({
-      table,
-      added: true,
-      statement: { text: `WITH i AS (${insertRows(table)} RETURNING *) ${sums('i', table)}`, values: [rows] },
-    })),
+    { text: `WITH i AS (${insert(RECORDS, recordRows.json, true).text} RETURNING *) ${sums('i')}`, values: [recordRows.json] },
+    ...VALUES.map((t) => ({ text: `WITH i AS (${insertRows(t)} ON CONFLICT DO NOTHING RETURNING *) ${sums('i')}`, values: [read.tables.find((x) => x.table === t)!.json] })),
   ];
-  const [, ...results] = await target.batch([UTC, ...statements.map((s) => s.statement)]);
-  const removed: Checksums = {};
-  const added: Checksums = {};
-  let changed = 0;
-  statements.forEach(({ table, added: isAdded }, i) => {
-    for (const row of results[i]!.rows) {
-      const side = isAdded ? added : removed;
-      const key = `${table.name}/${row.collection as string}`;
-      // A table's rows of one collection come from one statement per side.
-      side[key] = { rows: Number(row.n), digest: row.digest as string };
-      if (isAdded) changed += Number(row.n);
+  const [, ...results] = await target.batch([UTC, ...statements]);
+  const removedParts = [results[0]!, results[1]!, results[2]!];
+  const removed = gather([...VALUES, RECORDS], removedParts).byKey;
+  const addedTables = [RECORDS, ...VALUES];
+  const addedResults = [results[4]!, results[5]!, results[6]!];
+  const added: Record<string, TableChecksum> = {};
+  const inserted = new Map<TableSpec, number>();
+  addedTables.forEach((t, i) => {
+    let n = 0;
+    for (const row of addedResults[i]!.rows) {
+      n += Number(row.n);
+      addSum(added, `${t.name}/${row.collection as string}`, Number(row.n), row.digest as string);
     }
+    inserted.set(t, n);
   });
-  return { changed: changed + plan.gone.length, removed, added };
+  const complete = read.tables.every(({ table, rows }) => (inserted.get(table) ?? 0) === rows);
+  const removedRows = removedParts.reduce((sum, r) => sum + r.rows.reduce((s, row) => s + Number(row.n), 0), 0);
+  return { removed, added, inserted, complete, changed: Math.max(removedRows, [...inserted.values()].reduce((a, b) => a + b, 0)) };
+}
+
+/** Log entries read per round trip by a pass. */
+const LOG_PAGE = 20_000;
+
+/**
+ * What the switch has done since its comparison base (in memory: a switch resumed after a crash
+ * takes a new base). Per record copied since: its rows at the target when first replaced (the
+ * source's at the base, for a record the log did not name then) and its rows at the source as last
+ * read; the records whose last copy was not put in whole; and everything removed from and put in
+ * the target. See `switchSync` for how these make both sides' checksums.
+ */
+export class SwitchState {
+  readonly base: SwitchBase;
+  readonly #logged: ReadonlySet<string>;
+  readonly #firstReplaced = new Set<string>();
+  readonly #lastRead = new Map<string, Checksums>();
+  readonly #dirty = new Set<string>();
+  /** Running totals, kept as chunks are noted so that the pause only adds them up. */
+  #before: Checksums = {};
+  #now: Checksums = {};
+  #removed: Checksums = {};
+  #added: Checksums = {};
+
+  constructor(base: SwitchBase) {
+    this.base = base;
+    this.#logged = new Set(base.logged);
+  }
+
+  /** Records to copy again whatever the log says: their last copy was not put in whole. */
+  get dirty(): readonly string[] {
+    return [...this.#dirty];
+  }
+
+  /** Notes one applied chunk: what was read at the source, and what the target had and got. */
+  note(keys: readonly string[], read: KeyedRows, applied: AppliedKeys): void {
+    for (const k of keys) {
+      const removed = applied.removed.get(k) ?? {};
+      if (!this.#logged.has(k) && !this.#firstReplaced.has(k)) {
+        this.#firstReplaced.add(k);
+        this.#before = combine(this.#before, removed);
+      }
+      const now = read.byKey.get(k) ?? {};
+      this.#now = combine(combine(this.#now, this.#lastRead.get(k) ?? {}, true), now);
+      this.#lastRead.set(k, now);
+      this.#removed = combine(this.#removed, removed);
+      if (applied.complete) this.#dirty.delete(k);
+      else this.#dirty.add(k);
+    }
+    this.#added = combine(this.#added, applied.added);
+  }
+
+  /**
+   * Both sides' checksums of the keyed tables now, once every record written since the base has
+   * been copied with writes paused. Source: the base's rows of the records the log did not name,
+   * minus what those of them copied since held at the base (their rows at the target when first
+   * replaced: the base showed that the two sides then agreed on them), plus every copied record's
+   * rows as last read at the source. Target: its base, minus all it had replaced, plus all it got.
+   */
+  sums(): { source: Checksums; target: Checksums } {
+    return {
+      source: combine(combine(this.base.source, this.#before, true), this.#now),
+      target: combine(combine(this.base.target, this.#removed, true), this.#added),
+    };
+  }
+}
+
+/** What a pass did: the records it copied again, and the rows it changed at the target. */
+export interface Pass {
+  readonly keys: number;
+  readonly rows: number;
 }
 
 /**
- * Brings `target` in line with `source` for what changed since `snapshot` was taken on the source,
- * after a full `syncChanges` that started from it: the few rows of the small tables in full, then what
- * `planSince` finds. Its cost follows the writes since the snapshot, not the size of the tenant.
- * Returns the rows it changed.
+ * One pass over the change log, with writes going on or paused: every record the log names (and,
+ * after the base, any left incomplete before) copied again in chunks of `batchSize` records, each
+ * chunk read at the source and put in at the target; its log entries removed once its rows are in
+ * whole (`consume`; under the pause nothing needs removing). Noted in `state` after the base. Its
+ * cost follows the writes since the last pass, not the tenant's size.
  */
-export async function syncSince(source: ScopedStore, target: ScopedStore, tenantId: string, snapshot: string, batchSize: number): Promise<number> {
-  const changed = await syncChanges(source, target, tenantId, batchSize, WHOLE_TABLES);
-  const plan = await planSince(source, target, tenantId, snapshot);
-  const applied = (await applyPlan(target, tenantId, plan)).changed;
-  return changed + applied + (await syncTails(source, target, tenantId, batchSize));
+async function logPass(
+  site: CaptureSite,
+  source: ScopedStore,
+  target: ScopedStore,
+  tenantId: string,
+  batchSize: number,
+  state: SwitchState | null,
+  consume: boolean,
+): Promise<Pass> {
+  let rows = 0;
+  let keys = 0;
+  let after: string | null = null;
+  const extra = state?.dirty ?? [];
+  for (let page = 0; ; page++) {
+    const entries: LoggedChange[] = await readChanges(site, tenantId, after, LOG_PAGE);
+    const byKey = new Map<string, string[]>();
+    if (page === 0) for (const k of extra) byKey.set(k, []);
+    for (const e of entries) {
+      const ids = byKey.get(e.key);
+      if (ids) ids.push(e.id);
+      else byKey.set(e.key, [e.id]);
+    }
+    const all = [...byKey.keys()];
+    for (let i = 0; i < all.length; i += batchSize) {
+      const chunk = all.slice(i, i + batchSize);
+      const read = await readKeyed(source, tenantId, chunk);
+      const applied = await applyKeyed(target, tenantId, chunk, read);
+      state?.note(chunk, read, applied);
+      rows += applied.changed;
+      keys += chunk.length;
+      if (consume && applied.complete) await consumeChanges(site, tenantId, chunk.flatMap((k) => byKey.get(k)!));
+    }
+    if (entries.length < LOG_PAGE) break;
+    after = entries[entries.length - 1]!.id;
+  }
+  return { keys, rows };
 }
+
+/**
+ * One catch-up pass, with writes going on, before the comparison base: the small tables synced
+ * whole, every record the change log names copied again, the chains' tails appended.
+ */
+export async function catchUp(site: CaptureSite, source: ScopedStore, target: ScopedStore, tenantId: string, batchSize: number): Promise<Pass> {
+  const small = await syncChanges(source, target, tenantId, batchSize, WHOLE_TABLES);
+  const pass = await logPass(site, source, target, tenantId, batchSize, null, true);
+  const tails = await syncTails(source, target, tenantId, batchSize);
+  return { keys: pass.keys, rows: small + pass.rows + tails };
+}
+
 
 /** The last key of the tenant's rows of `table` at one placement, or null when it has none. */
 async function lastKey(scope: ScopedStore, tenantId: string, table: TableSpec): Promise<Cursor> {
@@ -594,81 +790,129 @@ async function chainBase(source: ScopedStore, target: ScopedStore, tenantId: str
 }
 
 /**
- * What the switch compares, taken before writes pause: the checksums of the source's rows that
- * did not change since the snapshot, and the checksums of the whole target (which only the move
- * writes).
+ * The switch's comparison base, taken with writes going on. At the source, in ONE statement (one
+ * snapshot S): the records its change log names then (`logged`, L), and the checksums of the rows
+ * of every other record (`source`). At the target, which only the move writes: its whole checksums
+ * (`target`) and those of the logged records' rows (`targetLogged`). A record the log does not name
+ * at S is at the target as the source had it at S (capture.ts), so the two sides agree on those
+ * rows (`agrees`); any change after S is named by the log. Plus the chains' base (`chainBase`).
  */
-export interface PrePause {
-  readonly snapshot: string;
-  readonly unchanged: Checksums;
-  readonly target: Checksums;
-  /** The chains' base (see `chainBase`). */
-  readonly chains: ChainBase;
-}
-
-/**
- * Takes the switch's comparison base with writes still going on: a scan of each side, which the
- * switch then only adjusts for what changed since, so the pause does not scan the tenant.
- */
-export async function prePause(source: ScopedStore, target: ScopedStore, tenantId: string, snapshot: string): Promise<PrePause> {
-  const [unchanged, full, chains] = await Promise.all([
-    unchangedSums(source, tenantId, snapshot),
-    checksums(target, tenantId, SINCE_TABLES),
-    chainBase(source, target, tenantId),
-  ]);
-  return { snapshot, unchanged, target: full, chains };
-}
-
-/** The outcome of the switch's sync: rows changed, and both sides' checksums as they are now. */
-export interface SwitchSync {
-  readonly changed: number;
+export interface SwitchBase {
+  readonly logged: readonly string[];
   readonly source: Checksums;
   readonly target: Checksums;
-  /** Whether the source's checksums had to be computed over the whole tenant (see `syncAtSwitch`). */
-  readonly fullScan: boolean;
+  readonly targetLogged: Checksums;
+  readonly chains: ChainBase;
+  readonly agrees: boolean;
+}
+
+/** Takes the switch's comparison base (`SwitchBase`): a pass over the tenant on each side, before the pause. */
+export async function switchBase(site: CaptureSite, source: ScopedStore, target: ScopedStore, tenantId: string): Promise<SwitchBase> {
+  const [base, whole, chains] = await Promise.all([sourceBase(site, tenantId), checksums(target, tenantId, KEYED_TABLES), chainBase(source, target, tenantId)]);
+  const targetLogged = (await readKeyed(target, tenantId, base.logged, false)).sums;
+  const agrees = checksumDiff(base.sums, combine(whole, targetLogged, true)).length === 0;
+  return { logged: base.logged, source: base.sums, target: whole, targetLogged, chains, agrees };
 }
 
 /**
- * The sync under the pause, with both sides' checksums as they are afterwards, at a cost that
- * follows the writes since the snapshot rather than the tenant's size:
- *
- * - Source: every row either did not change since the snapshot (its `xmin` is visible in it) or
- *   did. Rows unchanged now were unchanged when `pre` was taken (rows do not come back), so when
- *   their count per collection equals `pre`'s, they are the same rows and their sum is `pre`'s;
- *   the changed rows are hashed now. When a count differs (a row unchanged then was deleted or
- *   updated in between), the source is summed in full instead.
- * - Target: only the move writes it. The rows this sync may change are known before it does
- *   (records by key, values by record); their sums are taken before and after the sync and
- *   `pre.target` is adjusted by the difference.
- *
- * - Chains (the audit trail): their tails are appended (`syncTails`), and each side is summed as
- *   `pre.chains` (its rows up to the target's last key then) plus its rows after that key now.
- *
- * The small tables (collections, their versions, the tenant's keys) are synced and summed whole.
+ * The source's side of the base, in one statement as the source's owner (the only role that reads
+ * the change log), in the tenant's context: the records the log names, and the checksums of the
+ * rows of the other records, by table and collection.
  */
-export async function syncAtSwitch(source: ScopedStore, target: ScopedStore, tenantId: string, pre: PrePause, batchSize: number): Promise<SwitchSync> {
-  const [small, plan, tails] = await Promise.all([
-    syncChanges(source, target, tenantId, batchSize, WHOLE_TABLES),
-    planSince(source, target, tenantId, pre.snapshot),
-    syncTails(source, target, tenantId, batchSize),
+async function sourceBase(site: CaptureSite, tenantId: string): Promise<{ sums: Checksums; logged: string[] }> {
+  const branch = (t: TableSpec) =>
+    `(SELECT '${t.name}' AS t, r.collection, count(*)::bigint AS n, ${DIGEST('')} AS digest, NULL::text AS keys FROM ${t.name} r ` +
+    `WHERE r.tenant_id = $1 AND NOT EXISTS (SELECT 1 FROM l WHERE l.collection = r.collection AND l.record_id = r.${recordColumn(t)}) GROUP BY r.collection)`;
+  const [, r] = await ownerBatch(site, tenantId, [
+    WHOLE_TENANT,
+    {
+      text:
+        'WITH l AS MATERIALIZED (SELECT DISTINCT collection, record_id FROM bulkhead.move_changes WHERE tenant_id = $1) ' +
+        `${KEYED_TABLES.map(branch).join(' UNION ALL ')} UNION ALL ` +
+        "(SELECT 'log', NULL, count(*), NULL, coalesce(jsonb_agg(jsonb_build_array(collection, record_id)::text), '[]')::text FROM l)",
+      values: [tenantId],
+    },
   ]);
-  const unchangedNow = plan.unchanged;
-  const sameUnchanged =
-    Object.keys({ ...unchangedNow, ...pre.unchanged }).every((k) => (unchangedNow[k] ?? 0) === (pre.unchanged[k]?.rows ?? 0));
+  const sums: Checksums = {};
+  let logged: string[] = [];
+  for (const row of r!.rows) {
+    if (row.t === 'log') logged = JSON.parse(row.keys as string) as string[];
+    else sums[`${row.t as string}/${row.collection as string}`] = { rows: Number(row.n), digest: row.digest as string };
+  }
+  return { sums, logged };
+}
 
-  const applied = await applyPlan(target, tenantId, plan);
-  const [sourceSmall, targetSmall, sourceFull, sourceTail, targetTail] = await Promise.all([
-    checksums(source, tenantId, WHOLE_TABLES),
-    checksums(target, tenantId, WHOLE_TABLES),
-    sameUnchanged ? Promise.resolve(null) : checksums(source, tenantId, SINCE_TABLES),
-    chainSums(source, tenantId, pre.chains.heads, 'after'),
-    chainSums(target, tenantId, pre.chains.heads, 'after'),
+/**
+ * The small tables (collection definitions, their versions, the tenant's keys), compared whole
+ * (one round trip per side) and synced only when they differ; returns both sides' checksums after.
+ */
+async function syncSmall(source: ScopedStore, target: ScopedStore, tenantId: string, batchSize: number): Promise<{ changed: number; source: Checksums; target: Checksums }> {
+  const [s, t] = await Promise.all([checksums(source, tenantId, WHOLE_TABLES), checksums(target, tenantId, WHOLE_TABLES)]);
+  if (checksumDiff(s, t).length === 0) return { changed: 0, source: s, target: t };
+  const changed = await syncChanges(source, target, tenantId, batchSize, WHOLE_TABLES);
+  const [s2, t2] = await Promise.all([checksums(source, tenantId, WHOLE_TABLES), checksums(target, tenantId, WHOLE_TABLES)]);
+  return { changed, source: s2, target: t2 };
+}
+
+/**
+ * A pass after the comparison base, with writes going on: the small tables, then every record the
+ * change log names copied again and noted in `state`, and the chains' tails (summed from their
+ * base at the pause, whatever was appended since), so that the pause finds only what was written
+ * during the last such pass.
+ */
+export async function catchUpSince(site: CaptureSite, source: ScopedStore, target: ScopedStore, tenantId: string, state: SwitchState, batchSize: number): Promise<Pass> {
+  const small = await syncChanges(source, target, tenantId, batchSize, WHOLE_TABLES);
+  const pass = await logPass(site, source, target, tenantId, batchSize, state, true);
+  const tails = await syncTails(source, target, tenantId, batchSize);
+  return { keys: pass.keys, rows: small + pass.rows + tails };
+}
+
+/** The outcome of the switch's sync: rows changed, records copied under the pause, and both sides' checksums as they are now. */
+export interface SwitchSync {
+  readonly changed: number;
+  readonly keys: number;
+  readonly source: Checksums;
+  readonly target: Checksums;
+}
+
+/**
+ * The sync under the pause, with both sides' checksums as they are afterwards. Writes are paused
+ * and fenced, so the log now names every record changed since the last pass: those (and any left
+ * incomplete) are copied, the rest of what changed since the base was copied by the passes before
+ * the pause, and `state` makes the keyed tables' checksums from the base and what was copied
+ * (`SwitchState.sums`). Nothing here reads the tenant whole: the work follows the records written
+ * since the last pass. The small tables are compared whole and synced if they differ (first: a
+ * record needs its collection at the target); the chains get their tails and are summed from their
+ * base, meanwhile.
+ */
+export async function switchSync(
+  site: CaptureSite,
+  source: ScopedStore,
+  target: ScopedStore,
+  tenantId: string,
+  state: SwitchState,
+  batchSize: number,
+  times?: StepTimes,
+): Promise<SwitchSync> {
+  const chains = state.base.chains;
+  const [records, tails] = await Promise.all([
+    (async () => {
+      const small = await timed(times, 'small tables', () => syncSmall(source, target, tenantId, batchSize));
+      const pass = await timed(times, 'copy records', () => logPass(site, source, target, tenantId, batchSize, state, false));
+      return { small, pass };
+    })(),
+    timed(times, 'audit tail', async () => {
+      const copied = await syncTails(source, target, tenantId, batchSize);
+      const [s, t] = await Promise.all([chainSums(source, tenantId, chains.heads, 'after'), chainSums(target, tenantId, chains.heads, 'after')]);
+      return { copied, source: s, target: t };
+    }),
   ]);
+  const keyed = state.sums();
   return {
-    changed: small + applied.changed + tails,
-    source: { ...sourceSmall, ...(sourceFull ?? combine(pre.unchanged, plan.changed)), ...combine(pre.chains.source, sourceTail) },
-    target: { ...targetSmall, ...combine(combine(pre.target, applied.added), applied.removed, true), ...combine(pre.chains.target, targetTail) },
-    fullScan: !sameUnchanged,
+    changed: records.small.changed + records.pass.rows + tails.copied,
+    keys: records.pass.keys,
+    source: { ...records.small.source, ...keyed.source, ...combine(chains.source, tails.source) },
+    target: { ...records.small.target, ...keyed.target, ...combine(chains.target, tails.target) },
   };
 }
 
@@ -684,30 +928,6 @@ function combine(a: Checksums, b: Checksums, subtract = false): Checksums {
     if (rows !== 0 || digest !== 0n) out[k] = { rows, digest: digest.toString() };
   }
   return out;
-}
-
-/** Checksums of the source's rows that did not change since the snapshot (by `xmin`, as `scanSince`). */
-async function unchangedSums(scope: ScopedStore, tenantId: string, snapshot: string): Promise<Checksums> {
-  const [, , ...results] = await scope.batch([
-    UTC,
-    WHOLE_TENANT,
-    ...SINCE_TABLES.map((t) => ({
-      text:
-        `SELECT r.${t.collectionColumn} AS collection, count(*)::bigint AS n, ${DIGEST('')} AS digest ` +
-        `FROM ${t.name} r CROSS JOIN ${HORIZON} WHERE r.tenant_id = $1 AND NOT ${changedSince('r')} GROUP BY 1`,
-      values: [tenantId, snapshot],
-    })),
-  ]);
-  const out: Checksums = {};
-  SINCE_TABLES.forEach((t, i) => {
-    for (const row of results[i]!.rows) out[`${t.name}/${row.collection as string}`] = { rows: Number(row.n), digest: row.digest as string };
-  });
-  return out;
-}
-
-async function recordKeys(scope: ScopedStore, tenantId: string): Promise<Set<string>> {
-  const [r] = await scope.batch([{ text: 'SELECT jsonb_build_array(collection, id)::text AS k FROM records WHERE tenant_id = $1', values: [tenantId] }]);
-  return new Set(r!.rows.map((row) => row.k as string));
 }
 
 /** Row counts of a tenant's tables at one placement (the copy's progress total). */

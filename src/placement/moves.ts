@@ -2,7 +2,27 @@ import { BulkheadError, DatabaseError, NotFoundError } from '../errors.js';
 import { isUuid, uuidv7 } from '../ids.js';
 import type { ScopedStore } from '../store/store.js';
 import type { Cell } from './cells.js';
-import { COPY_TABLES, checksumDiff, checksums, copyBatch, prePause, rowCounts, snapshotOf, syncAtSwitch, syncChanges, syncSince, type Checksums, type Cursor, type PrePause } from './copy.js';
+import { installCapture, removeCapture, type CaptureSite } from './capture.js';
+import {
+  COPY_TABLES,
+  SwitchState,
+  catchUp,
+  catchUpSince,
+  checksumDiff,
+  checksums,
+  copiedWithRecords,
+  readBatch,
+  rowCounts,
+  switchBase,
+  switchSync,
+  syncChanges,
+  timed,
+  writeBatch,
+  type Checksums,
+  type Cursor,
+  type ReadBatch,
+  type StepTimes,
+} from './copy.js';
 import type { Placements } from './placements.js';
 import { PLACE_NAME, TIERS, type Placement, type TenantRow, type TierName } from './tier.js';
 
@@ -27,17 +47,24 @@ export interface MoveProgress {
   /** Rows brought in line after the bulk copy, and how long writes were paused (ms) at the switch. */
   readonly synced?: number;
   readonly pauseMs?: number;
+  /** Where the pause went: ms per step of the switch under it (parallel steps overlap). */
+  readonly pauseSteps?: StepTimes;
+  /** Records the switch copied again under the pause: those written since its comparison base. */
+  readonly pauseRecords?: number;
   /**
-   * The source's snapshot taken before the verification's full sync: the switch then only looks
-   * at what was written since (without it, the switch compares everything again).
+   * Whether the source's changes are being captured (capture.ts): set once the triggers are made
+   * (in `planned`), cleared once they are removed (after the switch, or on rollback). A move
+   * persisted before capture existed has it unset and is brought in line by a full sync first.
    */
-  readonly snapshot?: string;
+  readonly capture?: boolean;
   /**
    * How the switch's checksums were taken: `changes` (the comparison base taken before the pause,
-   * adjusted for the rows written since) or `full` (the source summed whole under the pause: a row
-   * older than the base was changed or deleted just before the pause; or no snapshot was taken).
+   * adjusted for the records written since) or `full` (both sides summed whole under the pause,
+   * when the base did not agree even after a full sync).
    */
   readonly checksumScan?: 'changes' | 'full';
+  /** Set when the copy carries each batch of records with their unique and index values (`readBatch`). */
+  readonly valuesWithRecords?: boolean;
   /** When the switch recorded the new placement; the source is removed a directory cache time later. */
   readonly switchedAt?: string;
 }
@@ -86,9 +113,17 @@ export interface MovesOptions {
   readonly onRegionChange?: (tenantId: string, from: string, to: string) => Promise<unknown>;
 }
 
-/** Catch-up passes before the switch: at most this many, ending early once one changes this few rows. */
-const CATCH_UP_PASSES = 3;
-const CATCH_UP_ROWS = 300;
+/**
+ * Catch-up passes (from the change log) before the comparison base: at most this many, ending
+ * early once a pass found this few records to copy again. Each pass copies what was written during
+ * the one before, so they shrink quickly; the switch's pause then copies the writes of the base.
+ */
+const CATCH_UP_PASSES = 6;
+const CATCH_UP_RECORDS = 300;
+/** Passes after the comparison base end once one copied this few records: about what the pause then copies. */
+const PAUSE_RECORDS = 50;
+/** Comparison bases taken before giving up on one that agrees (each after a full sync) and summing both sides whole under the pause. */
+const BASE_ATTEMPTS = 2;
 
 const OPEN: readonly MoveState[] = ['planned', 'copying', 'verifying', 'switching', 'cleaning', 'failed'];
 const SELECT_MOVE =
@@ -101,8 +136,9 @@ function invalid(message: string, field: string): never {
 /**
  * Online tenant moves between tiers, cells and regions: a state machine persisted in the control
  * plane, so a crash resumes the move from the state it was in. Each step is idempotent: the copy
- * upserts by key from a persisted cursor, the sync compares both sides row by row, the switch is
- * one transaction, and the source is removed only after the switch recorded verified checksums.
+ * inserts by key from a persisted cursor, the catch-up copies again the records the source's change
+ * log names (capture.ts) and removes their entries only once they are in, the switch is one
+ * transaction, and the source is removed only after the switch recorded verified checksums.
  */
 export class Moves {
   readonly #placements: Placements;
@@ -267,17 +303,35 @@ export class Moves {
       case 'planned': {
         const row = await this.#tenantRow(tenantId);
         await this.#placements.tiers[move.target.tier].provision(this.#placements.cells.get(move.target.cell), row);
+        // Before the copy reads anything: from here on every change of the tenant's records at
+        // the source is named in its change log, so the copy may read a row at any time.
+        await installCapture(await this.#site(move.source, tenantId), tenantId);
         const total = await rowCounts(await this.#scope(move.source, tenantId), tenantId);
-        await this.#setState(move, 'copying', { progress: { ...emptyProgress(), total } });
+        await this.#setState(move, 'copying', { progress: { ...emptyProgress(), total, capture: true, valuesWithRecords: true } });
         return;
       }
       case 'copying': {
         const source = await this.#scope(move.source, tenantId);
         const target = await this.#scope(move.target, tenantId);
         let { table, cursor, copied } = move.progress;
+        // A move planned before values travelled with their records copies them table by table.
+        const withValues = move.progress.valuesWithRecords === true;
+        // The next batch is read while the one before is written and its cursor saved: the
+        // source's read and the target's insert overlap. A crash loses only the read ahead.
+        let ahead: Promise<ReadBatch> | null = null;
         while (table < COPY_TABLES.length) {
           if (this.#closing) return;
-          const batch = await copyBatch(source, target, tenantId, COPY_TABLES[table]!, cursor, this.#batchSize);
+          const spec = COPY_TABLES[table]!;
+          if (withValues && copiedWithRecords(spec)) {
+            table += 1;
+            cursor = null;
+            continue;
+          }
+          const batch: ReadBatch = await (ahead ?? readBatch(source, tenantId, spec, cursor, this.#batchSize, withValues));
+          ahead = batch.next === null ? null : readBatch(source, tenantId, spec, batch.next, this.#batchSize, withValues);
+          // A read ahead that fails is retried by the next run of this step; its error must not go unhandled meanwhile.
+          ahead?.catch(() => {});
+          await writeBatch(target, tenantId, batch);
           copied += batch.rows;
           if (batch.next === null) {
             table += 1;
@@ -291,22 +345,20 @@ export class Moves {
         return;
       }
       case 'verifying': {
-        // Writes went on during the copy: bring the target in line, then compare. The comparison
-        // that decides is repeated at the switch with writes paused.
+        // Writes went on during the copy, each named in the change log: copy those records again,
+        // pass after pass, until a pass finds few. The comparison that decides is at the switch.
         const source = await this.#scope(move.source, tenantId);
         const target = await this.#scope(move.target, tenantId);
-        let snapshot = await snapshotOf(source);
-        let synced = await syncChanges(source, target, tenantId, this.#batchSize);
-        // Catch-up passes over what was written meanwhile, each from a fresh snapshot, so the pass
-        // under the pause finds only the writes of the last one.
+        const site = await this.#site(move.source, tenantId);
+        let synced = 0;
+        let progress: MoveProgress = move.progress;
+        if (!progress.capture) ({ progress, synced } = await this.#startCapture(move, site, source, target));
         for (let pass = 0; pass < CATCH_UP_PASSES && !this.#closing; pass++) {
-          const next = await snapshotOf(source);
-          const changed = await syncSince(source, target, tenantId, snapshot, this.#batchSize);
-          synced += changed;
-          snapshot = next;
-          if (changed <= CATCH_UP_ROWS) break;
+          const done = await catchUp(site, source, target, tenantId, this.#batchSize);
+          synced += done.rows;
+          if (done.keys <= CATCH_UP_RECORDS) break;
         }
-        await this.#setState(move, 'switching', { progress: { ...move.progress, synced: (move.progress.synced ?? 0) + synced, snapshot } });
+        await this.#setState(move, 'switching', { progress: { ...progress, synced: (progress.synced ?? 0) + synced } });
         return;
       }
       case 'switching': {
@@ -320,6 +372,9 @@ export class Moves {
         const wait = switched + this.#placements.cacheTtlMs - Date.now();
         if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
         if (move.source.region !== move.target.region) await this.#onRegionChange?.(tenantId, move.source.region, move.target.region);
+        // The capture goes first (recorded, as a silo's database may be gone when this resumes):
+        // the purge of a pool source then logs nothing.
+        move = await this.#stopCapture(move, move.source);
         await this.#placements.drop(tenantId, move.source);
         await this.#setState(move, 'done', { finished: true });
         return;
@@ -332,6 +387,7 @@ export class Moves {
           throw new BulkheadError('INTERNAL', 'a failed move finds the tenant on its target; it needs an operator');
         }
         await this.#placements.drop(tenantId, move.target);
+        move = await this.#stopCapture(move, move.source);
         await this.#placements.unfenceWrites(tenantId, move.source);
         await this.#placements.resumeWrites(tenantId);
         await this.#setState(move, 'rolled_back', { finished: true });
@@ -346,40 +402,63 @@ export class Moves {
    * Pauses writes, brings the target exactly in line, compares checksums of every collection on
    * both sides, and records the new placement, the checksums and the next state in ONE control
    * transaction. A mismatch fails the move (the source stays the placement). The comparison base
-   * is taken before the pause (`prePause`), so the pause costs what was written since the
-   * verification's snapshot, not a scan of the tenant.
+   * is taken before the pause (`switchBase`) and the change log names what was written since, so
+   * the pause costs the records written during the base, not a pass over the tenant.
    */
   async #switch(move: MoveView): Promise<void> {
     const { tenantId } = move;
     const source = await this.#scope(move.source, tenantId);
     const target = await this.#scope(move.target, tenantId);
+    const site = await this.#site(move.source, tenantId);
     let synced = 0;
-    let pre: PrePause | null = null;
-    if (move.progress.snapshot) {
-      // One more catch-up pass from a fresh snapshot, then the comparison base at that snapshot:
-      // the pause then finds only what was written in the last seconds.
-      const next = await snapshotOf(source);
-      synced += await syncSince(source, target, tenantId, move.progress.snapshot, this.#batchSize);
-      pre = await prePause(source, target, tenantId, next);
+    let progress: MoveProgress = move.progress;
+    if (!progress.capture) ({ progress, synced } = await this.#startCapture(move, site, source, target));
+    // One more pass over what was written since the verification, then the comparison base. A
+    // base that does not agree (the target differs from the source on a record the log does not
+    // name, which the capture rules out) gets a full sync and another try.
+    synced += (await catchUp(site, source, target, tenantId, this.#batchSize)).rows;
+    let state: SwitchState | null = null;
+    for (let attempt = 1; attempt <= BASE_ATTEMPTS && state === null; attempt++) {
+      const base = await switchBase(site, source, target, tenantId);
+      if (base.agrees) state = new SwitchState(base);
+      else {
+        synced += await syncChanges(source, target, tenantId, this.#batchSize);
+        synced += (await catchUp(site, source, target, tenantId, this.#batchSize)).rows;
+      }
+    }
+    // The base took a pass over the tenant, with writes going on: copy what they wrote meanwhile,
+    // pass after pass, so that the pause finds only the records of the last one.
+    if (state) {
+      for (let pass = 0; pass < CATCH_UP_PASSES && !this.#closing; pass++) {
+        const done = await catchUpSince(site, source, target, tenantId, state, this.#batchSize);
+        synced += done.rows;
+        if (done.keys <= PAUSE_RECORDS) break;
+      }
     }
     await this.#beforePause?.(tenantId);
     const started = Date.now();
-    await this.#placements.pauseWrites(tenantId, this.#maxPauseMs);
+    const times: StepTimes = {};
+    await timed(times, 'pause', () => this.#placements.pauseWrites(tenantId, this.#maxPauseMs));
     try {
       // Other processes may route writes with an outdated entry: the source's database refuses
       // them from here on, after the ones under way have finished.
-      await this.#placements.fenceWrites(tenantId, move.source);
+      await timed(times, 'fence', () => this.#placements.fenceWrites(tenantId, move.source));
+      // Read now, with the sync: the registry row is fenced (`migrating`) and stays so until the switch.
+      const registryRow = timed(times, 'tenant row', () => this.#tenantRow(tenantId));
+      registryRow.catch(() => {});
       let sourceSums: Checksums;
       let targetSums: Checksums;
       let checksumScan: MoveProgress['checksumScan'] = 'full';
-      if (pre) {
-        const sync = await syncAtSwitch(source, target, tenantId, pre, this.#batchSize);
+      let pauseRecords: number | undefined;
+      if (state) {
+        const sync = await timed(times, 'sync', () => switchSync(site, source, target, tenantId, state, this.#batchSize, times));
         synced += sync.changed;
+        pauseRecords = sync.keys;
         ({ source: sourceSums, target: targetSums } = sync);
-        if (!sync.fullScan) checksumScan = 'changes';
+        checksumScan = 'changes';
       } else {
-        synced += await syncChanges(source, target, tenantId, this.#batchSize);
-        [sourceSums, targetSums] = await Promise.all([checksums(source, tenantId), checksums(target, tenantId)]);
+        synced += await timed(times, 'sync', () => syncChanges(source, target, tenantId, this.#batchSize));
+        [sourceSums, targetSums] = await timed(times, 'final sums', () => Promise.all([checksums(source, tenantId), checksums(target, tenantId)]));
       }
       const differ = checksumDiff(sourceSums, targetSums);
       if (differ.length > 0) {
@@ -387,41 +466,85 @@ export class Moves {
         const tables = [...new Set(differ.map((k) => k.split('/')[0]))].join(', ');
         throw new BulkheadError('MOVE_CHECKSUM_MISMATCH', `the copy differs from the source in ${differ.length} collection table(s) (${tables})`);
       }
-      const row = await this.#tenantRow(tenantId);
+      const row = await registryRow;
       // The registry row itself is fenced when the source reads it (a pool or bridge source in the
       // control cell): the switch makes it active again, at the next epoch.
       const status = row.status === 'migrating' ? 'active' : row.status;
       const moved: TenantRow = { ...row, status, tier: move.target.tier, region: move.target.region, epoch: (row.epoch ?? 1) + 1 };
       // The copy of the registry row at the target must say what the registry will say.
-      await this.#placements.tiers[move.target.tier].mirror(this.#placements.cells.get(move.target.cell), moved, move.target.location);
-      const pauseMs = Date.now() - started;
-      const progress: MoveProgress = { ...move.progress, synced: (move.progress.synced ?? 0) + synced, pauseMs, checksumScan, switchedAt: new Date().toISOString() };
+      await timed(times, 'mirror', () => this.#placements.tiers[move.target.tier].mirror(this.#placements.cells.get(move.target.cell), moved, move.target.location));
+      const next: MoveProgress = {
+        ...progress,
+        synced: (progress.synced ?? 0) + synced,
+        pauseMs: Date.now() - started,
+        pauseSteps: times,
+        ...(pauseRecords === undefined ? {} : { pauseRecords }),
+        checksumScan,
+        switchedAt: new Date().toISOString(),
+      };
+      await timed(times, 'record switch', () =>
+        this.#placements.control.store.platform().batch([
+          this.#placements.recordStatement(tenantId, move.target),
+          {
+            text:
+              "UPDATE bulkhead.tenants SET tier = $2, region = $3, status = CASE WHEN status = 'migrating' THEN 'active' ELSE status END, " +
+              'placement_epoch = $4, updated_at = now() WHERE id = $1',
+            values: [tenantId, move.target.tier, move.target.region, moved.epoch],
+          },
+          {
+            text: "INSERT INTO bulkhead.tenant_history (tenant_id, event, from_status, to_status, actor) VALUES ($1, 'moved', $2, $2, $3)",
+            values: [tenantId, status, move.actor],
+          },
+          {
+            text:
+              "UPDATE bulkhead.moves SET state = 'cleaning', progress = $2::text::jsonb, checksums = $3::text::jsonb, updated_at = now() " +
+              "WHERE id = $1 AND state = 'switching'",
+            values: [move.id, JSON.stringify(next), JSON.stringify({ source: sourceSums, target: targetSums })],
+          },
+        ]),
+      );
+      this.#placements.releasePause(tenantId);
+      // The pause ends here, with the switch recorded: its length and steps are completed after
+      // it, outside the pause (a crash in between leaves them as recorded in the switch).
       await this.#placements.control.store.platform().batch([
-        this.#placements.recordStatement(tenantId, move.target),
         {
-          text:
-            "UPDATE bulkhead.tenants SET tier = $2, region = $3, status = CASE WHEN status = 'migrating' THEN 'active' ELSE status END, " +
-            'placement_epoch = $4, updated_at = now() WHERE id = $1',
-          values: [tenantId, move.target.tier, move.target.region, moved.epoch],
-        },
-        {
-          text: "INSERT INTO bulkhead.tenant_history (tenant_id, event, from_status, to_status, actor) VALUES ($1, 'moved', $2, $2, $3)",
-          values: [tenantId, status, move.actor],
-        },
-        {
-          text:
-            "UPDATE bulkhead.moves SET state = 'cleaning', progress = $2::text::jsonb, checksums = $3::text::jsonb, updated_at = now() " +
-            "WHERE id = $1 AND state = 'switching'",
-          values: [move.id, JSON.stringify(progress), JSON.stringify({ source: sourceSums, target: targetSums })],
+          text: "UPDATE bulkhead.moves SET progress = progress || $2::text::jsonb WHERE id = $1 AND state = 'cleaning'",
+          values: [move.id, JSON.stringify({ pauseMs: Date.now() - started, pauseSteps: times })],
         },
       ]);
-      this.#placements.releasePause(tenantId);
       await this.#emit(move.id);
     } catch (error) {
       await this.#placements.unfenceWrites(tenantId, move.source).catch(() => {});
       await this.#placements.resumeWrites(tenantId).catch(() => {});
       throw error;
     }
+  }
+
+  /**
+   * Starts capturing the source's changes for a move persisted before capture existed (its
+   * progress has no `capture`): the triggers first, then a full sync, which brings in line
+   * everything written before them. Returns the progress to persist next and the rows synced.
+   */
+  async #startCapture(move: MoveView, site: CaptureSite, source: ScopedStore, target: ScopedStore): Promise<{ progress: MoveProgress; synced: number }> {
+    await installCapture(site, move.tenantId);
+    const synced = await syncChanges(source, target, move.tenantId, this.#batchSize);
+    const progress: MoveProgress = { ...move.progress, capture: true };
+    await this.#saveProgress(move, progress);
+    return { progress, synced };
+  }
+
+  /** Removes the source's change capture unless recorded as removed, and records it so. */
+  async #stopCapture(move: MoveView, end: MoveEnd): Promise<MoveView> {
+    if (move.progress.capture === false) return move;
+    await removeCapture(await this.#site(end, move.tenantId), move.tenantId);
+    return this.#saveProgress(move, { ...move.progress, capture: false });
+  }
+
+  /** Where a placement keeps a tenant's data and its change log: its database and schema. */
+  async #site(end: MoveEnd, tenantId: string): Promise<CaptureSite> {
+    const cell = this.#placements.cells.get(end.cell);
+    if (end.tier === 'silo') return { store: await this.#placements.tiers.silo.store(cell, tenantId, end.location), schema: 'bulkhead' };
+    return { store: cell.store, schema: end.location };
   }
 
   async #scope(end: MoveEnd, tenantId: string): Promise<ScopedStore> {

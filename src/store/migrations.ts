@@ -751,6 +751,59 @@ $group$;
 `;
     },
   },
+  {
+    version: 10,
+    name: 'change capture for tenant moves',
+    sql: () => `
+-- Which of a tenant's records changed while a move copies it (src/placement/capture.ts): while a
+-- tenant is moved, triggers on its source tables (made by the move, for that tenant alone) add a
+-- row here in the writing transaction, so the switch finds what changed since its comparison base
+-- without reading the whole tenant under the write pause. A row names a record: the record's own
+-- changes and those of its unique and index values alike. Only the owner reads it; the trigger
+-- functions write it as the owner (SECURITY DEFINER), whatever role writes the data.
+CREATE TABLE bulkhead.move_changes (
+  tenant_id uuid NOT NULL,
+  id bigint GENERATED ALWAYS AS IDENTITY,
+  collection text NOT NULL,
+  record_id uuid NOT NULL,
+  PRIMARY KEY (tenant_id, id)
+);
+REVOKE ALL ON bulkhead.move_changes FROM PUBLIC;
+
+CREATE FUNCTION bulkhead.capture_record_change() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    INSERT INTO bulkhead.move_changes (tenant_id, collection, record_id) VALUES (OLD.tenant_id, OLD.collection, OLD.id);
+    RETURN NULL;
+  END IF;
+  INSERT INTO bulkhead.move_changes (tenant_id, collection, record_id) VALUES (NEW.tenant_id, NEW.collection, NEW.id);
+  -- Keys never change (principle 4, enforced by their own triggers); were one to, both are named.
+  IF TG_OP = 'UPDATE' AND (NEW.tenant_id, NEW.collection, NEW.id) IS DISTINCT FROM (OLD.tenant_id, OLD.collection, OLD.id) THEN
+    INSERT INTO bulkhead.move_changes (tenant_id, collection, record_id) VALUES (OLD.tenant_id, OLD.collection, OLD.id);
+  END IF;
+  RETURN NULL;
+END
+$fn$;
+
+CREATE FUNCTION bulkhead.capture_value_change() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    INSERT INTO bulkhead.move_changes (tenant_id, collection, record_id) VALUES (OLD.tenant_id, OLD.collection, OLD.record_id);
+    RETURN NULL;
+  END IF;
+  INSERT INTO bulkhead.move_changes (tenant_id, collection, record_id) VALUES (NEW.tenant_id, NEW.collection, NEW.record_id);
+  -- Keys never change (principle 4, enforced by their own triggers); were one to, both are named.
+  IF TG_OP = 'UPDATE' AND (NEW.tenant_id, NEW.collection, NEW.record_id) IS DISTINCT FROM (OLD.tenant_id, OLD.collection, OLD.record_id) THEN
+    INSERT INTO bulkhead.move_changes (tenant_id, collection, record_id) VALUES (OLD.tenant_id, OLD.collection, OLD.record_id);
+  END IF;
+  RETURN NULL;
+END
+$fn$;
+REVOKE ALL ON FUNCTION bulkhead.capture_record_change(), bulkhead.capture_value_change() FROM PUBLIC;
+`,
+  },
 ];
 
 /** Stand-ins for a schema and a role name in DDL that a migration fills in per schema (valid names themselves, never used as such). */
