@@ -253,6 +253,9 @@ async function run(o: Options): Promise<void> {
       const started = performance.now();
       const move = await bh.moveTenant(tenant.id, { tier: to }, 'operator:bench');
       const load = Promise.all([...Array.from({ length: o.writers }, writer), reader()]);
+      // A writer's unexpected error is thrown where the load is awaited, after the move, so that the
+      // cleanup below still runs (unhandled meanwhile, it ended the process and left the databases).
+      load.catch(() => {});
       await bh.moves.wait(move.id);
       running = false;
       await load;
