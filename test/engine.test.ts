@@ -318,7 +318,7 @@ for (const kind of BACKENDS) {
         const a = new Store(await fresh.engine(), options);
         const b = new Store(await fresh.engine(), options);
         const [ra, rb] = await Promise.all([a.migrate(), b.migrate()]);
-        assert.deepEqual([...ra.applied, ...rb.applied].sort(), MIGRATIONS.map((m) => m.version));
+        assert.deepEqual([...ra.applied, ...rb.applied].sort((x, y) => x - y), MIGRATIONS.map((m) => m.version));
         const [r] = await a.engine.batch([{ text: 'SELECT version FROM bulkhead.migrations ORDER BY version' }]);
         assert.deepEqual(r!.rows.map((row) => row.version), MIGRATIONS.map((m) => m.version));
         assert.deepEqual((await b.migrate()).applied, []);
