@@ -438,7 +438,7 @@ const schemas: JsonObject = {
     required: ['rows', 'digest'],
     properties: {
       rows: { type: 'integer', minimum: 0 },
-      digest: { type: 'string', pattern: '^[0-9]+$', description: 'Sum, modulo 2^64, of the first 60 bits of the MD5 of each row\'s canonical jsonb text (in UTC), in decimal: independent of row order and layout.' },
+      digest: { type: 'string', pattern: '^[0-9]+$', description: 'Sum, modulo 2^64, of the 64-bit hash (PostgreSQL hashtextextended) of each row\'s whole text (every column, timestamps in UTC), in decimal: independent of row order and layout.' },
     },
   },
   Checksums: {
