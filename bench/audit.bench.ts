@@ -30,21 +30,18 @@
  * Targets are printed as MET / NOT MET, never asserted. The database and its roles are dropped at
  * the end, also on an error, Ctrl-C, SIGTERM or after --max-minutes. All traffic goes to 127.0.0.1.
  */
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { generateKeyPairSync } from 'node:crypto';
+import { availableParallelism, cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import { generateOperatorToken } from '../src/access/operator-tokens.js';
 import { ChainLinker, verifyChain, verifyEncodedChain, type Anchor, type EncodedRow, type LinkedRow, type StoredRow } from '../src/audit/chain.js';
 import { CheckpointSigner, checkpointKeys, verifyCheckpoint } from '../src/audit/checkpoint.js';
 import { createAuditEvent, queryFingerprint, type AuditEvent, type AuditEventInput } from '../src/audit/event.js';
 import { Bulkhead } from '../src/bulkhead.js';
 import { loadConfig } from '../src/config.js';
 import { uuidv7 } from '../src/ids.js';
-import { createBenchDatabase } from './dataset.js';
 import { Cleanup, cpuDelta, describeServer, snapshot, type Server } from './isolation.bench.js';
+import { benchAdminUrl, benchLog, createDeployment, fmtInt, fmtMs, mean, percentile, positiveInt } from './support.js';
 
 const HELP = `Usage: npm run bench:audit -- [options]
 
@@ -93,12 +90,6 @@ interface Options {
   readonly adminUrl: string;
 }
 
-function positiveInt(value: string | undefined, fallback: number, name: string, min = 1): number {
-  if (value === undefined) return fallback;
-  if (!/^[0-9]+$/.test(value) || Number(value) < min) throw new Error(`--${name} must be an integer of at least ${min}`);
-  return Number(value);
-}
-
 function parseOptions(): Options {
   const { values } = parseArgs({
     options: {
@@ -122,10 +113,8 @@ function parseOptions(): Options {
   }
   if (values['core-only'] && values['append-only']) throw new Error('--core-only and --append-only exclude each other');
   const quick = values.quick === true;
-  const adminUrl = process.env.BULKHEAD_BENCH_DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
-  if (!values['core-only'] && !['127.0.0.1', 'localhost', '::1', '[::1]'].includes(new URL(adminUrl).hostname)) {
-    throw new Error('BULKHEAD_BENCH_DATABASE_URL must name a server on this machine (127.0.0.1): the benchmark measures one host');
-  }
+  // The core alone needs no database: no server is checked.
+  const adminUrl = values['core-only'] ? '' : benchAdminUrl();
   return {
     events: positiveInt(values.events, quick ? 20_000 : 100_000, 'events'),
     rounds: positiveInt(values.rounds, quick ? 3 : 5, 'rounds'),
@@ -142,19 +131,10 @@ function parseOptions(): Options {
   };
 }
 
-const log = (message: string) => console.error(`[audit ${new Date().toISOString().slice(11, 19)}] ${message}`);
-const fmtInt = (n: number) => Math.round(n).toLocaleString('en-US');
-const fmtMs = (n: number) => (n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n.toFixed(2));
-const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const log = benchLog('audit');
 const median = (xs: readonly number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const best = (xs: readonly number[]) => Math.max(...xs);
 const perSecond = (count: number, ms: number) => Math.round((count / ms) * 1000);
-/** Nearest-rank percentile. */
-function percentile(xs: readonly number[], p: number): number {
-  if (xs.length === 0) return NaN;
-  const sorted = [...xs].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
 
 /** JSON text as PostgreSQL's jsonb writes it: members by name length then bytes, `": "` and `", "`. */
 function jsonbText(value: unknown): string {
@@ -329,25 +309,8 @@ async function appendFor(
 }
 
 async function appendBench(options: Options, cleanup: Cleanup): Promise<string[]> {
-  const db = await createBenchDatabase(options.adminUrl);
-  cleanup.add(() => db.drop());
-  // The signing key and the witness live in the data directory, removed at the end.
-  const dataDir = mkdtempSync(join(tmpdir(), `${db.name}-`));
-  cleanup.add(async () => rmSync(dataDir, { recursive: true, force: true }));
-  const env: Record<string, string> = {
-    DATABASE_URL: db.url,
-    BULKHEAD_DATA_DIR: dataDir,
-    BULKHEAD_OPERATOR_TOKEN: generateOperatorToken(),
-    BULKHEAD_OWNER_ROLE: db.ownerRole,
-    BULKHEAD_APP_ROLE: db.appRole,
-    BULKHEAD_PARTITIONS: String(PARTITIONS),
-    BULKHEAD_POOL_SIZE: String(POOL_SIZE),
-    BULKHEAD_JWT_SECRET: randomBytes(32).toString('base64url'),
-    // Made for this run, passed only through the environment, gone with it.
-    BULKHEAD_KMS_PROVIDER: 'local',
-    BULKHEAD_MASTER_KEY: randomBytes(32).toString('base64'),
-    BULKHEAD_LOG_LEVEL: 'silent',
-  };
+  const { db, env } = await createDeployment(options.adminUrl, cleanup, { partitions: PARTITIONS, poolSize: POOL_SIZE });
+
   log(`database ${db.name}: migrating, ${fmtInt(options.tenants)} tenants`);
   let t0 = performance.now();
   const bh = await Bulkhead.open(loadConfig({}, env));
