@@ -22,8 +22,12 @@ const TENANT_TABLES = [
   'audit_events', 'audit_platform_events', 'collection_versions', 'collections', 'erasures', 'index_values', 'key_rotations', 'moves', 'operator_tokens',
   'placements', 'records', 'tenant_history', 'tenant_keys', 'tenant_usage', 'tenants', 'unique_values',
 ] as const;
-/** Tables without RLS: they must grant the application role nothing at all. */
-const INTERNAL_TABLES = ['migrations', 'settings'] as const;
+/**
+ * Tables without RLS: they must grant the application role nothing at all. `move_changes` (the
+ * change log of tenant moves, ids only) is written by the owner's capture triggers and read by the
+ * mover as the owner, never by the application role.
+ */
+const INTERNAL_TABLES = ['migrations', 'move_changes', 'settings'] as const;
 /** Tenant-keyed tables only the platform scope reaches (history, placement directory, moves, key rotations, erasures). */
 const PLATFORM_ONLY = ['erasures', 'key_rotations', 'moves', 'placements', 'tenant_history'] as const;
 const PARTITIONED = ['audit_events', 'index_values', 'records', 'unique_values'] as const;
