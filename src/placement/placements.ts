@@ -182,8 +182,8 @@ export class Placements implements TenantScopes {
     await Promise.all(
       parts.map(async (part, index) => {
         try {
-          const until = this.#paused.get(part.tenantId);
-          if (until !== undefined) throw new WritesPausedError(Math.max(1, (until - Date.now()) / 1000));
+          const paused = this.#pausedError(part.tenantId);
+          if (paused) throw paused;
           const scope = (await this.#scope(part.tenantId, { write: true })).joinable;
           if (!scope) throw new BulkheadError('INTERNAL', 'a write scope that cannot join a joint batch');
           const group = groups.get(scope.store) ?? [];
@@ -198,9 +198,9 @@ export class Placements implements TenantScopes {
       [...groups].map(async ([store, group]) => {
         // A pause set in this process since routing holds for these writes too.
         const ready = group.filter(({ index }) => {
-          const until = this.#paused.get(parts[index]!.tenantId);
-          if (until !== undefined) out[index] = new WritesPausedError(Math.max(1, (until - Date.now()) / 1000));
-          return until === undefined;
+          const paused = this.#pausedError(parts[index]!.tenantId);
+          if (paused) out[index] = paused;
+          return !paused;
         });
         if (ready.length === 0) return;
         for (const { index } of ready) this.#enter(parts[index]!.tenantId);
@@ -290,8 +290,8 @@ export class Placements implements TenantScopes {
   async #tracked<T>(tenantId: string, run: () => Promise<T>): Promise<T> {
     // This process's own pause holds until the mover lifts it, however long the switch takes: a
     // write let through while the switch compares the two sides could be lost with the source.
-    const until = this.#paused.get(tenantId);
-    if (until !== undefined) throw new WritesPausedError(Math.max(1, (until - Date.now()) / 1000));
+    const paused = this.#pausedError(tenantId);
+    if (paused) throw paused;
     this.#enter(tenantId);
     try {
       return await run();
@@ -303,6 +303,12 @@ export class Placements implements TenantScopes {
     } finally {
       this.#leave(tenantId);
     }
+  }
+
+  /** The refusal of a write while this process's own pause of the tenant holds (Retry-After: the time left). */
+  #pausedError(tenantId: string): WritesPausedError | undefined {
+    const until = this.#paused.get(tenantId);
+    return until === undefined ? undefined : new WritesPausedError(Math.max(1, (until - Date.now()) / 1000));
   }
 
   #enter(tenantId: string): void {
