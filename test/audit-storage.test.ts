@@ -26,7 +26,7 @@ import { finished, tenantChecksums } from './support/moves.js';
 import { rejectsSql } from './support/assertions.js';
 import { ChainLinker, genesisHead, verifyChain, type ChainHead, type LinkedRow, type StoredRow } from '../src/audit/chain.js';
 import { createAuditEvent, type AuditEventInput } from '../src/audit/event.js';
-import { AUDIT_APPEND_ONLY_SQLSTATE, AUDIT_LINK_SQLSTATE, AUDIT_PURGE_SETTING } from '../src/audit/schema.js';
+import { AUDIT_APPEND_ONLY_SQLSTATE, AUDIT_LINK_SQLSTATE, AUDIT_PURGE_SETTING, auditEventsLinkFunctionSql } from '../src/audit/schema.js';
 import { BridgeTier } from '../src/placement/bridge-tier.js';
 import { SiloTier } from '../src/placement/silo-tier.js';
 import { Moves, type MoveView } from '../src/placement/moves.js';
@@ -255,6 +255,36 @@ DELETE FROM bulkhead.migrations WHERE version = 8;`);
       const b = await tenant('bridge');
       const role = tiers().bridge.roleOf(t.bh.placements.control, b.id);
       for (const table of ['bulkhead.audit_events', 'bulkhead.audit_platform_events']) assert.deepEqual(await privileges(su, role, table), [], `${table}: a bridge role`);
+    });
+
+    it("the link check finds the row before by its key, even when its plan was made while the table was a page (migration 11)", async () => {
+      // A bridge tenant's table holds its chain alone, and the schema's link-check function is new
+      // to every connection, so its lookup is planned in the transaction below, on a table the
+      // statistics call tiny: a sequential scan was that plan, and it stayed as the table grew.
+      const b = await tenant('bridge');
+      const schema = tiers().bridge.locationOf(t.bh.placements.control, b.id);
+      // As before migration 11 (the lookup planned under the transaction's own settings), which
+      // then replaces the check in the pool's schema and in every bridge schema.
+      const unguarded = (s: string) => auditEventsLinkFunctionSql(s).replace("set_config('enable_seqscan', 'off', true)", "set_config('enable_seqscan', 'on', true)");
+      await su.script(`SET LOCAL ROLE ${t.db.ownerRole};\n${unguarded(schema)}\n${unguarded('bulkhead')}\nRESET ROLE;\nDELETE FROM bulkhead.migrations WHERE version = 11;`);
+      assert.deepEqual((await t.bh.store.migrate()).applied, [11]);
+      await su.script(`ANALYZE ${schema}.audit_events`);
+      const scans: Statement = {
+        text: 'SELECT seq_scan::int AS seq, idx_scan::int AS idx FROM pg_stat_xact_all_tables WHERE relid = to_regclass($1)',
+        values: [`${schema}.audit_events`],
+      };
+      const n = 200;
+      const { before, after, seqscan } = await t.bh.placements.tenant(b.id, { write: true }).transaction(async (tx) => {
+        const linker = new ChainLinker(b.id, await headIn(tx, b.id));
+        const rows = Array.from({ length: n }, () => linker.append(createAuditEvent(input(linker.head.seq + 1, b.id))));
+        const [before] = await tx.batch([scans]);
+        const [, after, setting] = await tx.batch([insertRows(b.id, rows), scans, { text: "SELECT current_setting('enable_seqscan') AS v" }]);
+        return { before: before!.rows[0]!, after: after!.rows[0]!, seqscan: setting!.rows[0]!.v };
+      });
+      assert.equal(Number(after.seq) - Number(before.seq), 0, 'no lookup scanned the table');
+      assert.ok(Number(after.idx) - Number(before.idx) >= n - 1, `every row after the first found its predecessor by the key: ${JSON.stringify({ before, after })}`);
+      assert.equal(seqscan, 'on', 'the check puts the setting back');
+      await assertChain(await chainRows(t, b.id), b.id, 'bridge chain');
     });
 
     it('nobody may change a row: the application role has no privilege, the owner and a superuser meet BHA01; the purge escape is narrow', async () => {

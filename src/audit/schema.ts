@@ -62,10 +62,20 @@ function checkSchema(schema: string): string {
   return schema;
 }
 
-/** The BEFORE INSERT check shared by both tables; `previous` finds the hash of seq - 1. */
+/**
+ * The BEFORE INSERT check shared by both tables; `previous` finds the hash of seq - 1.
+ *
+ * The lookup runs with sequential scans off, for its own planning only (the setting is put back
+ * after it). Its plan is made once per connection, when the trigger first runs there, and kept
+ * (generic plans, CONTEXT_SQL) until the table's statistics change: made while a partition is a
+ * page or two, a sequential scan is the cheaper plan, and it stayed the plan as the partition grew
+ * to thousands of rows, so every append scanned its whole partition (seen in bench:audit-reads:
+ * a fifth of PostgreSQL's CPU went to it). The primary key lookup is right at every size.
+ */
 function linkCheckBody(previous: string, tenantCheck: string): string {
   return `DECLARE
   previous bytea;
+  seqscan text;
 BEGIN
   IF NEW.event->>'seq' IS DISTINCT FROM NEW.seq::text OR ${tenantCheck}
      OR (NEW.event->>'time')::timestamptz IS DISTINCT FROM NEW.time THEN
@@ -74,13 +84,37 @@ BEGIN
   IF NEW.seq = 1 THEN
     previous := ${ZERO_HASH};
   ELSE
+    seqscan := current_setting('enable_seqscan');
+    PERFORM set_config('enable_seqscan', 'off', true);
     ${previous}
+    PERFORM set_config('enable_seqscan', seqscan, true);
   END IF;
   IF previous IS DISTINCT FROM NEW.prev_hash THEN
     RAISE EXCEPTION 'audit row does not extend its chain (seq % needs the hash of seq % as prev_hash)', NEW.seq, NEW.seq - 1 USING ERRCODE = '${AUDIT_LINK_SQLSTATE}';
   END IF;
   RETURN NEW;
 END`;
+}
+
+/**
+ * The link check of the tenant table of `schema` (created or replaced). It runs as the inserting
+ * role, under its RLS context: the row before is the same tenant's.
+ */
+export function auditEventsLinkFunctionSql(schemaName: string): string {
+  const s = checkSchema(schemaName);
+  return `CREATE OR REPLACE FUNCTION ${s}.audit_events_check_link() RETURNS trigger LANGUAGE plpgsql AS $fn$
+${linkCheckBody(`SELECT e.hash INTO previous FROM ${s}.${AUDIT_EVENTS_TABLE} e WHERE e.tenant_id = NEW.tenant_id AND e.seq = NEW.seq - 1;`, "NEW.event->>'tenantId' IS DISTINCT FROM NEW.tenant_id::text")}
+$fn$;
+REVOKE ALL ON FUNCTION ${s}.audit_events_check_link() FROM PUBLIC;`;
+}
+
+/** The link check of the platform table of `schema` (created or replaced). */
+export function auditPlatformLinkFunctionSql(schemaName: string): string {
+  const s = checkSchema(schemaName);
+  return `CREATE OR REPLACE FUNCTION ${s}.audit_platform_events_check_link() RETURNS trigger LANGUAGE plpgsql AS $fn$
+${linkCheckBody(`SELECT e.hash INTO previous FROM ${s}.${AUDIT_PLATFORM_TABLE} e WHERE e.seq = NEW.seq - 1;`, "NEW.event->'tenantId' IS DISTINCT FROM 'null'::jsonb")}
+$fn$;
+REVOKE ALL ON FUNCTION ${s}.audit_platform_events_check_link() FROM PUBLIC;`;
 }
 
 /** The triggers that make `table` append-only (`changeFunction` on row changes) and chain-checked. */
@@ -148,11 +182,7 @@ ALTER TABLE ${table} ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ${table} FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON ${table} USING (${TENANT_PREDICATE}) WITH CHECK (${TENANT_PREDICATE});
 ${parts.join('\n')}
--- Runs as the inserting role, under its RLS context: the row before is the same tenant's.
-CREATE FUNCTION ${s}.audit_events_check_link() RETURNS trigger LANGUAGE plpgsql AS $fn$
-${linkCheckBody(`SELECT e.hash INTO previous FROM ${table} e WHERE e.tenant_id = NEW.tenant_id AND e.seq = NEW.seq - 1;`, "NEW.event->>'tenantId' IS DISTINCT FROM NEW.tenant_id::text")}
-$fn$;
-REVOKE ALL ON FUNCTION ${s}.audit_events_check_link() FROM PUBLIC;
+${auditEventsLinkFunctionSql(s)}
 -- Row changes: refused as by audit_forbid_change, but for the purge of one tenant by the owner.
 -- The owner is the table's (the role the migrations and provisioning run as), compared with
 -- current_user, so neither a superuser nor a role that merely inherits the owner's rights passes;
@@ -202,10 +232,7 @@ CREATE INDEX ${AUDIT_PLATFORM_TABLE}_time ON ${table} (time);
 ALTER TABLE ${table} ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ${table} FORCE ROW LEVEL SECURITY;
 CREATE POLICY platform_only ON ${table} USING (${PLATFORM_PREDICATE}) WITH CHECK (${PLATFORM_PREDICATE});
-CREATE FUNCTION ${s}.audit_platform_events_check_link() RETURNS trigger LANGUAGE plpgsql AS $fn$
-${linkCheckBody(`SELECT e.hash INTO previous FROM ${table} e WHERE e.seq = NEW.seq - 1;`, "NEW.event->'tenantId' IS DISTINCT FROM 'null'::jsonb")}
-$fn$;
-REVOKE ALL ON FUNCTION ${s}.audit_platform_events_check_link() FROM PUBLIC;
+${auditPlatformLinkFunctionSql(s)}
 ${triggersSql(table, AUDIT_PLATFORM_TABLE, `${s}.audit_platform_events_check_link`, `${s}.audit_forbid_change`, s)}
 REVOKE ALL ON ${table} FROM PUBLIC;
 GRANT USAGE ON SCHEMA ${s} TO ${app};

@@ -7,7 +7,14 @@
  */
 // The audit SQL (migration 8) imports this module's checks and predicate back; neither module uses
 // the other's bindings while loading, so the cycle is harmless.
-import { auditEventsGrantsSql, auditEventsTableSql, auditFunctionsSql, auditSchemaSql } from '../audit/schema.js';
+import {
+  auditEventsGrantsSql,
+  auditEventsLinkFunctionSql,
+  auditEventsTableSql,
+  auditFunctionsSql,
+  auditPlatformLinkFunctionSql,
+  auditSchemaSql,
+} from '../audit/schema.js';
 
 /** What the migrations are parameterized by. */
 export interface MigrationOptions {
@@ -803,6 +810,38 @@ END
 $fn$;
 REVOKE ALL ON FUNCTION bulkhead.capture_record_change(), bulkhead.capture_value_change() FROM PUBLIC;
 `,
+  },
+  {
+    version: 11,
+    name: 'audit link check planned by its key',
+    sql: (o) => {
+      const owner = checkRoleName(o.ownerRole, 'the owner role');
+      return `
+-- The audit tables' link check looks up the row before the one inserted. Its plan is made once
+-- per connection and kept; made while a partition was a page or two it was a sequential scan,
+-- which stayed the plan as the partition grew, so every append read its whole partition. The
+-- check now plans that lookup with sequential scans off (src/audit/schema.ts, linkCheckBody).
+${auditEventsLinkFunctionSql('bulkhead')}
+${auditPlatformLinkFunctionSql('bulkhead')}
+
+-- Every bridge schema's chain table has the same check: this deployment's bridge schemas, found
+-- as migration 8 found them.
+DO $bridges$
+DECLARE
+  s text;
+BEGIN
+  FOR s IN
+    SELECT n.nspname::text FROM pg_namespace n
+    WHERE n.nspname ~ '^tenant_[0-9a-f]{32}$' AND n.nspowner = '${owner}'::regrole
+      AND to_regclass(n.nspname || '.audit_events') IS NOT NULL
+    ORDER BY 1
+  LOOP
+    EXECUTE replace($ddl$${auditEventsLinkFunctionSql(SCHEMA_PLACEHOLDER)}$ddl$, '${SCHEMA_PLACEHOLDER}', s);
+  END LOOP;
+END
+$bridges$;
+`;
+    },
   },
 ];
 
