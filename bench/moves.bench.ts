@@ -30,6 +30,7 @@ import { createAuditEvent, queryFingerprint } from '../src/audit/event.js';
 import { Bulkhead } from '../src/bulkhead.js';
 import { loadConfig } from '../src/config.js';
 import { createBenchDatabase } from './dataset.js';
+import { benchAdminUrl } from './support.js';
 import { BulkheadError } from '../src/errors.js';
 import type { MoveView } from '../src/placement/moves.js';
 import type { TierName } from '../src/placement/tier.js';
@@ -88,7 +89,7 @@ function options(): Options {
     if (moves[i]![0] !== moves[i - 1]![1]) throw new Error('--moves: each move must start where the previous one ended');
   }
   return {
-    adminUrl: process.env.BULKHEAD_BENCH_DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres',
+    adminUrl: benchAdminUrl(),
     records: int(values.records, 100_000, 'records', 1, 5_000_000),
     writers: int(values.writers, 4, 'writers', 0, 64),
     batch: int(values.batch, 2_000, 'batch', 10, 100_000),

@@ -20,12 +20,13 @@ import { loadConfig } from '../src/config.js';
 import { uuidv7 } from '../src/ids.js';
 import { PostgresEngine } from '../src/store/postgres/postgres-engine.js';
 import { COLLECTION, createBenchDatabase, loadDataset } from './dataset.js';
+import { benchAdminUrl, positiveInt } from './support.js';
 
 const { values } = parseArgs({ options: { seconds: { type: 'string' }, tenants: { type: 'string' }, records: { type: 'string' } } });
-const seconds = Number(values.seconds ?? 5);
-const tenants = Number(values.tenants ?? 1000);
-const records = Number(values.records ?? 100_000);
-const adminUrl = process.env.BULKHEAD_BENCH_DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
+const seconds = positiveInt(values.seconds, 5, 'seconds');
+const tenants = positiveInt(values.tenants, 1000, 'tenants');
+const records = positiveInt(values.records, 100_000, 'records');
+const adminUrl = benchAdminUrl();
 const SELECT = 'SELECT id, data, version, created_at, updated_at FROM bulkhead.records WHERE tenant_id = $1 AND collection = $2 AND id = $3';
 
 /** Mean microseconds per call of `fn` over `n` warm calls. */

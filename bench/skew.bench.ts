@@ -34,6 +34,7 @@ import { loadConfig } from '../src/config.js';
 import { uuidv7 } from '../src/ids.js';
 import { skewOf } from '../src/tenancy/health.js';
 import { createBenchDatabase } from './dataset.js';
+import { benchAdminUrl } from './support.js';
 
 const HELP = `Usage: npm run bench:skew -- [options]
 
@@ -92,7 +93,7 @@ function options(): Options {
     return n;
   };
   return {
-    adminUrl: process.env.BULKHEAD_BENCH_DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres',
+    adminUrl: benchAdminUrl(),
     tenants: Math.floor(num(values.tenants, 10_000, 'tenants', 1, 1_000_000)),
     partitions: Math.floor(num(values.partitions, 16, 'partitions', 1, 1024)),
     mean: num(values.mean, 150, 'mean', 1, 1_000_000),
