@@ -13,6 +13,8 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { BACKENDS, createTenant, defineCollection, openTestBulkhead, request, type TestBulkhead } from './support/backends.js';
+import { compileList } from '../src/tenancy/query.js';
+import type { CollectionDefinition } from '../src/tenancy/fields.js';
 
 type Tenant = { id: string; slug: string; token: string };
 type FieldType = 'string' | 'text' | 'integer' | 'number' | 'boolean' | 'datetime' | 'date' | 'json' | 'reference' | 'enum' | 'email';
@@ -189,6 +191,29 @@ function sample(rand: () => number, i: number, earlier: readonly string[]): Reco
 }
 
 // ---------------------------------------------------------------------------------------------
+
+describe('list statements are prepared by shape', () => {
+  const definition = { fields: { name: { type: 'string' }, age: { type: 'integer' } } } as unknown as CollectionDefinition;
+  const tenantA = '0191e5a1-0000-7000-8000-00000000000a';
+  const tenantB = '0191e5a1-0000-7000-8000-00000000000b';
+  const nameOf = (tenant: string, request: Parameters<typeof compileList>[3]) => compileList(tenant, 'things', definition, request).statement.name;
+
+  it('one name for one shape, whatever the tenant and the values; another for another shape', () => {
+    const a = nameOf(tenantA, { filter: JSON.stringify({ name: { eq: 'x' } }), limit: '10' });
+    assert.match(a!, /^bh_list_[0-9a-f]{24}$/);
+    // A bridge schema's suffix (@ and 16 characters) keeps it within PostgreSQL's 63.
+    assert.ok(a!.length + 17 <= 63);
+    assert.equal(nameOf(tenantB, { filter: JSON.stringify({ name: { eq: 'y' } }), limit: '50' }), a, 'values are parameters, not part of the name');
+    assert.equal(nameOf(tenantA, { filter: JSON.stringify({ age: { eq: 3 } }) }), a, 'so is the field compared');
+    const others = [
+      nameOf(tenantA, { filter: JSON.stringify({ name: { ne: 'x' } }) }),
+      nameOf(tenantA, { filter: JSON.stringify({ age: { gt: 3 } }) }),
+      nameOf(tenantA, { filter: JSON.stringify({ name: { eq: 'x' } }), sort: '-name' }),
+      nameOf(tenantA, {}),
+    ];
+    assert.equal(new Set([a, ...others]).size, 5, 'each shape its own name');
+  });
+});
 
 for (const kind of BACKENDS) {
   describe(`query (${kind})`, () => {
