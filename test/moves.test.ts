@@ -13,6 +13,8 @@ import { SEED_COLLECTION, dataChecksums, finished, seedRecords, tenantChecksums 
 import { Moves, type MoveView } from '../src/placement/moves.js';
 import { BulkheadError } from '../src/errors.js';
 import type { TenantRow } from '../src/placement/tier.js';
+import { Placements } from '../src/placement/placements.js';
+import type { Statement } from '../src/store/engine.js';
 
 const TIERS = ['pool', 'bridge', 'silo'] as const;
 
@@ -57,6 +59,36 @@ for (const kind of BACKENDS) {
     });
     after(async () => {
       await t?.close();
+    });
+
+    it("a placement entry's age counts from before its read, so an entry read before a switch expires a cache time after it", async () => {
+      // The move removes its source a cache time after the switch committed; an entry whose read
+      // began before the commit but answered after it must not outlive that.
+      const tenant = await seeded('pool', 1);
+      const ttl = 400;
+      const placements = new Placements(t.bh.placements.cells, { cacheTtlMs: ttl });
+      const engine = t.bh.placements.control.store.engine;
+      const batch = engine.batch.bind(engine);
+      let reads = 0;
+      engine.batch = async (statements: readonly Statement[], ...rest: unknown[]) => {
+        if (statements.some((st) => st.name === 'bh_placement')) {
+          reads++;
+          // A slow answer: it arrives later than the read began.
+          await new Promise((resolve) => setTimeout(resolve, 500));
+        }
+        return (batch as (s: readonly Statement[], ...r: unknown[]) => ReturnType<typeof batch>)(statements, ...rest);
+      };
+      try {
+        const began = Date.now();
+        assert.equal((await placements.resolve(tenant.id))?.tier, 'pool');
+        assert.equal(reads, 1);
+        // Past a cache time from the read's start, though not from its answer: read again.
+        await new Promise((resolve) => setTimeout(resolve, Math.max(0, began + ttl + 200 - Date.now())));
+        await placements.resolve(tenant.id);
+        assert.equal(reads, 2, 'the entry expired a cache time after its read began');
+      } finally {
+        engine.batch = batch;
+      }
     });
 
     for (const from of TIERS) {

@@ -431,6 +431,12 @@ const schemas: JsonObject = {
       percent: { type: 'integer', minimum: 0, maximum: 100 },
       synced: { type: 'integer', minimum: 0, description: 'Rows brought in line after the bulk copy (changed by writes made during it).' },
       pauseMs: { type: 'integer', minimum: 0, description: 'How long the tenant\'s writes were paused at the switch, in ms.' },
+      switchedAt: { type: 'string', format: 'date-time', description: 'When the switch recorded the new placement (taken just before its transaction).' },
+      switchCommittedAt: {
+        type: 'string',
+        format: 'date-time',
+        description: 'When the switch had committed; the source is removed a placement cache time (`BULKHEAD_PLACEMENT_CACHE_MS`) later.',
+      },
     },
   },
   TableChecksum: {

@@ -65,8 +65,10 @@ export interface MoveProgress {
   readonly checksumScan?: 'changes' | 'full';
   /** Set when the copy carries each batch of records with their unique and index values (`readBatch`). */
   readonly valuesWithRecords?: boolean;
-  /** When the switch recorded the new placement; the source is removed a directory cache time later. */
+  /** When the switch recorded the new placement (taken just before its transaction). */
   readonly switchedAt?: string;
+  /** When the switch's transaction had committed; the source is removed a directory cache time later. */
+  readonly switchCommittedAt?: string;
 }
 
 /** A move as the API shows it. */
@@ -367,9 +369,12 @@ export class Moves {
       }
       case 'cleaning': {
         // Another process may still read the source until its directory entry expires: the source
-        // goes once every process has seen the new placement.
-        const switched = move.progress.switchedAt ? Date.parse(move.progress.switchedAt) : 0;
-        const wait = switched + this.#placements.cacheTtlMs - Date.now();
+        // goes once every process has seen the new placement. An entry's age counts from before
+        // its read, so every entry read before the switch committed has expired a cache time after
+        // the commit. Without the commit's time (a crash right after it), the commit came before
+        // this step read the move: a cache time from now is later still.
+        const committed = move.progress.switchCommittedAt ? Date.parse(move.progress.switchCommittedAt) : Date.now();
+        const wait = committed + this.#placements.cacheTtlMs - Date.now();
         if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
         if (move.source.region !== move.target.region) await this.#onRegionChange?.(tenantId, move.source.region, move.target.region);
         // The capture goes first (recorded, as a silo's database may be gone when this resumes):
@@ -509,7 +514,7 @@ export class Moves {
       await this.#placements.control.store.platform().batch([
         {
           text: "UPDATE bulkhead.moves SET progress = progress || $2::text::jsonb WHERE id = $1 AND state = 'cleaning'",
-          values: [move.id, JSON.stringify({ pauseMs: Date.now() - started, pauseSteps: times })],
+          values: [move.id, JSON.stringify({ pauseMs: Date.now() - started, pauseSteps: times, switchCommittedAt: new Date().toISOString() })],
         },
       ]);
       await this.#emit(move.id);

@@ -352,6 +352,10 @@ export class Placements implements TenantScopes {
   }
 
   async #load(tenantId: string): Promise<CacheEntry> {
+    // The entry's age counts from before the read, not from its answer: a read that began before a
+    // move's switch committed may answer with the old placement after it, and must expire no later
+    // than a cache time after the switch, when the move removes the source (moves.ts, `cleaning`).
+    const started = Date.now();
     const [r] = await this.control.store.platform().batch([
       {
         name: 'bh_placement',
@@ -362,7 +366,7 @@ export class Placements implements TenantScopes {
       },
     ]);
     const row = r!.rows[0];
-    const entry: CacheEntry = { value: row ? toResolved(row) : null, at: Date.now(), scopes: new Map() };
+    const entry: CacheEntry = { value: row ? toResolved(row) : null, at: started, scopes: new Map() };
     if (this.#cache.size > 100_000) this.#cache.clear();
     this.#cache.set(tenantId, entry);
     return entry;
