@@ -777,37 +777,9 @@ CREATE TABLE bulkhead.move_changes (
 );
 REVOKE ALL ON bulkhead.move_changes FROM PUBLIC;
 
-CREATE FUNCTION bulkhead.capture_record_change() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $fn$
-BEGIN
-  IF TG_OP = 'DELETE' THEN
-    INSERT INTO bulkhead.move_changes (tenant_id, collection, record_id) VALUES (OLD.tenant_id, OLD.collection, OLD.id);
-    RETURN NULL;
-  END IF;
-  INSERT INTO bulkhead.move_changes (tenant_id, collection, record_id) VALUES (NEW.tenant_id, NEW.collection, NEW.id);
-  -- Keys never change (principle 4, enforced by their own triggers); were one to, both are named.
-  IF TG_OP = 'UPDATE' AND (NEW.tenant_id, NEW.collection, NEW.id) IS DISTINCT FROM (OLD.tenant_id, OLD.collection, OLD.id) THEN
-    INSERT INTO bulkhead.move_changes (tenant_id, collection, record_id) VALUES (OLD.tenant_id, OLD.collection, OLD.id);
-  END IF;
-  RETURN NULL;
-END
-$fn$;
+${captureFunctionSql('capture_record_change', 'id')}
 
-CREATE FUNCTION bulkhead.capture_value_change() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $fn$
-BEGIN
-  IF TG_OP = 'DELETE' THEN
-    INSERT INTO bulkhead.move_changes (tenant_id, collection, record_id) VALUES (OLD.tenant_id, OLD.collection, OLD.record_id);
-    RETURN NULL;
-  END IF;
-  INSERT INTO bulkhead.move_changes (tenant_id, collection, record_id) VALUES (NEW.tenant_id, NEW.collection, NEW.record_id);
-  -- Keys never change (principle 4, enforced by their own triggers); were one to, both are named.
-  IF TG_OP = 'UPDATE' AND (NEW.tenant_id, NEW.collection, NEW.record_id) IS DISTINCT FROM (OLD.tenant_id, OLD.collection, OLD.record_id) THEN
-    INSERT INTO bulkhead.move_changes (tenant_id, collection, record_id) VALUES (OLD.tenant_id, OLD.collection, OLD.record_id);
-  END IF;
-  RETURN NULL;
-END
-$fn$;
+${captureFunctionSql('capture_value_change', 'record_id')}
 REVOKE ALL ON FUNCTION bulkhead.capture_record_change(), bulkhead.capture_value_change() FROM PUBLIC;
 `,
   },
@@ -844,6 +816,31 @@ $bridges$;
     },
   },
 ];
+
+/**
+ * A change-capture trigger function of migration 10 (src/placement/capture.ts): it names the
+ * record of the changed row in `bulkhead.move_changes`, as the owner. The record tables and the
+ * value tables differ only in the column that holds the record's id (`idColumn`).
+ */
+function captureFunctionSql(name: string, idColumn: 'id' | 'record_id'): string {
+  const key = (row: 'NEW' | 'OLD') => `${row}.tenant_id, ${row}.collection, ${row}.${idColumn}`;
+  const log = (row: 'NEW' | 'OLD') => `INSERT INTO bulkhead.move_changes (tenant_id, collection, record_id) VALUES (${key(row)});`;
+  return `CREATE FUNCTION bulkhead.${name}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    ${log('OLD')}
+    RETURN NULL;
+  END IF;
+  ${log('NEW')}
+  -- Keys never change (principle 4, enforced by their own triggers); were one to, both are named.
+  IF TG_OP = 'UPDATE' AND (${key('NEW')}) IS DISTINCT FROM (${key('OLD')}) THEN
+    ${log('OLD')}
+  END IF;
+  RETURN NULL;
+END
+$fn$;`;
+}
 
 /** Stand-ins for a schema and a role name in DDL that a migration fills in per schema (valid names themselves, never used as such). */
 const SCHEMA_PLACEHOLDER = 'bh_schema_placeholder';
