@@ -2,6 +2,17 @@ import { randomFillSync } from 'node:crypto';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
+/**
+ * A plain lower-case SQL identifier (schema, role, database names): safe to write into SQL
+ * unquoted, and at most 63 bytes, PostgreSQL's limit.
+ */
+export const PLAIN_IDENTIFIER = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/** True for a plain lower-case SQL identifier (`PLAIN_IDENTIFIER`). */
+export function isPlainIdentifier(value: unknown): value is string {
+  return typeof value === 'string' && PLAIN_IDENTIFIER.test(value);
+}
+
 /** True for a canonical (lower-case, hyphenated) UUID. Only such strings are accepted as ids. */
 export function isUuid(value: unknown): value is string {
   return typeof value === 'string' && value.length === 36 && UUID.test(value);

@@ -361,6 +361,49 @@ DELETE FROM bulkhead.migrations WHERE version = 8;`);
       assert.equal(count!.rows[0]!.n, 1, 'the platform row is still there');
     });
 
+    it("owner work in a tenant's context (Store.asOwnerInTenant) sees that tenant only, and deletes audit rows only when it asks for the purge", async () => {
+      const a = await tenant();
+      const other = await tenant();
+      await appendThrough(t.bh.placements.tenant(a.id, { write: true }), a.id, 3);
+      await appendThrough(t.bh.placements.tenant(other.id, { write: true }), other.id, 2);
+      const store = t.bh.store;
+      const [theirs, mine, path, zone] = await store.asOwnerInTenant(
+        a.id,
+        [
+          { text: 'SELECT count(*)::int AS n FROM audit_events WHERE tenant_id = $1', values: [other.id] },
+          { text: 'SELECT count(*)::int AS n FROM audit_events' },
+          { text: "SELECT current_setting('search_path') AS v" },
+          { text: "SELECT current_setting('TimeZone') AS v" },
+        ],
+        { searchPath: 'bulkhead', utc: true },
+      );
+      assert.equal(theirs!.rows[0]!.n, 0, "another tenant's rows, by id");
+      assert.ok((mine!.rows[0]!.n as number) >= 3, 'its own rows, unqualified through the search path');
+      assert.equal(path!.rows[0]!.v, 'bulkhead');
+      assert.equal(zone!.rows[0]!.v, 'UTC');
+      // Without `purgeAudit` the owner meets the append-only trigger like everyone else.
+      await rejectsSql(
+        store.asOwnerInTenant(a.id, [{ text: 'DELETE FROM bulkhead.audit_events WHERE tenant_id = $1', values: [a.id] }]),
+        AUDIT_APPEND_ONLY_SQLSTATE,
+        APPEND_ONLY,
+        'owner work without the purge',
+      );
+      // With it, the DELETE reaches this tenant's rows only, even when it names none.
+      const otherRows = await chainRows(t, other.id);
+      const [deleted] = await store.asOwnerInTenant(a.id, [{ text: 'DELETE FROM bulkhead.audit_events WHERE seq >= 1' }], { purgeAudit: true });
+      assert.ok(deleted!.rowCount >= 3);
+      assert.deepEqual(await chainRows(t, a.id), []);
+      assert.deepEqual(await chainRows(t, other.id), otherRows);
+      // Bad input is refused before anything runs.
+      for (const [tenantId, settings] of [
+        ['not-a-uuid', {}],
+        [a.id, { searchPath: 'bulkhead; DROP TABLE x' }],
+        [a.id, { searchPath: 'Bulkhead' }],
+      ] as const) {
+        await assert.rejects(store.asOwnerInTenant(tenantId, [{ text: 'SELECT 1' }], settings), (e: unknown) => e instanceof BulkheadError && e.code === 'INTERNAL');
+      }
+    });
+
     it("a tenant's rows are invisible to another tenant's scope, on every tier, and another tenant's rows cannot be written", async () => {
       const tenants = [await tenant('pool'), await tenant('pool'), await tenant('bridge'), await tenant('silo')];
       for (const w of tenants) await appendThrough(t.bh.placements.tenant(w.id, { write: true }), w.id, 4);

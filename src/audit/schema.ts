@@ -25,6 +25,7 @@
  * The only values interpolated are the schema and role names and the partition count, checked here.
  */
 import { TENANT_PREDICATE, checkPartitions, checkRoleName } from '../store/migrations.js';
+import { isPlainIdentifier } from '../ids.js';
 
 /** SQLSTATE of an UPDATE, DELETE or TRUNCATE of audit rows. */
 export const AUDIT_APPEND_ONLY_SQLSTATE = 'BHA01';
@@ -53,12 +54,11 @@ export interface AuditSchemaOptions {
   readonly partitions?: number;
 }
 
-const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 const ZERO_HASH = `'\\x${'00'.repeat(32)}'::bytea`;
 const PLATFORM_PREDICATE = "current_setting('bulkhead.scope', true) = 'platform'";
 
 function checkSchema(schema: string): string {
-  if (!SCHEMA_NAME.test(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  if (!isPlainIdentifier(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
   return schema;
 }
 

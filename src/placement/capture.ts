@@ -1,5 +1,5 @@
 import { BulkheadError, DatabaseError } from '../errors.js';
-import { isUuid } from '../ids.js';
+import { isPlainIdentifier, isUuid } from '../ids.js';
 import type { Statement, StatementResult } from '../store/engine.js';
 import type { Store } from '../store/store.js';
 
@@ -53,7 +53,7 @@ const DDL_ATTEMPTS = 10;
 
 function checkSite(site: CaptureSite, tenantId: string): string {
   if (!isUuid(tenantId)) throw new BulkheadError('INTERNAL', 'change capture needs a validated tenant id');
-  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(site.schema)) throw new BulkheadError('INTERNAL', 'change capture needs a plain schema name');
+  if (!isPlainIdentifier(site.schema)) throw new BulkheadError('INTERNAL', 'change capture needs a plain schema name');
   return tenantId.replace(/-/g, '');
 }
 
@@ -160,17 +160,7 @@ export async function removeCapture(site: CaptureSite, tenantId: string): Promis
  */
 export async function ownerBatch(site: CaptureSite, tenantId: string, statements: readonly Statement[]): Promise<StatementResult[]> {
   checkSite(site, tenantId);
-  const results = await site.store.engine.batch([
-    { text: `SET LOCAL ROLE ${site.store.options.ownerRole}` },
-    {
-      text:
-        "SELECT set_config('bulkhead.tenant_id', $1, true), set_config('bulkhead.scope', 'tenant', true), " +
-        "set_config('search_path', $2, true), set_config('TimeZone', 'UTC', true)",
-      values: [tenantId, site.schema],
-    },
-    ...statements,
-  ]);
-  return results.slice(2);
+  return site.store.asOwnerInTenant(tenantId, statements, { searchPath: site.schema, utc: true });
 }
 
 /** Log entries, in id order: each names a record (`[collection, id]` as JSON text, as `jsonb_build_array` renders it). */

@@ -3,6 +3,7 @@
  * the way Kysely separates its core from a dialect's driver. Core modules never import an
  * engine library; they receive an `Engine`.
  */
+import { isPlainIdentifier } from '../ids.js';
 
 /** One SQL statement with bound parameters. `name` asks the engine to keep it prepared. */
 export interface Statement {
@@ -59,6 +60,6 @@ export interface DatabaseHost {
 
 /** Refuses a database name that is not a plain lower-case identifier (it ends up in DDL or a path). */
 export function checkDatabaseName(name: string): string {
-  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(name)) throw new TypeError('a database name must be a plain lower-case identifier');
+  if (!isPlainIdentifier(name)) throw new TypeError('a database name must be a plain lower-case identifier');
   return name;
 }

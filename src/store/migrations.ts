@@ -15,6 +15,7 @@ import {
   auditPlatformLinkFunctionSql,
   auditSchemaSql,
 } from '../audit/schema.js';
+import { PLAIN_IDENTIFIER, isPlainIdentifier } from '../ids.js';
 
 /** What the migrations are parameterized by. */
 export interface MigrationOptions {
@@ -33,11 +34,10 @@ export interface Migration {
   readonly sql: (o: MigrationOptions) => string;
 }
 
-const ROLE_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 
 /** Refuses anything but a plain lower-case identifier (role names end up in DDL). */
 export function checkRoleName(name: string, what: string): string {
-  if (!ROLE_NAME.test(name)) throw new TypeError(`${what} must match ${ROLE_NAME.source}`);
+  if (!isPlainIdentifier(name)) throw new TypeError(`${what} must match ${PLAIN_IDENTIFIER.source}`);
   return name;
 }
 
@@ -103,8 +103,6 @@ CREATE POLICY tenant_isolation ON ${table} USING (${TENANT_PREDICATE}) WITH CHEC
  */
 export const DATA_TABLES = ['tenant_keys', 'collections', 'collection_versions', 'records', 'unique_values', 'index_values', 'audit_events'] as const;
 
-const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
-
 /**
  * The tenant-data tables in `schema`: one physical layout for every tier. The pool (schema
  * `bulkhead`) hash-partitions the large tables by tenant; a bridge schema holds one tenant and is
@@ -128,7 +126,7 @@ ${auditEventsTableSql({ schema, ...(partitions === undefined ? {} : { partitions
  * both win.
  */
 export function tenantKeysTableSql(schema: string): string {
-  if (!SCHEMA_NAME.test(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  if (!isPlainIdentifier(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
   return `CREATE TABLE ${schema}.tenant_keys (
   tenant_id uuid NOT NULL REFERENCES bulkhead.tenants (id),
   purpose text NOT NULL CHECK (purpose IN ('data', 'index')),
@@ -147,7 +145,7 @@ ${tenantTable(`${schema}.tenant_keys`)}`;
 
 /** The tenant-data tables of the first release, as migration 1 made them (it must never change). */
 function firstDataTablesSql(schema: string, partitions?: number): string {
-  if (!SCHEMA_NAME.test(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  if (!isPlainIdentifier(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
   const s = schema;
   const byTenant = partitions === undefined ? '' : ' PARTITION BY HASH (tenant_id)';
   const parts = (table: string) => (partitions === undefined ? '' : partitioned(table, partitions));
@@ -227,14 +225,14 @@ ${parts('index_values')}
  * the statement timeout.
  */
 export function dataIndexesSql(schema: string): string {
-  if (!SCHEMA_NAME.test(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  if (!isPlainIdentifier(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
   return `CREATE INDEX IF NOT EXISTS unique_values_record ON ${schema}.unique_values (tenant_id, collection, record_id);
 CREATE INDEX IF NOT EXISTS index_values_record ON ${schema}.index_values (tenant_id, collection, record_id);`;
 }
 
 /** The triggers that keep partition and identity keys immutable (SPEC principle 4) on `schema`'s tables. */
 export function dataTriggersSql(schema: string): string {
-  if (!SCHEMA_NAME.test(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  if (!isPlainIdentifier(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
   return `CREATE TRIGGER records_keys_immutable BEFORE UPDATE ON ${schema}.records
   FOR EACH ROW EXECUTE FUNCTION bulkhead.forbid_record_key_change();
 CREATE TRIGGER collections_keys_immutable BEFORE UPDATE ON ${schema}.collections
@@ -258,14 +256,14 @@ ${auditEventsGrantsSql(schema, role)}`;
  * removed by a request; a purge after a move runs as the owner.
  */
 export function tenantKeysGrantsSql(schema: string, role: string): string {
-  if (!SCHEMA_NAME.test(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  if (!isPlainIdentifier(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
   checkRoleName(role, 'the data role');
   return `GRANT SELECT, INSERT, UPDATE ON ${schema}.tenant_keys TO ${role};`;
 }
 
 /** The grants of migration 1 (which must never change). */
 function firstDataGrantsSql(schema: string, role: string): string {
-  if (!SCHEMA_NAME.test(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  if (!isPlainIdentifier(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
   checkRoleName(role, 'the data role');
   return `GRANT USAGE ON SCHEMA ${schema} TO ${role};
 GRANT SELECT, INSERT, UPDATE ON ${schema}.collections TO ${role};

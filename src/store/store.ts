@@ -1,5 +1,5 @@
 import { AuthenticationError, BulkheadError, DatabaseError, WritesPausedError } from '../errors.js';
-import { isUuid } from '../ids.js';
+import { isPlainIdentifier, isUuid } from '../ids.js';
 import { AUDIT_PURGE_SETTING } from '../audit/schema.js';
 import type { Engine, EngineTransaction, Statement, StatementResult } from './engine.js';
 import { DATA_TABLES, MIGRATIONS, WRITE_FENCE_SEED, checkPartitions, checkRoleName, rolesSql, type MigrationOptions } from './migrations.js';
@@ -84,6 +84,16 @@ const WRITE_CONTEXT_SQL = `${CONTEXT_SQL}, pg_advisory_xact_lock_shared(hashtext
  */
 const WRITABLE_SQL =
   'SELECT bulkhead.require_writable_state(t.status, t.placement_epoch, $2::int) FROM (SELECT 1) AS one LEFT JOIN bulkhead.tenants t ON t.id = $1::uuid';
+
+/** Transaction-local settings of owner work in a tenant's context (`Store.asOwnerInTenant`). */
+export interface OwnerSettings {
+  /** The schema unqualified names resolve in. */
+  readonly searchPath?: string;
+  /** Render timestamps in UTC. */
+  readonly utc?: boolean;
+  /** Let the owner delete this tenant's audit rows (`AUDIT_PURGE_SETTING`): purges and retention only. */
+  readonly purgeAudit?: boolean;
+}
 
 /** Options of a tenant scope. */
 export interface TenantScopeOptions {
@@ -193,26 +203,49 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
   }
 
   /**
-   * Deletes every row of one tenant from the data tables in `schema`, as the owner role and still
-   * under RLS in that tenant's context (the owner is subject to the FORCEd policies too), so no
-   * other tenant's row can be touched whatever the statements say. Used once a move has verified
-   * the tenant's copy elsewhere, and by an erasure. The tenant's audit rows are append-only for
-   * everyone else: their trigger lets the owner delete them only in a transaction that names the
-   * tenant in `AUDIT_PURGE_SETTING`, set here for this transaction alone.
+   * Runs `statements` in one transaction as the owner role, in one tenant's context: the owner is
+   * subject to the FORCEd row-level security too, so they see and touch that tenant's rows only,
+   * whatever they say. The request path never comes here; moves, erasure and retention do.
+   * `settings` adds transaction-local settings: the search path, UTC timestamps, and the one
+   * exception to the audit trail's immutability (`purgeAudit`, see `AUDIT_PURGE_SETTING`).
+   * Returns the results of `statements`.
    */
-  async purgeTenant(tenantId: string, schema: string): Promise<Record<string, number>> {
-    if (!isUuid(tenantId)) throw new BulkheadError('INTERNAL', 'a purge needs a validated tenant id');
-    if (!/^[a-z_][a-z0-9_]{0,62}$/.test(schema)) throw new BulkheadError('INTERNAL', 'a purge needs a plain schema name');
-    const tables = [...DATA_TABLES].reverse();
+  async asOwnerInTenant(tenantId: string, statements: readonly Statement[], settings: OwnerSettings = {}): Promise<StatementResult[]> {
+    if (!isUuid(tenantId)) throw new BulkheadError('INTERNAL', 'owner work needs a validated tenant id');
+    if (settings.searchPath !== undefined && !isPlainIdentifier(settings.searchPath)) {
+      throw new BulkheadError('INTERNAL', 'owner work needs a plain schema name');
+    }
+    const configs = ["set_config('bulkhead.tenant_id', $1, true)", "set_config('bulkhead.scope', 'tenant', true)"];
+    const values: unknown[] = [tenantId];
+    if (settings.purgeAudit) configs.push(`set_config('${AUDIT_PURGE_SETTING}', $1, true)`);
+    if (settings.searchPath !== undefined) {
+      values.push(settings.searchPath);
+      configs.push(`set_config('search_path', $${values.length}, true)`);
+    }
+    if (settings.utc) configs.push("set_config('TimeZone', 'UTC', true)");
     const results = await this.engine.batch([
       { text: `SET LOCAL ROLE ${this.options.ownerRole}` },
-      {
-        text: `SELECT set_config('bulkhead.tenant_id', $1, true), set_config('bulkhead.scope', 'tenant', true), set_config('${AUDIT_PURGE_SETTING}', $1, true)`,
-        values: [tenantId],
-      },
-      ...tables.map((t) => ({ text: `DELETE FROM ${schema}.${t} WHERE tenant_id = $1`, values: [tenantId] })),
+      { text: `SELECT ${configs.join(', ')}`, values },
+      ...statements,
     ]);
-    return Object.fromEntries(tables.map((t, i) => [t, results[i + 2]!.rowCount]));
+    return results.slice(2);
+  }
+
+  /**
+   * Deletes every row of one tenant from the data tables in `schema` (`asOwnerInTenant`). Used once
+   * a move has verified the tenant's copy elsewhere, and by an erasure. The tenant's audit rows are
+   * append-only for everyone else: their trigger lets the owner delete them only in a transaction
+   * that names the tenant in `AUDIT_PURGE_SETTING`, set here for this transaction alone.
+   */
+  async purgeTenant(tenantId: string, schema: string): Promise<Record<string, number>> {
+    if (!isPlainIdentifier(schema)) throw new BulkheadError('INTERNAL', 'a purge needs a plain schema name');
+    const tables = [...DATA_TABLES].reverse();
+    const results = await this.asOwnerInTenant(
+      tenantId,
+      tables.map((t) => ({ text: `DELETE FROM ${schema}.${t} WHERE tenant_id = $1`, values: [tenantId] })),
+      { purgeAudit: true },
+    );
+    return Object.fromEntries(tables.map((t, i) => [t, results[i]!.rowCount]));
   }
 
   /**
@@ -221,18 +254,14 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
    * that seq first, so the rest of the chain still verifies. Returns the rows removed.
    */
   async pruneAudit(tenantId: string, schema: string, throughSeq: number): Promise<number> {
-    if (!isUuid(tenantId)) throw new BulkheadError('INTERNAL', 'pruning needs a validated tenant id');
-    if (!/^[a-z_][a-z0-9_]{0,62}$/.test(schema)) throw new BulkheadError('INTERNAL', 'pruning needs a plain schema name');
+    if (!isPlainIdentifier(schema)) throw new BulkheadError('INTERNAL', 'pruning needs a plain schema name');
     if (!Number.isSafeInteger(throughSeq) || throughSeq < 1) throw new BulkheadError('INTERNAL', 'pruning needs a seq from 1');
-    const results = await this.engine.batch([
-      { text: `SET LOCAL ROLE ${this.options.ownerRole}` },
-      {
-        text: `SELECT set_config('bulkhead.tenant_id', $1, true), set_config('bulkhead.scope', 'tenant', true), set_config('${AUDIT_PURGE_SETTING}', $1, true)`,
-        values: [tenantId],
-      },
-      { text: `DELETE FROM ${schema}.audit_events WHERE tenant_id = $1 AND seq <= $2`, values: [tenantId, throughSeq] },
-    ]);
-    return results[2]!.rowCount;
+    const [r] = await this.asOwnerInTenant(
+      tenantId,
+      [{ text: `DELETE FROM ${schema}.audit_events WHERE tenant_id = $1 AND seq <= $2`, values: [tenantId, throughSeq] }],
+      { purgeAudit: true },
+    );
+    return r!.rowCount;
   }
 
   /**
