@@ -784,34 +784,23 @@ REVOKE ALL ON FUNCTION bulkhead.capture_record_change(), bulkhead.capture_value_
   {
     version: 11,
     name: 'audit link check planned by its key',
-    sql: (o) => {
-      const owner = checkRoleName(o.ownerRole, 'the owner role');
-      return `
+    sql: (o) => `
 -- The audit tables' link check looks up the row before the one inserted. Its plan is made once
 -- per connection and kept; made while a partition was a page or two it was a sequential scan,
 -- which stayed the plan as the partition grew, so every append read its whole partition. The
 -- check now plans that lookup with sequential scans off (src/audit/schema.ts, linkCheckBody).
-${auditEventsLinkFunctionSql('bulkhead')}
-${auditPlatformLinkFunctionSql('bulkhead')}
-
--- Every bridge schema's chain table has the same check: this deployment's bridge schemas, found
--- as migration 8 found them.
-DO $bridges$
-DECLARE
-  s text;
-BEGIN
-  FOR s IN
-    SELECT n.nspname::text FROM pg_namespace n
-    WHERE n.nspname ~ '^tenant_[0-9a-f]{32}$' AND n.nspowner = '${owner}'::regrole
-      AND to_regclass(n.nspname || '.audit_events') IS NOT NULL
-    ORDER BY 1
-  LOOP
-    EXECUTE replace($ddl$${auditEventsLinkFunctionSql(SCHEMA_PLACEHOLDER)}$ddl$, '${SCHEMA_PLACEHOLDER}', s);
-  END LOOP;
-END
-$bridges$;
-`;
-    },
+${linkChecksSql(o)}`,
+  },
+  {
+    version: 12,
+    name: 'audit link check by its whole key under row-level security',
+    sql: (o) => `
+-- The link check's lookup compared seq with an expression (NEW.seq - 1) that is not leakproof, so
+-- under the tables' row-level security it could not be an index condition: the lookup read every
+-- row of the tenant's chain through the index and filtered them, and an append cost time in
+-- proportion to the chain's length. The check now looks up a variable (src/audit/schema.ts,
+-- linkCheckBody), and the primary key finds the row.
+${linkChecksSql(o)}`,
   },
 ];
 
@@ -838,6 +827,35 @@ BEGIN
   RETURN NULL;
 END
 $fn$;`;
+}
+
+/**
+ * The audit link checks as they are now (src/audit/schema.ts), replaced in the pool's schema (the
+ * tenant and platform tables) and in every bridge schema of the deployment, found as migration 8
+ * found them. Migrations that change the check run it.
+ */
+function linkChecksSql(o: MigrationOptions): string {
+  const owner = checkRoleName(o.ownerRole, 'the owner role');
+  return `${auditEventsLinkFunctionSql('bulkhead')}
+${auditPlatformLinkFunctionSql('bulkhead')}
+
+-- Every bridge schema's chain table has the same check: this deployment's bridge schemas, found
+-- as migration 8 found them.
+DO $bridges$
+DECLARE
+  s text;
+BEGIN
+  FOR s IN
+    SELECT n.nspname::text FROM pg_namespace n
+    WHERE n.nspname ~ '^tenant_[0-9a-f]{32}$' AND n.nspowner = '${owner}'::regrole
+      AND to_regclass(n.nspname || '.audit_events') IS NOT NULL
+    ORDER BY 1
+  LOOP
+    EXECUTE replace($ddl$${auditEventsLinkFunctionSql(SCHEMA_PLACEHOLDER)}$ddl$, '${SCHEMA_PLACEHOLDER}', s);
+  END LOOP;
+END
+$bridges$;
+`;
 }
 
 /** Stand-ins for a schema and a role name in DDL that a migration fills in per schema (valid names themselves, never used as such). */
