@@ -38,7 +38,7 @@ import { ChainLinker, verifyChain, verifyEncodedChain, type Anchor, type Encoded
 import { CheckpointSigner, checkpointKeys, verifyCheckpoint } from '../src/audit/checkpoint.js';
 import { createAuditEvent, queryFingerprint, type AuditEvent, type AuditEventInput } from '../src/audit/event.js';
 import { Bulkhead } from '../src/bulkhead.js';
-import { loadConfig } from '../src/config.js';
+import { DEFAULT_POOL_SIZE, loadConfig } from '../src/config.js';
 import { uuidv7 } from '../src/ids.js';
 import { Cleanup, cpuDelta, describeServer, snapshot, type Server } from './isolation.bench.js';
 import { benchAdminUrl, benchLog, createDeployment, fmtInt, fmtMs, mean, percentile, positiveInt } from './support.js';
@@ -71,7 +71,7 @@ const TARGET_VERIFY = 100_000;
 const TARGET_APPEND = 5_000;
 const CHECKPOINT_EVERY = 1000;
 /** The product's defaults, so the numbers are those of a default deployment. */
-const POOL_SIZE = 10;
+const POOL_SIZE = DEFAULT_POOL_SIZE;
 const PARTITIONS = 16;
 const SETUP_CONCURRENCY = 8;
 

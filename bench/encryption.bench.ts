@@ -18,7 +18,7 @@ import { isDeepStrictEqual, parseArgs } from 'node:util';
 import autocannon, { type AutocannonRequest, type AutocannonResult } from 'autocannon';
 import pg from 'pg';
 import { Bulkhead } from '../src/bulkhead.js';
-import { loadConfig } from '../src/config.js';
+import { DEFAULT_POOL_SIZE, loadConfig } from '../src/config.js';
 import { Cleanup, call, cpuDelta, describeServer, snapshot, startServer, toMeasurement, type Measurement, type Server } from './isolation.bench.js';
 import { benchAdminUrl, benchLog, createDeployment, eachLimit, fmtInt, fmtMs, mean, percentile, positiveInt, vacuumAnalyze } from './support.js';
 
@@ -39,7 +39,7 @@ Environment: BULKHEAD_BENCH_DATABASE_URL, a superuser URL of a PostgreSQL 15+ se
 
 /** Issue 4: API throughput with encrypted fields at least this share of the same API with them public. */
 const TARGET_RATIO = 0.85;
-const POOL_SIZE = 10;
+const POOL_SIZE = DEFAULT_POOL_SIZE;
 const PARTITIONS = 16;
 const SETUP_CONCURRENCY = 8;
 

@@ -23,6 +23,7 @@ import autocannon, { type AutocannonRequest, type AutocannonResult } from 'autoc
 import pg from 'pg';
 import { COLLECTION, createBenchDatabase, loadDataset, recordFields, type Dataset } from './dataset.js';
 import { benchAdminUrl, benchLog, fmtInt, mean, positiveInt } from './support.js';
+import { DEFAULT_POOL_SIZE } from '../src/config.js';
 
 const HELP = `Usage: npm run bench -- [options]
 
@@ -48,7 +49,7 @@ Environment: BULKHEAD_BENCH_DATABASE_URL, a superuser URL of a PostgreSQL 15+ se
 const TARGET_READ_RATIO = 0.85;
 const TARGET_READS_PER_SECOND = 2_000;
 /** Both servers get a pool of this size (the product's default). */
-const POOL_SIZE = 10;
+const POOL_SIZE = DEFAULT_POOL_SIZE;
 const PARTITIONS = 16;
 /** Linux USER_HZ: /proc reports CPU time in these ticks. */
 const CLOCK_TICKS = 100;

@@ -21,7 +21,7 @@ import { isDeepStrictEqual, parseArgs } from 'node:util';
 import pg from 'pg';
 import { generateOperatorToken } from '../src/access/operator-tokens.js';
 import { Bulkhead } from '../src/bulkhead.js';
-import { loadConfig } from '../src/config.js';
+import { DEFAULT_POOL_SIZE, loadConfig } from '../src/config.js';
 import type { TierName } from '../src/placement/tier.js';
 import { COLLECTION, DEFINITION, createBenchDatabase, recordFields, type BenchDatabase, type Dataset } from './dataset.js';
 import { Cleanup, call, cpuDelta, describeServer, load, prime, snapshot, startServer, toMeasurement, type Measurement, type Server } from './isolation.bench.js';
@@ -35,6 +35,7 @@ const HELP = `Usage: node --import tsx bench/tiers.bench.ts [options]
   --duration S       seconds of each measured read run (default 10; --quick: 3)
   --warmup S         seconds of discarded load before each measured run (default 2; --quick: 1)
   --connections N    concurrent HTTP connections of the load generator (default 20)
+  --pool-size N      PostgreSQL connections of each server (BULKHEAD_POOL_SIZE; default: the product's, twice the CPUs, at least 4)
   --rounds N         measured runs per tier, interleaved A-B-B-A (default 2; --quick: 1)
   --max-minutes M    stop, clean up and exit 124 after M minutes (default 30)
   --quick            fewer tenants and short runs: a smoke check, not a measurement
@@ -47,8 +48,8 @@ Environment: BULKHEAD_BENCH_DATABASE_URL, a superuser URL of a PostgreSQL 15+ se
 const TARGET_BRIDGE_TENANTS = 1_000;
 const TARGET_BRIDGE_SECONDS = 60;
 const TARGET_READ_FACTOR = 1.3;
-/** As in the isolation benchmark: the product's default pool, and its partition count. */
-const POOL_SIZE = 10;
+/** As in the isolation benchmark: the product's default pool (unless --pool-size), and its partition count. */
+const POOL_SIZE = DEFAULT_POOL_SIZE;
 const PARTITIONS = 16;
 /** Records and tokens are made this many at a time (setup only, not measured). */
 const SETUP_CONCURRENCY = 8;
@@ -61,6 +62,7 @@ interface Options {
   readonly duration: number;
   readonly warmup: number;
   readonly connections: number;
+  readonly poolSize: number;
   readonly rounds: number;
   readonly maxMinutes: number;
   readonly quick: boolean;
@@ -75,6 +77,7 @@ function parseOptions(): Options {
       duration: { type: 'string' },
       warmup: { type: 'string' },
       connections: { type: 'string' },
+      'pool-size': { type: 'string' },
       rounds: { type: 'string' },
       'max-minutes': { type: 'string' },
       quick: { type: 'boolean', default: false },
@@ -96,6 +99,7 @@ function parseOptions(): Options {
     duration: positiveInt(values.duration, quick ? 3 : 10, 'duration'),
     warmup: positiveInt(values.warmup, quick ? 1 : 2, 'warmup', 0),
     connections: positiveInt(values.connections, 20, 'connections'),
+    poolSize: positiveInt(values['pool-size'], POOL_SIZE, 'pool-size'),
     rounds: positiveInt(values.rounds, quick ? 1 : 2, 'rounds'),
     maxMinutes: positiveInt(values['max-minutes'], 30, 'max-minutes'),
     quick,
@@ -108,7 +112,7 @@ const log = benchLog('tiers');
  * A throw-away database; its `drop` also removes what Bulkhead made around it on the server (silo
  * databases, per-tenant roles: `dropDeploymentObjects` in test/support/deployment.ts).
  */
-async function createDeployment(adminUrl: string, cleanup: Cleanup): Promise<{ db: BenchDatabase; env: Record<string, string> }> {
+async function createDeployment(adminUrl: string, poolSize: number, cleanup: Cleanup): Promise<{ db: BenchDatabase; env: Record<string, string> }> {
   const db = await createBenchDatabase(adminUrl);
   cleanup.add(() => dropDeployment(adminUrl, db));
   const env: Record<string, string> = {
@@ -119,7 +123,7 @@ async function createDeployment(adminUrl: string, cleanup: Cleanup): Promise<{ d
     BULKHEAD_OWNER_ROLE: db.ownerRole,
     BULKHEAD_APP_ROLE: db.appRole,
     BULKHEAD_PARTITIONS: String(PARTITIONS),
-    BULKHEAD_POOL_SIZE: String(POOL_SIZE),
+    BULKHEAD_POOL_SIZE: String(poolSize),
     BULKHEAD_JWT_SECRET: randomBytes(32).toString('base64url'),
     BULKHEAD_LOG_LEVEL: 'silent',
   };
@@ -252,15 +256,15 @@ async function main(options: Options, cleanup: Cleanup): Promise<void> {
     `${await describeServer(options.adminUrl)}, Node ${process.version}, ${availableParallelism()} CPUs\n` +
     `provisioning: ${fmtInt(n)} pool and ${fmtInt(n)} bridge tenants (interleaved), then ${options.silos} silo tenants, ` +
     `one at a time through Bulkhead.tenants.create\n` +
-    `reads: ${fmtInt(n)} tenants per tier, ${options.records} records each, one database per tier, ${PARTITIONS} partitions, pg pool of ${POOL_SIZE}; ` +
+    `reads: ${fmtInt(n)} tenants per tier, ${options.records} records each, one database per tier, ${PARTITIONS} partitions, pg pool of ${options.poolSize}; ` +
     `autocannon ${options.connections} connections, ${options.duration} s runs after ${options.warmup} s warm-up, ${options.rounds} round(s) per tier, A-B-B-A` +
     (options.quick ? '  [--quick: smoke check, not a measurement]' : '');
   log(header.replace(/\n/g, ' | '));
 
   // 1. Provisioning. Pool and bridge each get a deployment of their own, so each ends up at exactly n tenants.
-  const pool = await createDeployment(options.adminUrl, cleanup);
-  const bridge = await createDeployment(options.adminUrl, cleanup);
-  const silo = await createDeployment(options.adminUrl, cleanup);
+  const pool = await createDeployment(options.adminUrl, options.poolSize, cleanup);
+  const bridge = await createDeployment(options.adminUrl, options.poolSize, cleanup);
+  const silo = await createDeployment(options.adminUrl, options.poolSize, cleanup);
   const bhPool = await Bulkhead.open(loadConfig({}, pool.env));
   const closePool = once(() => bhPool.close());
   cleanup.add(closePool);

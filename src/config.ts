@@ -1,4 +1,5 @@
 import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
+import { availableParallelism } from 'node:os';
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
@@ -107,6 +108,16 @@ export interface ConfigFlags {
   readonly tlsKey?: string;
 }
 
+/**
+ * The default number of PostgreSQL connections per database: twice the CPUs, at least 4 and at
+ * most 32. Each connection keeps its own plans and catalog caches for every schema it serves, so
+ * connections beyond what the CPUs can keep busy only make each bridge schema's first-use costs
+ * more frequent (PostgreSQL plans a statement per connection): at 1,000 bridge tenants on 2 CPUs,
+ * 4 connections read 2.3 times as fast as 10, and the pool tier lost nothing (bench/README.md,
+ * "Fewer connections"). A database on other hardware than Bulkhead sets `BULKHEAD_POOL_SIZE`.
+ */
+export const DEFAULT_POOL_SIZE = Math.min(32, Math.max(4, 2 * availableParallelism()));
+
 const DEFAULTS = {
   port: 8080,
   host: '127.0.0.1',
@@ -118,7 +129,7 @@ const DEFAULTS = {
   ownerRole: 'bulkhead_owner',
   appRole: 'bulkhead_app',
   bodyLimit: 1024 * 1024,
-  poolSize: 10,
+  poolSize: DEFAULT_POOL_SIZE,
   moveBatchSize: 2000,
   placementCacheMs: 5000,
   keyCacheMs: 300_000,

@@ -6,7 +6,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { loadConfig, readTlsCredentials, resolveJwtSecret, type Config } from '../src/config.js';
@@ -42,8 +42,9 @@ describe('config', () => {
   });
 
   describe('loadConfig', () => {
-    it('defaults: port 8080, host 127.0.0.1, data dir ./.bulkhead resolved, 16 partitions, the embedded store', () => {
+    it('defaults: port 8080, host 127.0.0.1, data dir ./.bulkhead resolved, 16 partitions, the embedded store, twice the CPUs in connections', () => {
       const c = loadConfig({}, {});
+      assert.equal(c.poolSize, Math.min(32, Math.max(4, 2 * availableParallelism())));
       assert.equal(c.port, 8080);
       assert.equal(c.host, '127.0.0.1');
       assert.equal(c.dataDir, resolve('./.bulkhead'));
