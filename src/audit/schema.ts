@@ -76,12 +76,12 @@ function checkSchema(schema: string): string {
  * - it asks for the last row up to seq - 1 in seq order (`seq <= before_seq ORDER BY seq DESC
  *   LIMIT 1`), which only the primary key serves without a sort. Asked for seq = seq - 1 alone, a
  *   table the statistics called tiny priced the `(tenant_id, time)` index the same, and its plan
- *   found the tenant's rows by the tenant and filtered every one of them by seq: an append cost
- *   time in proportion to its chain's length (seen with auto_explain in bench:audit-reads, about
- *   200 µs of PostgreSQL time per event at 300 events per chain; migration 12);
- * - it compares seq with a variable, not an expression: under a per-row policy (the joint pool
- *   write's) a condition whose operator is not leakproof (bigint minus integer may raise) cannot
- *   become an index condition.
+ *   found the tenant's rows by the tenant and filtered every one of them by seq: an append read
+ *   its whole chain until the next ANALYZE (seen with auto_explain in bench:audit-reads; migration
+ *   12);
+ * - it compares seq with a variable, not an expression: under a policy evaluated per row, a
+ *   condition whose operator is not leakproof (bigint minus integer may raise) cannot become an
+ *   index condition.
  */
 function linkCheckBody(lookup: string, tenantCheck: string): string {
   return `DECLARE

@@ -34,7 +34,6 @@ export interface Migration {
   readonly sql: (o: MigrationOptions) => string;
 }
 
-
 /** Refuses anything but a plain lower-case identifier (role names end up in DDL). */
 export function checkRoleName(name: string, what: string): string {
   if (!isPlainIdentifier(name)) throw new TypeError(`${what} must match ${PLAIN_IDENTIFIER.source}`);
@@ -793,13 +792,13 @@ ${linkChecksSql(o)}`,
   },
   {
     version: 12,
-    name: 'audit link check by its whole key under row-level security',
+    name: 'audit link check by its whole key',
     sql: (o) => `
--- The link check's lookup compared seq with an expression (NEW.seq - 1) that is not leakproof, so
--- under the tables' row-level security it could not be an index condition: the lookup read every
--- row of the tenant's chain through the index and filtered them, and an append cost time in
--- proportion to the chain's length. The check now looks up a variable (src/audit/schema.ts,
--- linkCheckBody), and the primary key finds the row.
+-- The link check's lookup asked for seq = NEW.seq - 1. Planned while the table was tiny (the plan
+-- is kept per connection), the (tenant_id, time) index cost the same as the primary key, and the
+-- kept plan found the tenant's rows by the tenant alone and filtered every one by seq: an append
+-- read its whole chain. The check now asks for the last row up to seq - 1 in seq order, which only
+-- the primary key serves without a sort (src/audit/schema.ts, linkCheckBody).
 ${linkChecksSql(o)}`,
   },
 ];
