@@ -354,6 +354,8 @@ async function main(options: Options, cleanup: Cleanup): Promise<void> {
     log(`  ${tier}: first request of each of the ${fmtInt(n)} tenants (4 at a time) ${s.primeSeconds.toFixed(1)} s`);
   }
   const runs: ReadRun[] = [];
+  /** Mean private memory of each tier's backends, after its last measured run. */
+  const memory = new Map<TierName, number>();
   for (let round = 0; round < options.rounds; round++) {
     const order = round % 2 === 0 ? (['pool', 'bridge'] as const) : (['bridge', 'pool'] as const);
     for (const tier of order) {
@@ -371,6 +373,9 @@ async function main(options: Options, cleanup: Cleanup): Promise<void> {
         p99: percentile(latencies, 99),
       };
       runs.push({ tier, m });
+      // Right after the tier's own run: its idle connections close after a while (the pool's idle
+      // timeout), and a backend opened later has not served the tenants yet.
+      memory.set(tier, await backendMemoryMb(stats));
       log(
         `  read ${tier.padEnd(6)} round ${round + 1}: ${fmtInt(m.reqPerSec)} req/s, p50 ${fmtMs(m.p50)} ms, p99 ${fmtMs(m.p99)} ms, ${m.transactions.toFixed(2)} db tx/req, ` +
           `CPU µs/req server ${Math.round(m.cpu.server)} + db ${Math.round(m.cpu.db)} + loadgen ${Math.round(m.cpu.loadgen)}, other CPU ${(100 * m.other).toFixed(0)}%` +
@@ -378,8 +383,6 @@ async function main(options: Options, cleanup: Cleanup): Promise<void> {
       );
     }
   }
-  const memory = new Map<TierName, number>();
-  for (const [tier, s] of servers) memory.set(tier, await backendMemoryMb(s.stats));
 
   report(options, header, provisioning, shape, servers, memory, runs, (performance.now() - started) / 1000);
 }
@@ -466,7 +469,7 @@ function report(
     const s = shape.get(tier)!;
     lines.push(
       `  ${tier.padEnd(7)} first request of each tenant ${servers.get(tier)!.primeSeconds.toFixed(1)} s; database ${s.relations} relations, ` +
-        `${s.schemas} tenant schemas, ${s.mb.toFixed(0)} MB; PostgreSQL backend private memory after the runs ${memory.get(tier)!.toFixed(1)} MB each`,
+        `${s.schemas} tenant schemas, ${s.mb.toFixed(0)} MB; PostgreSQL backend private memory after its last run ${memory.get(tier)!.toFixed(1)} MB each`,
     );
   }
   const loads = runs.map((r) => r.m.load);
