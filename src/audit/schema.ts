@@ -24,8 +24,7 @@
  *
  * The only values interpolated are the schema and role names and the partition count, checked here.
  */
-import { TENANT_PREDICATE, checkPartitions, checkRoleName } from '../store/migrations.js';
-import { isPlainIdentifier } from '../ids.js';
+import { TENANT_PREDICATE, checkPartitions, checkRoleName, checkSchemaName } from '../store/migrations.js';
 
 /** SQLSTATE of an UPDATE, DELETE or TRUNCATE of audit rows. */
 export const AUDIT_APPEND_ONLY_SQLSTATE = 'BHA01';
@@ -56,11 +55,6 @@ export interface AuditSchemaOptions {
 
 const ZERO_HASH = `'\\x${'00'.repeat(32)}'::bytea`;
 const PLATFORM_PREDICATE = "current_setting('bulkhead.scope', true) = 'platform'";
-
-function checkSchema(schema: string): string {
-  if (!isPlainIdentifier(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
-  return schema;
-}
 
 /**
  * The BEFORE INSERT check shared by both tables. `lookup` reads the chain's last row up to seq
@@ -122,7 +116,7 @@ function lookupSql(table: string, where: string): string {
  * role, under its RLS context: the row before is the same tenant's.
  */
 export function auditEventsLinkFunctionSql(schemaName: string): string {
-  const s = checkSchema(schemaName);
+  const s = checkSchemaName(schemaName);
   return `CREATE OR REPLACE FUNCTION ${s}.audit_events_check_link() RETURNS trigger LANGUAGE plpgsql AS $fn$
 ${linkCheckBody(lookupSql(`${s}.${AUDIT_EVENTS_TABLE}`, 'e.tenant_id = NEW.tenant_id AND '), "NEW.event->>'tenantId' IS DISTINCT FROM NEW.tenant_id::text")}
 $fn$;
@@ -131,7 +125,7 @@ REVOKE ALL ON FUNCTION ${s}.audit_events_check_link() FROM PUBLIC;`;
 
 /** The link check of the platform table of `schema` (created or replaced). */
 export function auditPlatformLinkFunctionSql(schemaName: string): string {
-  const s = checkSchema(schemaName);
+  const s = checkSchemaName(schemaName);
   return `CREATE OR REPLACE FUNCTION ${s}.audit_platform_events_check_link() RETURNS trigger LANGUAGE plpgsql AS $fn$
 ${linkCheckBody(lookupSql(`${s}.${AUDIT_PLATFORM_TABLE}`, ''), "NEW.event->'tenantId' IS DISTINCT FROM 'null'::jsonb")}
 $fn$;
@@ -154,7 +148,7 @@ CREATE TRIGGER ${name}_no_truncate BEFORE TRUNCATE ON ${table}
  * DELETE) alike raise BHA01 with a message naming the operation and the table.
  */
 export function auditFunctionsSql(schemaName: string): string {
-  const s = checkSchema(schemaName);
+  const s = checkSchemaName(schemaName);
   return `CREATE FUNCTION ${s}.audit_forbid_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
   RAISE EXCEPTION 'audit rows are append-only: % on %.% is not allowed', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
@@ -172,7 +166,7 @@ REVOKE ALL ON FUNCTION ${s}.audit_forbid_change() FROM PUBLIC;`;
  * (a bridge schema made by a migration, whose role may be gone) the caller grants.
  */
 export function auditEventsTableSql(options: Omit<AuditSchemaOptions, 'appRole'> & { readonly appRole?: string }): string {
-  const s = checkSchema(options.schema);
+  const s = checkSchemaName(options.schema);
   const app = options.appRole === undefined ? undefined : checkRoleName(options.appRole, 'the application role');
   const partitions = options.partitions === undefined ? undefined : checkPartitions(options.partitions);
   const table = `${s}.${AUDIT_EVENTS_TABLE}`;
@@ -232,14 +226,14 @@ ${app === undefined ? '' : `GRANT USAGE ON SCHEMA ${s} TO ${app};\n${auditEvents
  * UPDATE, no DELETE, no TRUNCATE (the triggers refuse them anyway), no privilege on a partition.
  */
 export function auditEventsGrantsSql(schema: string, role: string): string {
-  const s = checkSchema(schema);
+  const s = checkSchemaName(schema);
   checkRoleName(role, 'the audit role');
   return `GRANT SELECT, INSERT ON ${s}.${AUDIT_EVENTS_TABLE} TO ${role};`;
 }
 
 /** The platform chain's table in `schema`: platform scope only, INSERT and SELECT for the application role, no exception for anyone. */
 export function auditPlatformTableSql(options: Omit<AuditSchemaOptions, 'partitions'>): string {
-  const s = checkSchema(options.schema);
+  const s = checkSchemaName(options.schema);
   const app = checkRoleName(options.appRole, 'the application role');
   const table = `${s}.${AUDIT_PLATFORM_TABLE}`;
   return `CREATE TABLE ${table} (

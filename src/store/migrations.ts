@@ -34,6 +34,12 @@ export interface Migration {
   readonly sql: (o: MigrationOptions) => string;
 }
 
+/** Refuses a schema name that is not a plain lower-case identifier (schema names end up in DDL). */
+export function checkSchemaName(schema: string): string {
+  if (!isPlainIdentifier(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  return schema;
+}
+
 /** Refuses anything but a plain lower-case identifier (role names end up in DDL). */
 export function checkRoleName(name: string, what: string): string {
   if (!isPlainIdentifier(name)) throw new TypeError(`${what} must match ${PLAIN_IDENTIFIER.source}`);
@@ -125,7 +131,7 @@ ${auditEventsTableSql({ schema, ...(partitions === undefined ? {} : { partitions
  * both win.
  */
 export function tenantKeysTableSql(schema: string): string {
-  if (!isPlainIdentifier(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  checkSchemaName(schema);
   return `CREATE TABLE ${schema}.tenant_keys (
   tenant_id uuid NOT NULL REFERENCES bulkhead.tenants (id),
   purpose text NOT NULL CHECK (purpose IN ('data', 'index')),
@@ -144,7 +150,7 @@ ${tenantTable(`${schema}.tenant_keys`)}`;
 
 /** The tenant-data tables of the first release, as migration 1 made them (it must never change). */
 function firstDataTablesSql(schema: string, partitions?: number): string {
-  if (!isPlainIdentifier(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  checkSchemaName(schema);
   const s = schema;
   const byTenant = partitions === undefined ? '' : ' PARTITION BY HASH (tenant_id)';
   const parts = (table: string) => (partitions === undefined ? '' : partitioned(table, partitions));
@@ -224,14 +230,14 @@ ${parts('index_values')}
  * the statement timeout.
  */
 export function dataIndexesSql(schema: string): string {
-  if (!isPlainIdentifier(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  checkSchemaName(schema);
   return `CREATE INDEX IF NOT EXISTS unique_values_record ON ${schema}.unique_values (tenant_id, collection, record_id);
 CREATE INDEX IF NOT EXISTS index_values_record ON ${schema}.index_values (tenant_id, collection, record_id);`;
 }
 
 /** The triggers that keep partition and identity keys immutable (SPEC principle 4) on `schema`'s tables. */
 export function dataTriggersSql(schema: string): string {
-  if (!isPlainIdentifier(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  checkSchemaName(schema);
   return `CREATE TRIGGER records_keys_immutable BEFORE UPDATE ON ${schema}.records
   FOR EACH ROW EXECUTE FUNCTION bulkhead.forbid_record_key_change();
 CREATE TRIGGER collections_keys_immutable BEFORE UPDATE ON ${schema}.collections
@@ -255,14 +261,14 @@ ${auditEventsGrantsSql(schema, role)}`;
  * removed by a request; a purge after a move runs as the owner.
  */
 export function tenantKeysGrantsSql(schema: string, role: string): string {
-  if (!isPlainIdentifier(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  checkSchemaName(schema);
   checkRoleName(role, 'the data role');
   return `GRANT SELECT, INSERT, UPDATE ON ${schema}.tenant_keys TO ${role};`;
 }
 
 /** The grants of migration 1 (which must never change). */
 function firstDataGrantsSql(schema: string, role: string): string {
-  if (!isPlainIdentifier(schema)) throw new TypeError('a schema name must be a plain lower-case identifier');
+  checkSchemaName(schema);
   checkRoleName(role, 'the data role');
   return `GRANT USAGE ON SCHEMA ${schema} TO ${role};
 GRANT SELECT, INSERT, UPDATE ON ${schema}.collections TO ${role};
