@@ -15,7 +15,7 @@ import { AuditLog } from '../src/audit/log.js';
 import { ChainLinker } from '../src/audit/chain.js';
 import { createAuditEvent, type AuditEvent } from '../src/audit/event.js';
 import { DatabaseError } from '../src/errors.js';
-import type { Engine, Statement } from '../src/store/engine.js';
+import { SESSION_SEARCH_PATH, type Engine, type Statement } from '../src/store/engine.js';
 import { uuidv7 } from '../src/ids.js';
 import { BACKENDS, createTenant, openTestBulkhead, type TestBulkhead } from './support/backends.js';
 
@@ -152,6 +152,49 @@ for (const kind of BACKENDS) {
       // The log remembers heads it wrote itself; these rows were not: its next commit reads again.
       await Promise.all([t.bh.audit.record(readEvent(a!.id, 902)), t.bh.audit.record(readEvent(b!.id, 903))]);
       assert.equal((await head(a!.id)).seq, headA.seq + 2);
+    });
+
+    it('starts every part of a joint batch under the session’s search path, whatever the part before it set', async () => {
+      // PostgreSQL plans a prepared statement again whenever it runs under another search path than
+      // it was planned under: a bridge part that left its schema's path behind made the next part's
+      // context and check be planned again at every joint commit.
+      const [a, b] = tenants.filter((x) => x.tier === 'bridge');
+      const [p] = tenants.filter((x) => x.tier === 'pool');
+      const store = t.bh.placements.cells.control.store;
+      const scope = async (id: string) => {
+        const placed = (await t.bh.placements.resolve(id))!;
+        const cell = t.bh.placements.cells.get(placed.cell);
+        return (await t.bh.placements.tiers[placed.tier].scope(cell, id, placed.location, {})).joinable!;
+      };
+      const path: Statement = { text: "SELECT replace(current_setting('search_path'), ' ', '') AS path" };
+      const sent: Statement[][] = [];
+      const batch = store.engine.batch.bind(store.engine);
+      store.engine.batch = (statements) => (sent.push([...statements]), batch(statements));
+      let results;
+      try {
+        results = await store.batchAcross([
+          { scope: await scope(a!.id), statements: [path] },
+          { scope: await scope(p!.id), statements: [path] },
+          { scope: await scope(b!.id), statements: [path] },
+        ]);
+      } finally {
+        store.engine.batch = batch;
+      }
+      // Each part's own statements run under its own tier's path.
+      const placed = async (id: string) => (await t.bh.placements.resolve(id))!.location;
+      assert.deepEqual(
+        results.map((r) => r[0]!.rows[0]!.path),
+        [await placed(a!.id), SESSION_SEARCH_PATH, await placed(b!.id)],
+      );
+      // Where each part's context starts, the path in force is the session's: asked of the
+      // database by running the joint batch up to that point, then asking.
+      const [joint] = sent;
+      const starts = joint!.flatMap((s, i) => (s.name === 'bh_ctx' || s.name === 'bh_ctx_write' ? [i] : []));
+      assert.equal(starts.length, 3, 'three parts, each after its own context');
+      for (const start of starts) {
+        const upTo = await store.engine.batch([...joint!.slice(0, start), path]);
+        assert.equal(upTo.at(-1)!.rows[0]!.path, SESSION_SEARCH_PATH, `the path where the part at statement ${start} starts`);
+      }
     });
 
     it('holds back only the paused tenant’s events while a switch pauses its writes', async () => {

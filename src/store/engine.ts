@@ -5,6 +5,14 @@
  */
 import { isPlainIdentifier } from '../ids.js';
 
+/**
+ * The search path every session of an engine starts with: the pool's schema, where the migrations
+ * create the data tables first. Named statements are parsed outside any batch, so the unqualified
+ * table names of tenant statements must resolve there; a batch of a tenant outside the pool sets
+ * its own schema's path for its transaction only.
+ */
+export const SESSION_SEARCH_PATH = 'bulkhead,public';
+
 /** One SQL statement with bound parameters. `name` asks the engine to keep it prepared. */
 export interface Statement {
   readonly text: string;

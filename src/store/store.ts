@@ -1,7 +1,7 @@
 import { AuthenticationError, BulkheadError, DatabaseError, WritesPausedError } from '../errors.js';
 import { isPlainIdentifier, isUuid } from '../ids.js';
 import { AUDIT_PURGE_SETTING } from '../audit/schema.js';
-import type { Engine, EngineTransaction, Statement, StatementResult } from './engine.js';
+import { SESSION_SEARCH_PATH, type Engine, type EngineTransaction, type Statement, type StatementResult } from './engine.js';
 import { DATA_TABLES, MIGRATIONS, WRITE_FENCE_SEED, checkPartitions, checkRoleName, rolesSql, type MigrationOptions } from './migrations.js';
 
 /** Options of a store. */
@@ -35,6 +35,11 @@ export interface Joinable {
   prefixed(statements: readonly Statement[]): { readonly statements: readonly Statement[]; readonly skip: number };
   /** Whether the scope points the search path away from the pool's schema. */
   readonly movesSearchPath: boolean;
+  /**
+   * What puts the session's search path back after this part (nothing when it never moved it), so
+   * that the next part's context and check run under the path their plans were made under.
+   */
+  readonly leave: readonly Statement[];
 }
 
 /**
@@ -269,8 +274,12 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
    * context and check, as its own batch would run them: the tenant context is set again for each
    * part, so each part's statements still see only their own tenant. It serves the audit log's
    * group commit, which appends to many tenants' chains at once (docs/audit.md, "Writing"). Parts
-   * that keep the pool's search path run first, so none inherits another part's. Any failure rolls
-   * the whole transaction back. Returns each part's results, in the order given.
+   * that keep the pool's search path run first, so none inherits another part's, and a part that
+   * moved the path puts it back before the next part: PostgreSQL analyzes and plans a prepared
+   * statement again whenever it runs under another search path than it was planned under, so the
+   * next bridge tenant's context and check would otherwise be planned again at every joint commit
+   * (bench/README.md, "Joint commits across bridge schemas"). Any failure rolls the whole
+   * transaction back. Returns each part's results, in the order given.
    */
   async batchAcross(parts: ReadonlyArray<{ readonly scope: Joinable; readonly statements: readonly Statement[] }>): Promise<StatementResult[][]> {
     const order = parts.map((part, index) => ({ part, index }));
@@ -283,6 +292,7 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
       const { statements, skip } = part.scope.prefixed(part.statements);
       spans.push({ index, start: all.length, skip, to: all.length + statements.length });
       all.push(...statements);
+      if (spans.length < order.length) all.push(...part.scope.leave);
     }
     let results: StatementResult[];
     try {
@@ -318,10 +328,13 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
     else if (options.requireActive ?? true) preamble.push(...named([{ name: 'bh_active', text: ACTIVE_SQL, values: [tenantId] }]));
     if (schema !== POOL_SCHEMA) preamble.push({ name: 'bh_path', text: SEARCH_PATH_SQL, values: [schema] });
     const skip = preamble.length;
+    // Named per schema like the part's own statements: it always runs under this schema's path.
+    const leave = schema === POOL_SCHEMA ? [] : named([{ name: 'bh_path_back', text: SEARCH_PATH_SQL, values: [SESSION_SEARCH_PATH] }]);
     const engine = this.engine;
     const joinable: Joinable = {
       store: this,
       movesSearchPath: schema !== POOL_SCHEMA,
+      leave,
       prefixed: (statements) => ({ statements: [...preamble, ...named(statements)], skip }),
     };
     return {

@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { PGlite, type Transaction } from '@electric-sql/pglite';
 import { DatabaseError, sqlStateOf } from '../../errors.js';
-import type { Engine, EngineTransaction, Statement, StatementResult } from '../engine.js';
+import { SESSION_SEARCH_PATH, type Engine, type EngineTransaction, type Statement, type StatementResult } from '../engine.js';
 
 /** Options of the embedded engine. */
 export interface PgliteEngineOptions {
@@ -27,7 +27,7 @@ export class PgliteEngine implements Engine {
     if (!options.dataDir.startsWith('memory://')) mkdirSync(options.dataDir, { recursive: true });
     const db = await PGlite.create(options.dataDir);
     // As on PostgreSQL (see PostgresEngineOptions.searchPath): the pool schema unless a batch says otherwise.
-    await db.exec('SET search_path TO bulkhead, public');
+    await db.exec(`SET search_path TO ${SESSION_SEARCH_PATH}`);
     return new PgliteEngine(db);
   }
 

@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { DatabaseError, sqlStateOf } from '../../errors.js';
-import type { Engine, EngineTransaction, Statement, StatementResult } from '../engine.js';
+import { SESSION_SEARCH_PATH, type Engine, type EngineTransaction, type Statement, type StatementResult } from '../engine.js';
 import { Pipeline, preparedOn, type PipelineConnection } from './pipeline.js';
 
 /** Options of the PostgreSQL engine. */
@@ -12,7 +12,7 @@ export interface PostgresEngineOptions {
   /** Statement timeout in milliseconds applied to every connection (default 30 s). */
   readonly statementTimeoutMs?: number;
   /**
-   * The search path sessions start with (default `bulkhead,public`: the schema the migrations
+   * The search path sessions start with (default SESSION_SEARCH_PATH: the schema the migrations
    * create first).
    * Named statements are parsed once per connection outside any batch, so the unqualified table
    * names of tenant statements must resolve there; each batch then sets its tier's own path.
@@ -36,7 +36,7 @@ export class PostgresEngine implements Engine {
       max: options.maxConnections ?? 10,
       statement_timeout: options.statementTimeoutMs ?? 30_000,
       application_name: 'bulkhead',
-      options: `-c search_path=${checkSearchPath(options.searchPath ?? 'bulkhead,public')}`,
+      options: `-c search_path=${checkSearchPath(options.searchPath ?? SESSION_SEARCH_PATH)}`,
     });
     // An idle client losing its server must not crash the process; the pool replaces it.
     this.#pool.on('error', () => {});
