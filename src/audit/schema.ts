@@ -64,9 +64,11 @@ const PLATFORM_PREDICATE = "current_setting('bulkhead.scope', true) = 'platform'
  * The lookup's plan is made once per connection, when the trigger first runs there, and kept
  * (generic plans, CONTEXT_SQL) until the table's statistics change, so it must be right at every
  * size of the table, whatever size the table had then:
- * - it runs with sequential scans off, for its own planning only (the setting is put back after
- *   it): made while a partition was a page or two, a sequential scan was the cheaper plan, and it
- *   stayed the plan as the partition grew to thousands of rows (migration 11);
+ * - it is planned with sequential scans off: made while a partition was a page or two, a
+ *   sequential scan was the cheaper plan, and it stayed the plan as the partition grew to
+ *   thousands of rows (migration 11). The function's own SET clause turns them off for its call
+ *   only (`LINK_FUNCTION_SETTINGS`); until migration 13 the body read the setting and set it twice
+ *   per row, two statements through the executor that cost about a quarter of the check;
  * - it asks for the last row up to seq - 1 in seq order (`seq <= before_seq ORDER BY seq DESC
  *   LIMIT 1`), which only the primary key serves without a sort. Asked for seq = seq - 1 alone, a
  *   table the statistics called tiny priced the `(tenant_id, time)` index the same, and its plan
@@ -82,7 +84,6 @@ function linkCheckBody(lookup: string, tenantCheck: string): string {
   previous bytea;
   found_seq bigint;
   before_seq bigint := NEW.seq - 1;
-  seqscan text;
 BEGIN
   IF NEW.event->>'seq' IS DISTINCT FROM NEW.seq::text OR ${tenantCheck}
      OR (NEW.event->>'time')::timestamptz IS DISTINCT FROM NEW.time THEN
@@ -91,10 +92,7 @@ BEGIN
   IF NEW.seq = 1 THEN
     previous := ${ZERO_HASH};
   ELSE
-    seqscan := current_setting('enable_seqscan');
-    PERFORM set_config('enable_seqscan', 'off', true);
     ${lookup}
-    PERFORM set_config('enable_seqscan', seqscan, true);
     IF found_seq IS DISTINCT FROM before_seq THEN
       previous := NULL;
     END IF;
@@ -105,6 +103,12 @@ BEGIN
   RETURN NEW;
 END`;
 }
+
+/**
+ * The settings a link-check function runs with (its SET clause): PostgreSQL applies them when the
+ * function is called and puts the session's back when it returns, also on an error.
+ */
+const LINK_FUNCTION_SETTINGS = 'SET enable_seqscan = off';
 
 /** The lookup of `linkCheckBody` in `table`, after `where` (the tenant's condition, if any). */
 function lookupSql(table: string, where: string): string {
@@ -117,7 +121,7 @@ function lookupSql(table: string, where: string): string {
  */
 export function auditEventsLinkFunctionSql(schemaName: string): string {
   const s = checkSchemaName(schemaName);
-  return `CREATE OR REPLACE FUNCTION ${s}.audit_events_check_link() RETURNS trigger LANGUAGE plpgsql AS $fn$
+  return `CREATE OR REPLACE FUNCTION ${s}.audit_events_check_link() RETURNS trigger LANGUAGE plpgsql ${LINK_FUNCTION_SETTINGS} AS $fn$
 ${linkCheckBody(lookupSql(`${s}.${AUDIT_EVENTS_TABLE}`, 'e.tenant_id = NEW.tenant_id AND '), "NEW.event->>'tenantId' IS DISTINCT FROM NEW.tenant_id::text")}
 $fn$;
 REVOKE ALL ON FUNCTION ${s}.audit_events_check_link() FROM PUBLIC;`;
@@ -126,7 +130,7 @@ REVOKE ALL ON FUNCTION ${s}.audit_events_check_link() FROM PUBLIC;`;
 /** The link check of the platform table of `schema` (created or replaced). */
 export function auditPlatformLinkFunctionSql(schemaName: string): string {
   const s = checkSchemaName(schemaName);
-  return `CREATE OR REPLACE FUNCTION ${s}.audit_platform_events_check_link() RETURNS trigger LANGUAGE plpgsql AS $fn$
+  return `CREATE OR REPLACE FUNCTION ${s}.audit_platform_events_check_link() RETURNS trigger LANGUAGE plpgsql ${LINK_FUNCTION_SETTINGS} AS $fn$
 ${linkCheckBody(lookupSql(`${s}.${AUDIT_PLATFORM_TABLE}`, ''), "NEW.event->'tenantId' IS DISTINCT FROM 'null'::jsonb")}
 $fn$;
 REVOKE ALL ON FUNCTION ${s}.audit_platform_events_check_link() FROM PUBLIC;`;

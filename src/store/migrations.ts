@@ -807,6 +807,16 @@ ${linkChecksSql(o)}`,
 -- the primary key serves without a sort (src/audit/schema.ts, linkCheckBody).
 ${linkChecksSql(o)}`,
   },
+  {
+    version: 13,
+    name: 'audit link check with sequential scans off by its own setting',
+    sql: (o) => `
+-- The link check turned sequential scans off around its lookup with two set_config statements
+-- and a read of the setting, on every row: each a statement through the executor, about a quarter
+-- of the check's cost. The function now carries the setting in its SET clause, which PostgreSQL
+-- applies for the call alone (src/audit/schema.ts, LINK_FUNCTION_SETTINGS).
+${linkChecksSql(o)}`,
+  },
 ];
 
 /**
