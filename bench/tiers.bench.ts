@@ -38,6 +38,8 @@ const HELP = `Usage: node --import tsx bench/tiers.bench.ts [options]
   --pool-size N      PostgreSQL connections of each server (BULKHEAD_POOL_SIZE; default: the product's, twice the CPUs, at least 4)
   --rounds N         measured runs per tier, interleaved A-B-B-A (default 2; --quick: 1)
   --max-minutes M    stop, clean up and exit 124 after M minutes (default 30)
+  --profile DIR      write a V8 CPU profile of each tier's server into DIR/<tier>/ (node --cpu-prof; the whole
+                     server's life, setup and warm-up included; summarize with bench/profile-summary.ts)
   --quick            fewer tenants and short runs: a smoke check, not a measurement
   --help
 
@@ -66,6 +68,8 @@ interface Options {
   readonly rounds: number;
   readonly maxMinutes: number;
   readonly quick: boolean;
+  /** Where the servers' CPU profiles go (`--profile`); none when absent. */
+  readonly profileDir: string | undefined;
 }
 
 function parseOptions(): Options {
@@ -80,6 +84,7 @@ function parseOptions(): Options {
       'pool-size': { type: 'string' },
       rounds: { type: 'string' },
       'max-minutes': { type: 'string' },
+      profile: { type: 'string' },
       quick: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
@@ -103,6 +108,7 @@ function parseOptions(): Options {
     rounds: positiveInt(values.rounds, quick ? 1 : 2, 'rounds'),
     maxMinutes: positiveInt(values['max-minutes'], 30, 'max-minutes'),
     quick,
+    profileDir: values.profile,
   };
 }
 
@@ -341,7 +347,9 @@ async function main(options: Options, cleanup: Cleanup): Promise<void> {
   // 3. Reads through HTTP: one product server per tier, each in its own process.
   const servers = new Map<TierName, { server: Server; ds: Dataset; stats: pg.Client; primeSeconds: number }>();
   for (const [tier, deployment] of [['pool', pool], ['bridge', bridge]] as const) {
-    const server = await startServer('isolated', { ...deployment.env, BULKHEAD_LOG_LEVEL: 'warn' }, []);
+    // One directory per tier: tsx's loader thread writes a profile of its own next to the main thread's.
+    const profile = options.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(options.profileDir, tier)}`] : [];
+    const server = await startServer('isolated', { ...deployment.env, BULKHEAD_LOG_LEVEL: 'warn' }, profile);
     cleanup.add(() => server.stop());
     const stats = new pg.Client({ connectionString: deployment.db.url, application_name: 'bulkhead-bench' });
     await stats.connect();
