@@ -18,7 +18,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { AuthenticationError, BulkheadError } from '../src/errors.js';
+import { AuthenticationError, BulkheadError, DatabaseError } from '../src/errors.js';
 import { BridgeTier, hex } from '../src/placement/bridge-tier.js';
 import type { Cell } from '../src/placement/cells.js';
 import type { ResolvedPlacement } from '../src/placement/placements.js';
@@ -538,11 +538,11 @@ for (const kind of BACKENDS) {
       const [count, named, registry] = await scope.batch([
         { text: 'SELECT count(*)::int AS n FROM records' },
         { text: `SELECT count(*)::int AS n FROM ${own}.records` },
-        { text: 'SELECT id FROM bulkhead.tenants' },
+        { text: 'SELECT id FROM bulkhead.tenant_state' },
       ]);
       assert.equal(count!.rows[0]!.n, 4);
       assert.equal(named!.rows[0]!.n, 4);
-      // The registry is readable for the active-tenant check, but RLS shows its own row only.
+      // The registry's view, for the active-tenant check, shows its own row only.
       assert.deepEqual(registry!.rows.map((r) => r.id), [b1.id]);
 
       const insert = (table: string): Statement => ({
@@ -568,7 +568,9 @@ for (const kind of BACKENDS) {
         ...['placements', 'tenant_history', 'operator_tokens', 'settings', 'migrations', 'moves', 'tenant_usage'].map(
           (table): [string, Statement] => [`read bulkhead.${table}`, { text: `SELECT * FROM bulkhead.${table}` }],
         ),
+        ['read the registry', { text: 'SELECT id FROM bulkhead.tenants' }],
         ['update its registry row', { text: "UPDATE bulkhead.tenants SET status = 'active' WHERE id = $1", values: [b1.id] }],
+        ['update its registry row through the view', { text: "UPDATE bulkhead.tenant_state SET status = 'active' WHERE id = $1", values: [b1.id] }],
         ['truncate its own records', { text: 'TRUNCATE records' }],
         ['create a table in its own schema', { text: `CREATE TABLE ${own}.planted (x int)` }],
       ];
@@ -615,9 +617,10 @@ for (const kind of BACKENDS) {
       }
 
       assert.deepEqual(await roleFacts(su, role), { ...POWERLESS, classes: 0, procs: 0, schemas: 0, types: 0 });
-      // Its only membership is the group every bridge role shares; no path to another role's rights.
-      const [members, reach] = await su.batch([
+      // A member of no role, and inheriting nothing (migration 14): no path to another role's rights.
+      const [members, inherit, reach] = await su.batch([
         { text: 'SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = $1', values: [role] },
+        { text: 'SELECT rolinherit FROM pg_roles WHERE rolname = $1', values: [role] },
         {
           text:
             "SELECT pg_has_role($1::name, $2::name, 'MEMBER') AS app, pg_has_role($1::name, $3::name, 'MEMBER') AS owner, pg_has_role($1::name, $4::name, 'MEMBER') AS other, " +
@@ -627,7 +630,8 @@ for (const kind of BACKENDS) {
           values: [role, t.db.appRole, t.db.ownerRole, bridge.roleOf(cell, b2.id), own, other],
         },
       ]);
-      assert.deepEqual(members!.rows.map((r) => r.rolname), [`${t.db.appRole}_bridge`]);
+      assert.deepEqual(members!.rows.map((r) => r.rolname), []);
+      assert.equal(inherit!.rows[0]!.rolinherit, false);
       assert.deepEqual(reach!.rows[0], { app: false, owner: false, other: false, own_usage: true, own_create: false, other_usage: false, other_create: false, pool_create: false });
 
       // Exactly its grants on its own tables; nothing on another bridge schema's tables.
@@ -635,14 +639,36 @@ for (const kind of BACKENDS) {
         assert.deepEqual(await privilegesOn(su, role, `${own}.${table}`), granted(BRIDGE_GRANTS[table]), `${own}.${table}`);
         assert.deepEqual(await privilegesOn(su, role, `${other}.${table}`), [], `${other}.${table}`);
       }
-      // Nothing on the pool's tables and partitions but reading the registry (its own row, under RLS).
+      // Nothing on the pool's tables and partitions, the registry included.
       const [pool] = await su.batch([
         { text: "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'bulkhead'::regnamespace AND c.relkind IN ('r', 'p') ORDER BY 1" },
       ]);
       const poolTables = pool!.rows.map((r) => r.relname as string);
-      assert.ok(poolTables.includes('records_p0') && poolTables.includes('placements'), 'the pool tables are listed');
-      for (const table of poolTables) {
-        assert.deepEqual(await privilegesOn(su, role, `bulkhead.${table}`), table === 'tenants' ? granted(['SELECT']) : [], `bulkhead.${table}`);
+      assert.ok(poolTables.includes('records_p0') && poolTables.includes('placements') && poolTables.includes('tenants'), 'the pool tables are listed');
+      for (const table of poolTables) assert.deepEqual(await privilegesOn(su, role, `bulkhead.${table}`), [], `bulkhead.${table}`);
+      // The registry's view shows it its own tenant's row alone, even in the platform scope (whose
+      // policy lets the whole registry through), and shows a role made outside Bulkhead nothing.
+      const stateAs = async (who: string, context: Record<string, string>) => {
+        const settings = Object.entries(context).map(([k, v]) => `set_config('${k}', '${v}', true)`);
+        const [, rows] = await su.batch([
+          { text: `SELECT set_config('role', $1, true)${settings.map((x) => `, ${x}`).join('')}`, values: [who] },
+          { text: 'SELECT id FROM bulkhead.tenant_state ORDER BY id' },
+        ]);
+        return rows!.rows.map((r) => r.id as string);
+      };
+      assert.deepEqual(await stateAs(role, { 'bulkhead.scope': 'platform' }), [b1.id]);
+      assert.deepEqual(await stateAs(role, { 'bulkhead.scope': 'tenant', 'bulkhead.tenant_id': b2.id }), []);
+      assert.deepEqual(await stateAs(role, { 'bulkhead.scope': 'tenant', 'bulkhead.tenant_id': b1.id }), [b1.id]);
+      const stranger = `${t.db.appRole}_x${Date.now().toString(36)}`;
+      await su.script(`CREATE ROLE ${stranger} NOLOGIN`);
+      try {
+        assert.deepEqual(await stateAs(stranger, { 'bulkhead.scope': 'platform' }), []);
+        await assert.rejects(
+          su.batch([{ text: `SELECT set_config('role', $1, true)`, values: [stranger] }, { text: 'SELECT count(*) FROM bulkhead.tenants' }]),
+          (error: unknown) => error instanceof DatabaseError && error.sqlState === '42501',
+        );
+      } finally {
+        await su.script(`DROP ROLE ${stranger}`);
       }
     });
 
@@ -658,7 +684,11 @@ for (const kind of BACKENDS) {
       assert.equal(present!.rows[0]!.n, 4);
 
       for (const intruder of [on('bridge', 1), on('pool', 0), on('silo', 0)]) {
-        const wrong = cell.store.tenant(intruder.id, { role, schema: own });
+        // The active-tenant check already refuses the pair: the registry's view shows this role
+        // no other tenant's row (migration 14).
+        await assert.rejects(cell.store.tenant(intruder.id, { role, schema: own }).batch(emptyProbe(own)), AuthenticationError, `${intruder.tier} context, checked`);
+        // Without the check, row-level security alone.
+        const wrong = cell.store.tenant(intruder.id, { role, schema: own, requireActive: false });
         assertEmpty(await wrong.batch(emptyProbe(own)), `${intruder.tier} context`);
         // Rows claiming to be the schema's tenant are refused by the policy's check.
         await rejectsSql(

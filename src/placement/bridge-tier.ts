@@ -10,12 +10,17 @@ const PROVISION_LOCK = 7283460013;
  * Bridge tier: a schema per tenant with the pool's tables (unpartitioned), RLS still forced, and
  * a database role per tenant that holds privileges on that schema only. A statement that lost its
  * tenant context, or named another schema, still cannot reach another tenant: its role has no
- * privilege there. The role inherits from one group role the little every tenant role needs in
- * the shared schema (the active-tenant check, the shared functions), granted once per database.
+ * privilege there. The role is NOINHERIT and a member of no role: what it needs outside its schema
+ * (the registry check's view, the shared check functions, and USAGE on their schema) is granted
+ * to PUBLIC by migration 14, harmlessly. PostgreSQL 15 computes an inheriting role's memberships
+ * again at every switch to it, in a search that grows with the roles a connection has served
+ * (bench/README.md, "Bridge roles without a group"); a NOINHERIT role skips it.
+ *
+ * Roles made before migration 14 inherit from the group role `<appRole>_bridge`, which keeps its
+ * grants: they work as before, without the gain.
  */
 export class BridgeTier implements Tier {
   readonly name = 'bridge' as const;
-  readonly #prepared = new Set<string>();
 
   locationOf(_cell: Cell, tenantId: string): string {
     return `tenant_${hex(tenantId)}`;
@@ -27,7 +32,6 @@ export class BridgeTier implements Tier {
   }
 
   async provision(cell: Cell, tenant: TenantRow): Promise<void> {
-    await this.#prepare(cell);
     const schema = this.locationOf(cell, tenant.id);
     const role = this.roleOf(cell, tenant.id);
     const { ownerRole } = cell.store.options;
@@ -38,7 +42,7 @@ export class BridgeTier implements Tier {
 DO $role$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${role}') THEN
-    CREATE ROLE ${role} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE INHERIT IN ROLE ${groupOf(cell)};
+    CREATE ROLE ${role} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT;
   END IF;
   IF NOT pg_has_role(current_user, '${role}', 'MEMBER') THEN
     EXECUTE format('GRANT ${role} TO %I', current_user);
@@ -73,29 +77,6 @@ DROP SCHEMA IF EXISTS ${location} CASCADE;
 RESET ROLE;
 DROP ROLE IF EXISTS ${role};`);
   }
-
-  /** Creates the group role and grants it what every tenant role needs, once per database and process. */
-  async #prepare(cell: Cell): Promise<void> {
-    if (this.#prepared.has(cell.name)) return;
-    const group = groupOf(cell);
-    await cell.store.engine.script(`SELECT pg_advisory_xact_lock(${PROVISION_LOCK});
-DO $group$
-BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${group}') THEN
-    CREATE ROLE ${group} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT;
-  END IF;
-END
-$group$;
-SET LOCAL ROLE ${cell.store.options.ownerRole};
-GRANT USAGE ON SCHEMA bulkhead TO ${group};
-GRANT SELECT ON bulkhead.tenants TO ${group};
-GRANT EXECUTE ON FUNCTION bulkhead.value_key(jsonb), bulkhead.require_reference(boolean), bulkhead.require_collection_version(boolean), bulkhead.require_active_tenant(boolean), bulkhead.require_writable_tenant(uuid, integer), bulkhead.require_writable_state(text, integer, integer) TO ${group};`);
-    this.#prepared.add(cell.name);
-  }
-}
-
-function groupOf(cell: Cell): string {
-  return `${cell.store.options.appRole}_bridge`;
 }
 
 /** The 32 hex digits of a (validated) tenant id: the only tenant-derived text in bridge and silo names. */

@@ -817,7 +817,47 @@ ${linkChecksSql(o)}`,
 -- applies for the call alone (src/audit/schema.ts, LINK_FUNCTION_SETTINGS).
 ${linkChecksSql(o)}`,
   },
+  {
+    version: 14,
+    name: 'the registry checks read a role-bound view; bridge roles need no group',
+    sql: (o) => {
+      const app = checkRoleName(o.appRole, 'the application role');
+      return `
+-- Every tenant batch starts with a check of the tenant's registry row (src/store/store.ts). A
+-- bridge tenant's role read it through a group role it inherited from, and PostgreSQL 15 computes
+-- an inheriting role's memberships again at every switch to it, searching a list with one entry
+-- per role the backend has served: at 1,000 bridge tenants that was a fifth of the bridge tier's
+-- database CPU (bench/README.md, "Bridge roles without a group"). Bridge roles made from now on
+-- inherit nothing (NOINHERIT, no membership), and what they need outside their schema is granted
+-- to PUBLIC, harmlessly:
+-- - USAGE on this schema: every table in it is revoked from PUBLIC, and every function that reads
+--   or writes anything is the owner's or granted to the application role only;
+-- - EXECUTE on the pure check functions, which raise or return a key and read nothing;
+-- - SELECT on ${TENANT_STATE_VIEW}: the registry row of the tenant in the caller's own context
+--   (the tenants table's policy, applied as the view's owner, FORCEd), and only to the
+--   application role or that tenant's own bridge role; a security barrier keeps a caller's own
+--   conditions from seeing a row before it.
+CREATE VIEW ${TENANT_STATE_VIEW} WITH (security_barrier) AS
+  SELECT t.id, t.status, t.placement_epoch FROM bulkhead.tenants t
+  WHERE current_user = '${app}' OR current_user = '${app}_b' || replace(t.id::text, '-', '');
+REVOKE ALL ON ${TENANT_STATE_VIEW} FROM PUBLIC;
+GRANT SELECT ON ${TENANT_STATE_VIEW} TO PUBLIC;
+GRANT USAGE ON SCHEMA bulkhead TO PUBLIC;
+GRANT EXECUTE ON FUNCTION ${SHARED_CHECK_FUNCTIONS} TO PUBLIC;`;
+    },
+  },
 ];
+
+/**
+ * The registry row of the tenant in the caller's context, for the checks every tenant batch
+ * starts with (migration 14): visible to the application role and to that tenant's bridge role.
+ */
+export const TENANT_STATE_VIEW = 'bulkhead.tenant_state';
+
+/** The pure functions tenant statements call, executable by every role since migration 14. */
+const SHARED_CHECK_FUNCTIONS =
+  'bulkhead.value_key(jsonb), bulkhead.require_reference(boolean), bulkhead.require_collection_version(boolean), ' +
+  'bulkhead.require_active_tenant(boolean), bulkhead.require_writable_state(text, integer, integer)';
 
 /**
  * A change-capture trigger function of migration 10 (src/placement/capture.ts): it names the

@@ -2,7 +2,7 @@ import { AuthenticationError, BulkheadError, DatabaseError, WritesPausedError } 
 import { isPlainIdentifier, isUuid } from '../ids.js';
 import { AUDIT_PURGE_SETTING } from '../audit/schema.js';
 import { SESSION_SEARCH_PATH, type Engine, type EngineTransaction, type Statement, type StatementResult } from './engine.js';
-import { DATA_TABLES, MIGRATIONS, WRITE_FENCE_SEED, checkPartitions, checkRoleName, rolesSql, type MigrationOptions } from './migrations.js';
+import { DATA_TABLES, MIGRATIONS, TENANT_STATE_VIEW, WRITE_FENCE_SEED, checkPartitions, checkRoleName, rolesSql, type MigrationOptions } from './migrations.js';
 
 /** Options of a store. */
 export interface StoreOptions {
@@ -65,12 +65,12 @@ export const POOL_SCHEMA = 'bulkhead';
 const SEARCH_PATH_SQL = "SELECT set_config('search_path', $1, true)";
 
 /**
- * Runs right after the context, as the application role: the tenant must exist and be active, or
- * the whole batch fails (SQLSTATE BHT01). It costs no round trip of its own, and makes a suspension
- * effective at once for every process, whatever their caches say.
+ * Runs right after the context, as the scope's role: the tenant must exist and be active, or the
+ * whole batch fails (SQLSTATE BHT01). It costs no round trip of its own, and makes a suspension
+ * effective at once for every process, whatever their caches say. It reads the registry row
+ * through TENANT_STATE_VIEW (migration 14), which a bridge role reads without inheriting anything.
  */
-const ACTIVE_SQL =
-  "SELECT bulkhead.require_active_tenant(EXISTS (SELECT 1 FROM bulkhead.tenants WHERE id = $1::uuid AND status IN ('active', 'migrating')))";
+const ACTIVE_SQL = `SELECT bulkhead.require_active_tenant(EXISTS (SELECT 1 FROM ${TENANT_STATE_VIEW} WHERE id = $1::uuid AND status IN ('active', 'migrating')))`;
 
 /**
  * The context of a write batch: `CONTEXT_SQL` plus the write fence's shared advisory lock on the
@@ -87,8 +87,7 @@ const WRITE_CONTEXT_SQL = `${CONTEXT_SQL}, pg_advisory_xact_lock_shared(hashtext
  * least as new as the lock (a move marks the tenant before it waits on the lock). It reads the row
  * itself, so its plan is the prepared statement's, kept per role.
  */
-const WRITABLE_SQL =
-  'SELECT bulkhead.require_writable_state(t.status, t.placement_epoch, $2::int) FROM (SELECT 1) AS one LEFT JOIN bulkhead.tenants t ON t.id = $1::uuid';
+const WRITABLE_SQL = `SELECT bulkhead.require_writable_state(t.status, t.placement_epoch, $2::int) FROM (SELECT 1) AS one LEFT JOIN ${TENANT_STATE_VIEW} t ON t.id = $1::uuid`;
 
 /** Transaction-local settings of owner work in a tenant's context (`Store.asOwnerInTenant`). */
 export interface OwnerSettings {
