@@ -56,13 +56,21 @@ export const CONTEXT_SQL =
 /**
  * The schema the pool tier's data tables live in, first on every session's search path (the
  * engines set it when they connect). Tenant statements name data tables unqualified, so one SQL
- * text serves every tier: a batch of a tenant outside the pool sets its own schema as the search
- * path, after the active-tenant check, for its transaction only.
+ * text serves every tier: the context of a tenant outside the pool also sets its own schema as the
+ * search path, for its transaction only.
  */
 export const POOL_SCHEMA = 'bulkhead';
 
-/** Points unqualified table names at a placement's schema, for the rest of the transaction. */
+/** Sets the search path for the rest of the transaction: a joint batch puts the session's back with it (`Joinable.leave`). */
 const SEARCH_PATH_SQL = "SELECT set_config('search_path', $1, true)";
+
+/**
+ * A context that also points the search path at the placement's schema ($4), for tenants outside
+ * the pool: one statement fewer in each of their batches. The check that follows runs under that
+ * path, which is safe: it names its tables and functions with their schema, operators resolve in
+ * pg_catalog first, and the tenant's role may create nothing in its schema.
+ */
+const withSearchPath = (context: string): string => `${context}, set_config('search_path', $4, true)`;
 
 /**
  * Runs right after the context, as the scope's role: the tenant must exist and be active, or the
@@ -315,17 +323,17 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
   #scoped(tenantId: string, scope: 'tenant' | 'platform', options: TenantScopeOptions): ScopedStore {
     const role = options.role ?? this.options.appRole;
     const schema = options.schema ?? POOL_SCHEMA;
+    const context = options.writeEpoch === undefined ? { name: 'bh_ctx', text: CONTEXT_SQL } : { name: 'bh_ctx_write', text: WRITE_CONTEXT_SQL };
     const preamble: Statement[] = [
-      options.writeEpoch === undefined
-        ? { name: 'bh_ctx', text: CONTEXT_SQL, values: [role, tenantId, scope] }
-        : { name: 'bh_ctx_write', text: WRITE_CONTEXT_SQL, values: [role, tenantId, scope] },
+      schema === POOL_SCHEMA
+        ? { ...context, values: [role, tenantId, scope] }
+        : { name: `${context.name}_path`, text: withSearchPath(context.text), values: [role, tenantId, scope, schema] },
     ];
     const named = statementNamer(schema);
     // The check reads an RLS table, so its plan belongs to the role it ran as (PostgreSQL re-plans
     // an RLS plan for another role): per schema, like the statements, since each has its own role.
     if (options.writeEpoch !== undefined) preamble.push(...named([{ name: 'bh_writable', text: WRITABLE_SQL, values: [tenantId, options.writeEpoch] }]));
     else if (options.requireActive ?? true) preamble.push(...named([{ name: 'bh_active', text: ACTIVE_SQL, values: [tenantId] }]));
-    if (schema !== POOL_SCHEMA) preamble.push({ name: 'bh_path', text: SEARCH_PATH_SQL, values: [schema] });
     const skip = preamble.length;
     // Named per schema like the part's own statements: it always runs under this schema's path.
     const leave = schema === POOL_SCHEMA ? [] : named([{ name: 'bh_path_back', text: SEARCH_PATH_SQL, values: [SESSION_SEARCH_PATH] }]);
