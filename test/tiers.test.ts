@@ -646,6 +646,21 @@ for (const kind of BACKENDS) {
       const poolTables = pool!.rows.map((r) => r.relname as string);
       assert.ok(poolTables.includes('records_p0') && poolTables.includes('placements') && poolTables.includes('tenants'), 'the pool tables are listed');
       for (const table of poolTables) assert.deepEqual(await privilegesOn(su, role, `bulkhead.${table}`), [], `bulkhead.${table}`);
+      // What migration 14 grants to PUBLIC, and nothing else in the schema: the pure check
+      // functions and the role-bound view (a function made later without a REVOKE would be listed).
+      const [publicFunctions, publicRelations] = await su.batch([
+        {
+          text:
+            "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'bulkhead'::regnamespace " +
+            'AND (p.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(p.proacl) a WHERE a.grantee = 0)) ORDER BY 1',
+        },
+        { text: "SELECT c.relname, a.privilege_type FROM pg_class c, aclexplode(c.relacl) a WHERE c.relnamespace = 'bulkhead'::regnamespace AND a.grantee = 0 ORDER BY 1, 2" },
+      ]);
+      assert.deepEqual(
+        publicFunctions!.rows.map((r) => r.proname),
+        ['require_active_tenant', 'require_collection_version', 'require_reference', 'require_writable_state', 'value_key'],
+      );
+      assert.deepEqual(publicRelations!.rows, [{ relname: 'tenant_state', privilege_type: 'SELECT' }]);
       // The registry's view shows it its own tenant's row alone, even in the platform scope (whose
       // policy lets the whole registry through), and shows a role made outside Bulkhead nothing.
       const stateAs = async (who: string, context: Record<string, string>) => {
