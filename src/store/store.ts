@@ -33,11 +33,9 @@ export interface Joinable {
   readonly store: Store;
   /** The context, the check and (outside the pool) the search path, then `statements`, named for the scope. */
   prefixed(statements: readonly Statement[]): { readonly statements: readonly Statement[]; readonly skip: number };
-  /** Whether the scope points the search path away from the pool's schema. */
-  readonly movesSearchPath: boolean;
   /**
-   * What puts the session's search path back after this part (nothing when it never moved it), so
-   * that the next part's context and check run under the path their plans were made under.
+   * What puts the session's search path back after this part; empty for a scope that keeps the
+   * pool's path. So the next part's context and check run under the path their plans were made under.
    */
   readonly leave: readonly Statement[];
 }
@@ -290,7 +288,9 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
    */
   async batchAcross(parts: ReadonlyArray<{ readonly scope: Joinable; readonly statements: readonly Statement[] }>): Promise<StatementResult[][]> {
     const order = parts.map((part, index) => ({ part, index }));
-    order.sort((a, b) => Number(a.part.scope.movesSearchPath) - Number(b.part.scope.movesSearchPath) || a.index - b.index);
+    // A part that moves the search path has statements to put it back.
+    const moves = (p: (typeof parts)[number]) => Number(p.scope.leave.length > 0);
+    order.sort((a, b) => moves(a.part) - moves(b.part) || a.index - b.index);
     const all: Statement[] = [];
     // Each part's span of the joint batch: it starts at `start`, its own statements after `skip`.
     const spans: Array<{ index: number; start: number; skip: number; to: number }> = [];
@@ -340,7 +340,6 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
     const engine = this.engine;
     const joinable: Joinable = {
       store: this,
-      movesSearchPath: schema !== POOL_SCHEMA,
       leave,
       prefixed: (statements) => ({ statements: [...preamble, ...named(statements)], skip }),
     };
