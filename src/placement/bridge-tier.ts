@@ -26,7 +26,10 @@ export class BridgeTier implements Tier {
     return `tenant_${hex(tenantId)}`;
   }
 
-  /** The tenant's role: the application role's name, `_b`, the tenant id's hex digits (≤ 63 bytes). */
+  /**
+   * The tenant's role: the application role's name, `_b`, the tenant id's hex digits (≤ 63 bytes).
+   * Migration 14's `bulkhead.tenant_state` view matches this name in SQL.
+   */
   roleOf(cell: Cell, tenantId: string): string {
     return `${cell.store.options.appRole}_b${hex(tenantId)}`;
   }

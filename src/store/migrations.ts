@@ -837,6 +837,8 @@ ${linkChecksSql(o)}`,
 --   (the tenants table's policy, applied as the view's owner, FORCEd), and only to the
 --   application role or that tenant's own bridge role; a security barrier keeps a caller's own
 --   conditions from seeing a row before it.
+-- The bridge role's name is BridgeTier.roleOf's (src/placement/bridge-tier.ts); test/tiers.test.ts
+-- reads the view as such a role.
 CREATE VIEW ${TENANT_STATE_VIEW} WITH (security_barrier) AS
   SELECT t.id, t.status, t.placement_epoch FROM bulkhead.tenants t
   WHERE current_user = '${app}' OR current_user = '${app}_b' || replace(t.id::text, '-', '');

@@ -330,8 +330,8 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
         : { name: `${context.name}_path`, text: withSearchPath(context.text), values: [role, tenantId, scope, schema] },
     ];
     const named = statementNamer(schema);
-    // The check reads an RLS table, so its plan belongs to the role it ran as (PostgreSQL re-plans
-    // an RLS plan for another role): per schema, like the statements, since each has its own role.
+    // The check runs under the path the context set and as the scope's role, and PostgreSQL plans a
+    // statement again under another path or, under RLS, another role: per schema, like the statements.
     if (options.writeEpoch !== undefined) preamble.push(...named([{ name: 'bh_writable', text: WRITABLE_SQL, values: [tenantId, options.writeEpoch] }]));
     else if (options.requireActive ?? true) preamble.push(...named([{ name: 'bh_active', text: ACTIVE_SQL, values: [tenantId] }]));
     const skip = preamble.length;
