@@ -869,7 +869,7 @@ for (const kind of BACKENDS) {
 CREATE SCHEMA bulkhead AUTHORIZATION ${owner};
 CREATE SCHEMA audit_bridge AUTHORIZATION ${owner};
 SET LOCAL ROLE ${owner};
-${auditSchemaSql({ schema: 'bulkhead', appRole: app, partitions: 4 })}
+${auditSchemaSql({ schema: 'bulkhead', appRole: app })}
 ${auditFunctionsSql('audit_bridge')}
 ${auditEventsTableSql({ schema: 'audit_bridge', appRole: app })}`);
       await append(tenantA, 5);
@@ -901,7 +901,7 @@ ${auditEventsTableSql({ schema: 'audit_bridge', appRole: app })}`);
       assert.equal(await sqlState(asApp(tenantB, insert('bulkhead.audit_events', tenantA, row))), '42501', 'WITH CHECK refuses another tenant');
     });
 
-    it('the application role holds exactly INSERT and SELECT on the audit tables and nothing on partitions', async () => {
+    it('the application role holds exactly INSERT and SELECT on the audit tables', async () => {
       const [r] = await engine.batch([
         {
           text: `SELECT table_schema || '.' || table_name AS t, string_agg(privilege_type, ',' ORDER BY privilege_type) AS p
@@ -917,8 +917,11 @@ ${auditEventsTableSql({ schema: 'audit_bridge', appRole: app })}`);
       const [forced] = await engine.batch([
         { text: "SELECT c.relname, c.relforcerowsecurity AS f FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname IN ('bulkhead', 'audit_bridge') AND c.relkind IN ('r', 'p') ORDER BY 1" },
       ]);
-      assert.equal(forced!.rows.length, 7);
-      assert.ok(forced!.rows.every((x) => x.f === true), 'RLS is FORCED on every audit table and partition');
+      assert.deepEqual(forced!.rows, [
+        { relname: 'audit_events', f: true },
+        { relname: 'audit_events', f: true },
+        { relname: 'audit_platform_events', f: true },
+      ], 'RLS is FORCED on every audit table, and the tables are not partitioned');
     });
 
     it('the platform chain: the platform scope only', async () => {
@@ -941,7 +944,6 @@ ${auditEventsTableSql({ schema: 'audit_bridge', appRole: app })}`);
       assert.equal(await sqlState(asApp(tenantA, { text: "UPDATE bulkhead.audit_events SET event = '{}'::jsonb WHERE tenant_id = $1", values: [tenantA] })), '42501');
       assert.equal(await sqlState(asApp(tenantA, { text: 'DELETE FROM bulkhead.audit_events WHERE tenant_id = $1', values: [tenantA] })), '42501');
       assert.equal(await sqlState(asApp(tenantA, { text: 'TRUNCATE bulkhead.audit_events' })), '42501');
-      assert.equal(await sqlState(asApp(tenantA, { text: 'SELECT 1 FROM bulkhead.audit_events_p0' })), '42501', 'no privilege on a partition');
       assert.equal(await sqlState(asAppPlatform({ text: 'DELETE FROM bulkhead.audit_platform_events' })), '42501');
     });
 
@@ -958,18 +960,6 @@ ${auditEventsTableSql({ schema: 'audit_bridge', appRole: app })}`);
         const statement = text.includes('$1') ? { text, values: [tenantA] } : { text };
         assert.equal(await sqlState(asOwner(tenantA, statement)), AUDIT_APPEND_ONLY_SQLSTATE, text);
       }
-      // Straight at the partitions, which the owner owns too.
-      for (let p = 0; p < 4; p++) {
-        assert.equal(await sqlState(asOwner(tenantA, { text: `TRUNCATE bulkhead.audit_events_p${p}` })), AUDIT_APPEND_ONLY_SQLSTATE, `TRUNCATE partition ${p}`);
-      }
-      const [, , where] = await asOwner(tenantA, {
-        text: 'SELECT c.relname AS part FROM bulkhead.audit_events e JOIN pg_class c ON c.oid = e.tableoid WHERE e.tenant_id = $1 LIMIT 1',
-        values: [tenantA],
-      });
-      const part = `bulkhead.${where!.rows[0]!.part as string}`;
-      assert.match(part, /^bulkhead\.audit_events_p\d$/);
-      assert.equal(await sqlState(asOwner(tenantA, { text: `DELETE FROM ${part} WHERE tenant_id = $1`, values: [tenantA] })), AUDIT_APPEND_ONLY_SQLSTATE);
-      assert.equal(await sqlState(asOwner(tenantA, { text: `UPDATE ${part} SET hash = prev_hash WHERE tenant_id = $1`, values: [tenantA] })), AUDIT_APPEND_ONLY_SQLSTATE);
     });
 
     it('a superuser is refused by the same triggers, with a stable message', async () => {
@@ -982,7 +972,7 @@ ${auditEventsTableSql({ schema: 'audit_bridge', appRole: app })}`);
         }
         assert.ok(caught instanceof DatabaseError, text);
         assert.equal(caught.sqlState, AUDIT_APPEND_ONLY_SQLSTATE, text);
-        assert.match(String((caught.cause as Error).message), /^audit rows are append-only: (UPDATE|DELETE|TRUNCATE) on bulkhead\.audit_(events|platform_events)(_p\d)? is not allowed$/);
+        assert.match(String((caught.cause as Error).message), /^audit rows are append-only: (UPDATE|DELETE|TRUNCATE) on bulkhead\.audit_(events|platform_events) is not allowed$/);
       }
       const [, counts] = await asApp(tenantA, { text: 'SELECT count(*)::int AS n FROM bulkhead.audit_events' });
       assert.equal(counts!.rows[0]!.n, 7, 'nothing was changed');
@@ -1006,6 +996,33 @@ ${auditEventsTableSql({ schema: 'audit_bridge', appRole: app })}`);
       await asApp(tenantA, insert('bulkhead.audit_events', tenantA, row));
       const after = await verifyChain(await readRows(tenantA), { chain: tenantA });
       assert.ok(after.ok && after.head.seq === head.head.seq + 1);
+    });
+
+    it("an insert must have the chain's shape (23514): seq from 1, hashes of 32 bytes, the event an object; on every audit table", async () => {
+      const head = (await verifyChain(await readRows(tenantA), { chain: tenantA })) as { head: { seq: number; hash: Uint8Array } };
+      const row = linkEvent(head.head, createAuditEvent(input(60, tenantA)));
+      const bad: Array<[string, typeof row]> = [
+        ['a hash of 31 bytes', { ...row, hash: row.hash.subarray(0, 31) }],
+        ['a hash of 33 bytes', { ...row, hash: Buffer.concat([row.hash, Buffer.alloc(1)]) }],
+        ['a prev_hash of 31 bytes', { ...row, prevHash: row.prevHash.subarray(0, 31) }],
+        ['an event that is an array', { ...row, json: '[1]' }],
+        ['a seq of 0', { ...row, seq: 0 }],
+      ];
+      for (const [what, r] of bad) assert.equal(await sqlState(asApp(tenantA, insert('bulkhead.audit_events', tenantA, r))), '23514', what);
+      assert.equal(await sqlState(asApp(tenantA, insert('audit_bridge.audit_events', tenantA, { ...row, hash: row.hash.subarray(0, 31) }))), '23514', 'a bridge table');
+      const [, platformHead] = await asAppPlatform({ text: 'SELECT seq, hash FROM bulkhead.audit_platform_events ORDER BY seq DESC LIMIT 1' });
+      const platformRow = linkEvent(
+        { seq: Number(platformHead!.rows[0]!.seq), hash: platformHead!.rows[0]!.hash as Uint8Array },
+        createAuditEvent({ ...input(62, null), principal: { subject: 'ops', roles: [], authMethod: 'operator_token' } }),
+      );
+      assert.equal(await sqlState(asAppPlatform(insert('bulkhead.audit_platform_events', null, { ...platformRow, hash: platformRow.hash.subarray(0, 31) }))), '23514', 'the platform table');
+      // None of them is a CHECK constraint, which PostgreSQL would read back at every INSERT statement (migration 15).
+      const [checks] = await engine.batch([
+        { text: "SELECT count(*)::int AS n FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid WHERE c.contype = 'c' AND t.relname IN ('audit_events', 'audit_platform_events')" },
+      ]);
+      assert.equal(checks!.rows[0]!.n, 0);
+      const after = await verifyChain(await readRows(tenantA), { chain: tenantA });
+      assert.ok(after.ok && after.head.seq === head.head.seq, 'nothing was written');
     });
 
     it('what the triggers cannot stop (the owner disabling one) the chain reveals', async () => {

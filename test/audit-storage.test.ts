@@ -1,7 +1,7 @@
 /**
  * Where the audit trail is stored (migration 8, docs/audit.md "Tables"), on every backend:
  *
- * - the pool's `audit_events` (hash-partitioned) and the platform's `audit_platform_events` exist
+ * - the pool's `audit_events` (one table since migration 15) and the platform's `audit_platform_events` exist
  *   after open, with FORCED row-level security; the application role may INSERT and SELECT only;
  *   UPDATE, DELETE and TRUNCATE fail for it (no privilege) and for the owner (BHA01);
  * - the purge escape is narrow: only the owner role, only DELETE, only the tenant the transaction
@@ -36,7 +36,7 @@ import { BulkheadError, DatabaseError } from '../src/errors.js';
 import type { Engine, EngineTransaction, Statement } from '../src/store/engine.js';
 import type { ScopedStore } from '../src/store/store.js';
 
-const APPEND_ONLY = /^audit rows are append-only: (UPDATE|DELETE|TRUNCATE) on [a-z0-9_]+\.audit_(events|platform_events)(_p\d+)? is not allowed$/;
+const APPEND_ONLY = /^audit rows are append-only: (UPDATE|DELETE|TRUNCATE) on [a-z0-9_]+\.audit_(events|platform_events) is not allowed$/;
 const TENANT_POLICY = /tenant_id = \(?NULLIF\(current_setting\('bulkhead\.tenant_id'::text, true\), ''::text\)\)?::uuid/i;
 const PARTITIONS = 4; // BULKHEAD_PARTITIONS of openTestBulkhead
 
@@ -230,21 +230,9 @@ DELETE FROM bulkhead.migrations WHERE version = 8;`);
 
     it('after open: the pool and platform tables exist with forced RLS; the application role may INSERT and SELECT only', async () => {
       const pool = await tableFacts(su, 'bulkhead.audit_events');
-      assert.deepEqual([pool.relkind, pool.rls, pool.forced, pool.owner], ['p', true, true, t.db.ownerRole]);
+      // One table, not partitioned like the pool's records (migration 15).
+      assert.deepEqual([pool.relkind, pool.rls, pool.forced, pool.owner], ['r', true, true, t.db.ownerRole]);
       assert.match(pool.quals as string, TENANT_POLICY);
-      // Hash-partitioned like the pool's records: as many partitions, each with forced RLS and no privilege.
-      const [parts] = await su.batch([
-        {
-          text:
-            "SELECT c.relname, c.relforcerowsecurity AS forced, substring(pg_get_expr(c.relpartbound, c.oid) FROM 'modulus ([0-9]+)')::int AS modulus " +
-            "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'bulkhead.audit_events'::regclass ORDER BY 1",
-        },
-      ]);
-      assert.deepEqual(
-        parts!.rows,
-        Array.from({ length: PARTITIONS }, (_, i) => ({ relname: `audit_events_p${i}`, forced: true, modulus: PARTITIONS })),
-      );
-      for (const p of parts!.rows) assert.deepEqual(await privileges(su, t.db.appRole, `bulkhead.${p.relname as string}`), [], `${p.relname as string}`);
       const platform = await tableFacts(su, 'bulkhead.audit_platform_events');
       assert.deepEqual([platform.relkind, platform.rls, platform.forced, platform.owner], ['r', true, true, t.db.ownerRole]);
       assert.match(platform.quals as string, /current_setting\('bulkhead\.scope'::text, true\) = 'platform'::text/);
@@ -277,11 +265,8 @@ DELETE FROM bulkhead.migrations WHERE version = 8;`);
       assert.deepEqual((await t.bh.store.migrate()).applied, [12, 13]);
       await su.script(`ANALYZE ${schema}.audit_events`);
       for (const [w, table] of [[b, `${schema}.audit_events`], [a, 'bulkhead.audit_events']] as const) {
-        // The table's counters, its partitions' summed for the pool's.
         const scans: Statement = {
-          text:
-            'SELECT sum(seq_scan)::int AS seq, sum(idx_scan)::int AS idx, sum(idx_tup_fetch)::int AS fetched FROM pg_stat_xact_all_tables ' +
-            'WHERE relid = to_regclass($1) OR relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass($1))',
+          text: 'SELECT seq_scan::int AS seq, idx_scan::int AS idx, idx_tup_fetch::int AS fetched FROM pg_stat_xact_all_tables WHERE relid = to_regclass($1)',
           values: [table],
         };
         const n = 200;
@@ -302,6 +287,79 @@ DELETE FROM bulkhead.migrations WHERE version = 8;`);
       }
     });
 
+    it('migration 15 makes the pool\'s partitioned chain table one table, every row as it was, and drops the CHECK constraints of every audit table', async () => {
+      const a = await tenant('pool');
+      const other = await tenant('pool');
+      const b = await tenant('bridge');
+      const schema = tiers().bridge.locationOf(t.bh.placements.control, b.id);
+      for (const w of [a, other, b]) await appendThrough(t.bh.placements.tenant(w.id, { write: true }), w.id, 12);
+      const before = new Map<string, ComparableRow[]>();
+      for (const w of [a, other, b]) before.set(w.id, await chainRows(t, w.id));
+      // The layout migrations 8-14 left: the pool's table hash-partitioned, with the CHECK
+      // constraints every audit table had. Made here by hand, as those migrations made it.
+      const owner = t.db.ownerRole;
+      const checks = (table: string) =>
+        `ALTER TABLE ${table} ADD CHECK (seq >= 1), ADD CHECK (octet_length(prev_hash) = 32), ADD CHECK (octet_length(hash) = 32), ADD CHECK (jsonb_typeof(event) = 'object');`;
+      await su.script(`SET LOCAL ROLE ${owner};
+ALTER TABLE bulkhead.audit_events RENAME TO audit_events_flat;
+ALTER INDEX bulkhead.audit_events_pkey RENAME TO audit_events_flat_pkey;
+ALTER INDEX bulkhead.audit_events_time RENAME TO audit_events_flat_time;
+ALTER TABLE bulkhead.audit_events_flat DISABLE ROW LEVEL SECURITY;
+CREATE TABLE bulkhead.audit_events (
+  tenant_id uuid NOT NULL,
+  seq bigint NOT NULL CHECK (seq >= 1),
+  prev_hash bytea NOT NULL CHECK (octet_length(prev_hash) = 32),
+  hash bytea NOT NULL CHECK (octet_length(hash) = 32),
+  event jsonb NOT NULL CHECK (jsonb_typeof(event) = 'object'),
+  time timestamptz NOT NULL,
+  PRIMARY KEY (tenant_id, seq)
+) PARTITION BY HASH (tenant_id);
+CREATE INDEX audit_events_time ON bulkhead.audit_events (tenant_id, time);
+${Array.from({ length: PARTITIONS }, (_, i) => `CREATE TABLE bulkhead.audit_events_p${i} PARTITION OF bulkhead.audit_events FOR VALUES WITH (MODULUS ${PARTITIONS}, REMAINDER ${i});`).join('\n')}
+INSERT INTO bulkhead.audit_events SELECT * FROM bulkhead.audit_events_flat;
+DROP TABLE bulkhead.audit_events_flat;
+ALTER TABLE bulkhead.audit_events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE bulkhead.audit_events FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON bulkhead.audit_events USING (tenant_id = nullif(current_setting('bulkhead.tenant_id', true), '')::uuid) WITH CHECK (tenant_id = nullif(current_setting('bulkhead.tenant_id', true), '')::uuid);
+CREATE TRIGGER audit_events_link BEFORE INSERT ON bulkhead.audit_events FOR EACH ROW EXECUTE FUNCTION bulkhead.audit_events_check_link();
+GRANT SELECT, INSERT ON bulkhead.audit_events TO ${t.db.appRole};
+${checks(`${schema}.audit_events`)}
+${checks('bulkhead.audit_platform_events')}
+RESET ROLE;
+DELETE FROM bulkhead.migrations WHERE version = 15;`);
+      assert.equal((await tableFacts(su, 'bulkhead.audit_events')).relkind, 'p', 'the layout before migration 15');
+
+      assert.deepEqual((await t.bh.store.migrate()).applied, [15]);
+      const pool = await tableFacts(su, 'bulkhead.audit_events');
+      assert.deepEqual([pool.relkind, pool.rls, pool.forced, pool.owner], ['r', true, true, owner]);
+      assert.match(pool.quals as string, TENANT_POLICY);
+      assert.deepEqual(await privileges(su, t.db.appRole, 'bulkhead.audit_events'), ['INSERT', 'SELECT']);
+      const [left] = await su.batch([
+        {
+          text:
+            "SELECT (SELECT count(*)::int FROM pg_class WHERE relname ~ '^audit_events_(p[0-9]+|partitioned)') AS tables, " +
+            "(SELECT count(*)::int FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid WHERE c.contype = 'c' AND r.relname IN ('audit_events', 'audit_platform_events')) AS checks, " +
+            "(SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'bulkhead.audit_events'::regclass) AS triggers",
+        },
+      ]);
+      assert.deepEqual(left!.rows[0], { tables: 0, checks: 0, triggers: 'audit_events_append_only,audit_events_link,audit_events_no_truncate' });
+      // Every row as it was, and the chains go on.
+      for (const w of [a, other, b]) {
+        assert.deepEqual(await chainRows(t, w.id), before.get(w.id), 'the rows after migration 15');
+        await appendThrough(t.bh.placements.tenant(w.id, { write: true }), w.id, 3);
+        await assertChain(await chainRows(t, w.id), w.id, 'appended after migration 15');
+      }
+      // The new table's guards hold: no change by the owner, no row for another tenant, no bad shape.
+      await rejectsSql(asOwner(a.id, null, { text: 'DELETE FROM bulkhead.audit_events WHERE tenant_id = $1', values: [a.id] }), AUDIT_APPEND_ONLY_SQLSTATE, APPEND_ONLY, 'the owner deletes');
+      await rejectsSql(asOwner(a.id, a.id, { text: 'TRUNCATE bulkhead.audit_events' }), AUDIT_APPEND_ONLY_SQLSTATE, APPEND_ONLY, 'the owner truncates');
+      const claim = new ChainLinker(other.id, genesisHead()).append(createAuditEvent(input(1, other.id)));
+      await rejectsSql(t.bh.placements.tenant(a.id, { write: true }).batch([insertRows(other.id, [claim])]), '42501', /row-level security/, 'a row of another tenant');
+      // Applied again (a fresh deployment has the table this way already), it changes nothing.
+      await su.script('DELETE FROM bulkhead.migrations WHERE version = 15');
+      assert.deepEqual((await t.bh.store.migrate()).applied, [15]);
+      for (const w of [a, other, b]) await assertChain(await chainRows(t, w.id), w.id, 'migration 15 applied twice');
+    });
+
     it('nobody may change a row: the application role has no privilege, the owner and a superuser meet BHA01; the purge escape is narrow', async () => {
       const a = await tenant();
       const other = await tenant();
@@ -313,7 +371,6 @@ DELETE FROM bulkhead.migrations WHERE version = 8;`);
       for (const text of ["UPDATE audit_events SET event = '{}'::jsonb WHERE tenant_id = $1", 'DELETE FROM audit_events WHERE tenant_id = $1', 'TRUNCATE audit_events']) {
         await rejectsSql(scope.batch([text.includes('$1') ? { text, values: [a.id] } : { text }]), '42501', /permission denied/, `app role: ${text}`);
       }
-      await rejectsSql(scope.batch([{ text: 'SELECT * FROM bulkhead.audit_events_p0' }]), '42501', /permission denied/, 'app role: a partition');
 
       // The owner outside a purge, and inside a purge of another tenant: BHA01 for every change.
       const changes = (table: string): Statement[] => [
@@ -326,10 +383,9 @@ DELETE FROM bulkhead.migrations WHERE version = 8;`);
           await rejectsSql(asOwner(a.id, purge, statement), AUDIT_APPEND_ONLY_SQLSTATE, APPEND_ONLY, `owner, purge ${String(purge)}: ${statement.text}`);
         }
       }
-      // Inside its own tenant's purge, the owner still may not UPDATE nor TRUNCATE (the table or a partition).
+      // Inside its own tenant's purge, the owner still may not UPDATE nor TRUNCATE.
       await rejectsSql(asOwner(a.id, a.id, changes('bulkhead.audit_events')[0]!), AUDIT_APPEND_ONLY_SQLSTATE, APPEND_ONLY, 'owner in a purge: UPDATE');
       await rejectsSql(asOwner(a.id, a.id, changes('bulkhead.audit_events')[2]!), AUDIT_APPEND_ONLY_SQLSTATE, APPEND_ONLY, 'owner in a purge: TRUNCATE');
-      await rejectsSql(asOwner(a.id, a.id, { text: 'TRUNCATE bulkhead.audit_events_p1' }), AUDIT_APPEND_ONLY_SQLSTATE, APPEND_ONLY, 'owner in a purge: TRUNCATE a partition');
       // A superuser (the test's connection) is not the owner: the purge setting does not help it.
       await rejectsSql(
         su.batch([
@@ -440,13 +496,6 @@ DELETE FROM bulkhead.migrations WHERE version = 8;`);
       const [p1, p2] = tenants;
       const claim = new ChainLinker(p2!.id, genesisHead()).append(createAuditEvent(input(1, p2!.id)));
       await rejectsSql(t.bh.placements.tenant(p1!.id, { write: true }).batch([insertRows(p2!.id, [claim])]), '42501', /row-level security/, 'a row of another tenant');
-      // Inserting straight into a partition is refused too.
-      await rejectsSql(
-        t.bh.placements.tenant(p1!.id, { write: true }).batch([{ text: 'INSERT INTO bulkhead.audit_events_p0 SELECT * FROM bulkhead.audit_events LIMIT 0' }]),
-        '42501',
-        /permission denied/,
-        'a partition',
-      );
     });
 
     it("a bridge tenant made now and a silo tenant each get a working audit_events for their own role", async () => {
@@ -470,9 +519,8 @@ DELETE FROM bulkhead.migrations WHERE version = 8;`);
       const siloApp = `${t.db.appRole}_s${s.id.replace(/-/g, '')}`;
       const siloOwner = `${t.db.appRole}_o${s.id.replace(/-/g, '')}`;
       const siloFacts = await tableFacts(store.engine, 'bulkhead.audit_events');
-      assert.deepEqual([siloFacts.relkind, siloFacts.rls, siloFacts.forced, siloFacts.owner], ['p', true, true, siloOwner]);
+      assert.deepEqual([siloFacts.relkind, siloFacts.rls, siloFacts.forced, siloFacts.owner], ['r', true, true, siloOwner]);
       assert.deepEqual(await privileges(store.engine, siloApp, 'bulkhead.audit_events'), ['INSERT', 'SELECT']);
-      assert.deepEqual(await privileges(store.engine, siloApp, 'bulkhead.audit_events_p0'), []);
       await appendThrough(t.bh.placements.tenant(s.id, { write: true }), s.id, 3);
       const rows = await chainRows(t, s.id);
       assert.ok(rows.length >= 3);

@@ -30,7 +30,8 @@ const TENANT_TABLES = [
 const INTERNAL_TABLES = ['migrations', 'move_changes', 'settings'] as const;
 /** Tenant-keyed tables only the platform scope reaches (history, placement directory, moves, key rotations, erasures). */
 const PLATFORM_ONLY = ['erasures', 'key_rotations', 'moves', 'placements', 'tenant_history'] as const;
-const PARTITIONED = ['audit_events', 'index_values', 'records', 'unique_values'] as const;
+/** Hash-partitioned by tenant (the audit chain is one table since migration 15). */
+const PARTITIONED = ['index_values', 'records', 'unique_values'] as const;
 const PARTITIONS = 4; // BULKHEAD_PARTITIONS of openTestBulkhead
 const PRIVILEGES = ['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'] as const;
 

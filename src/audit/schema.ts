@@ -6,25 +6,30 @@
  *
  * - `<schema>.audit_events`: every tenant's chain, stored beside the tenant's data (so it follows
  *   the tenant through tier and region moves), under the same FORCED row-level security as the data
- *   tables (`tenant_isolation`, TENANT_PREDICATE); hash-partitioned by tenant like the pool's records
- *   when `partitions` is given.
+ *   tables (`tenant_isolation`, TENANT_PREDICATE). One table, not partitioned: an append inserts a
+ *   row or a few, and routing them to a hash partition and setting it up cost about a quarter of
+ *   an event's PostgreSQL CPU (migration 15; bench/README.md, "One audit table").
  * - `<schema>.audit_platform_events`: the platform chain (operator actions, unauthenticated
  *   requests), visible in the platform scope only.
  *
  * Immutability is the database's, not the application's: the application role is granted INSERT
- * and SELECT only; triggers reject UPDATE and DELETE of any row and TRUNCATE of the table or of any
- * partition, for every role including the owner and a superuser (SQLSTATE BHA01), with one narrow
- * exception: the owner role may DELETE a tenant's rows in a transaction that names that tenant in
+ * and SELECT only; triggers reject UPDATE and DELETE of any row and TRUNCATE of the table, for
+ * every role including the owner and a superuser (SQLSTATE BHA01), with one narrow exception: the
+ * owner role may DELETE a tenant's rows in a transaction that names that tenant in
  * `bulkhead.audit_purge` (`AUDIT_PURGE_SETTING`), which only `Store.purgeTenant` sets, so that a
  * tenant's source placement can be removed after a move and an erased tenant purged; and an insert
  * must extend its chain: seq 1 after 32 zero bytes, every later seq after the row before it with
  * that row's hash as prev_hash, and the event's seq, tenant and time equal to the row's columns
- * (SQLSTATE BHA02). What the database cannot stop (the owner disabling a trigger, a superuser, a
- * file-level edit) the hash chain and the signed checkpoints reveal.
+ * (SQLSTATE BHA02), and have the chain's shape: seq from 1, hashes of 32 bytes, the event a JSON
+ * object (SQLSTATE 23514). The link trigger checks the shape, not CHECK constraints: PostgreSQL 15
+ * reads a table's CHECK constraints back from their stored form at every INSERT statement, where
+ * the trigger's function is compiled once per connection. What the database cannot stop (the owner
+ * disabling a trigger, a superuser, a file-level edit) the hash chain and the signed checkpoints
+ * reveal.
  *
- * The only values interpolated are the schema and role names and the partition count, checked here.
+ * The only values interpolated are schema, table and role names, checked here.
  */
-import { TENANT_PREDICATE, checkPartitions, checkRoleName, checkSchemaName } from '../store/migrations.js';
+import { TENANT_PREDICATE, checkRoleName, checkSchemaName } from '../store/migrations.js';
 
 /** SQLSTATE of an UPDATE, DELETE or TRUNCATE of audit rows. */
 export const AUDIT_APPEND_ONLY_SQLSTATE = 'BHA01';
@@ -49,8 +54,6 @@ export interface AuditSchemaOptions {
   readonly schema: string;
   /** The role granted INSERT and SELECT, and nothing else. */
   readonly appRole: string;
-  /** Hash partitions of `audit_events` by tenant (1 to 1024); unpartitioned when absent. */
-  readonly partitions?: number;
 }
 
 const ZERO_HASH = `'\\x${'00'.repeat(32)}'::bytea`;
@@ -64,8 +67,8 @@ const PLATFORM_PREDICATE = "current_setting('bulkhead.scope', true) = 'platform'
  * The lookup's plan is made once per connection, when the trigger first runs there, and kept
  * (generic plans, CONTEXT_SQL) until the table's statistics change, so it must be right at every
  * size of the table, whatever size the table had then:
- * - it is planned with sequential scans off: made while a partition was a page or two, a
- *   sequential scan was the cheaper plan, and it stayed the plan as the partition grew to
+ * - it is planned with sequential scans off: made while the table (then a hash partition) was a
+ *   page or two, a sequential scan was the cheaper plan, and it stayed the plan as it grew to
  *   thousands of rows (migration 11). The function's own SET clause turns them off for its call
  *   only (`LINK_FUNCTION_SETTINGS`); until migration 13 the body read the setting and set it twice
  *   per row, two statements through the executor that cost about a quarter of the check;
@@ -85,6 +88,9 @@ function linkCheckBody(lookup: string, tenantCheck: string): string {
   found_seq bigint;
   before_seq bigint := NEW.seq - 1;
 BEGIN
+  IF NEW.seq < 1 OR octet_length(NEW.prev_hash) <> 32 OR octet_length(NEW.hash) <> 32 OR jsonb_typeof(NEW.event) <> 'object' THEN
+    RAISE EXCEPTION 'audit row is malformed (a seq below 1, a hash not of 32 bytes, or an event not a JSON object)' USING ERRCODE = 'check_violation';
+  END IF;
   IF NEW.event->>'seq' IS DISTINCT FROM NEW.seq::text OR ${tenantCheck}
      OR (NEW.event->>'time')::timestamptz IS DISTINCT FROM NEW.time THEN
     RAISE EXCEPTION 'audit row does not match its event (seq, tenant or time)' USING ERRCODE = '${AUDIT_LINK_SQLSTATE}';
@@ -163,51 +169,41 @@ REVOKE ALL ON FUNCTION ${s}.audit_forbid_change() FROM PUBLIC;`;
 }
 
 /**
- * The tenant audit table of `schema` (with its link-check and purge-check functions), its policies,
- * triggers and, when `appRole` is given, grants (`auditEventsGrantsSql`); `partitions`
- * hash-partitions it by tenant, each partition with the same policy and TRUNCATE trigger and no
- * privilege for the application role. Needs `auditFunctionsSql(schema)` first. Without `appRole`
- * (a bridge schema made by a migration, whose role may be gone) the caller grants.
+ * The tenant audit table of `schema` (with its link-check and purge-check functions), its policy,
+ * triggers and, when `appRole` is given, grants (`auditEventsGrantsSql`). Needs
+ * `auditFunctionsSql(schema)` first. Without `appRole` (a bridge schema made by a migration, whose
+ * role may be gone) the caller grants. `copyFrom` (a `schema.table` of the same columns, which the
+ * caller reads without row-level security) fills the table before its policy and triggers exist:
+ * rows that were checked when they were first inserted, moved as they are (migration 15).
  */
-export function auditEventsTableSql(options: Omit<AuditSchemaOptions, 'appRole'> & { readonly appRole?: string }): string {
+export function auditEventsTableSql(options: { readonly schema: string; readonly appRole?: string; readonly copyFrom?: string }): string {
   const s = checkSchemaName(options.schema);
   const app = options.appRole === undefined ? undefined : checkRoleName(options.appRole, 'the application role');
-  const partitions = options.partitions === undefined ? undefined : checkPartitions(options.partitions);
   const table = `${s}.${AUDIT_EVENTS_TABLE}`;
-  const parts: string[] = [];
-  for (let i = 0; i < (partitions ?? 0); i++) {
-    const p = `${table}_p${i}`;
-    parts.push(`CREATE TABLE ${p} PARTITION OF ${table} FOR VALUES WITH (MODULUS ${partitions}, REMAINDER ${i});
-ALTER TABLE ${p} ENABLE ROW LEVEL SECURITY;
-ALTER TABLE ${p} FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON ${p} USING (${TENANT_PREDICATE}) WITH CHECK (${TENANT_PREDICATE});
--- TRUNCATE triggers are not inherited from the parent: each partition carries its own.
-CREATE TRIGGER ${AUDIT_EVENTS_TABLE}_p${i}_no_truncate BEFORE TRUNCATE ON ${p}
-  FOR EACH STATEMENT EXECUTE FUNCTION ${s}.audit_forbid_change();
-REVOKE ALL ON ${p} FROM PUBLIC;`);
-  }
+  const copy = options.copyFrom === undefined ? '' : `INSERT INTO ${table} (tenant_id, seq, prev_hash, hash, event, time)
+  SELECT tenant_id, seq, prev_hash, hash, event, time FROM ${checkQualifiedName(options.copyFrom)};`;
   return `CREATE TABLE ${table} (
   tenant_id uuid NOT NULL,
-  seq bigint NOT NULL CHECK (seq >= 1),
-  prev_hash bytea NOT NULL CHECK (octet_length(prev_hash) = 32),
-  hash bytea NOT NULL CHECK (octet_length(hash) = 32),
-  event jsonb NOT NULL CHECK (jsonb_typeof(event) = 'object'),
+  seq bigint NOT NULL,
+  prev_hash bytea NOT NULL,
+  hash bytea NOT NULL,
+  event jsonb NOT NULL,
   time timestamptz NOT NULL,
   PRIMARY KEY (tenant_id, seq)
-)${partitions === undefined ? '' : ' PARTITION BY HASH (tenant_id)'};
+);
+${copy}
 -- The auditor API filters a tenant's trail by time.
 CREATE INDEX ${AUDIT_EVENTS_TABLE}_time ON ${table} (tenant_id, time);
 ALTER TABLE ${table} ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ${table} FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON ${table} USING (${TENANT_PREDICATE}) WITH CHECK (${TENANT_PREDICATE});
-${parts.join('\n')}
 ${auditEventsLinkFunctionSql(s)}
 -- Row changes: refused as by audit_forbid_change, but for the purge of one tenant by the owner.
 -- The owner is the table's (the role the migrations and provisioning run as), compared with
 -- current_user, so neither a superuser nor a role that merely inherits the owner's rights passes;
 -- and the row's tenant must be the one the transaction names, so a purge statement that reached
 -- past its tenant (which RLS already prevents) would still be refused.
-CREATE FUNCTION ${s}.audit_events_forbid_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
+CREATE OR REPLACE FUNCTION ${s}.audit_events_forbid_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
   IF TG_OP = 'DELETE'
      AND current_user = (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = TG_RELID)
@@ -225,9 +221,16 @@ ${app === undefined ? '' : `GRANT USAGE ON SCHEMA ${s} TO ${app};\n${auditEvents
 `;
 }
 
+/** `name` as `schema.table`, each part a plain identifier. */
+function checkQualifiedName(name: string): string {
+  const parts = name.split('.');
+  if (parts.length !== 2) throw new TypeError('a table to copy from is named schema.table');
+  return `${checkSchemaName(parts[0]!)}.${checkSchemaName(parts[1]!)}`;
+}
+
 /**
  * What `role` may do with the tenant audit rows of `schema`: append and read, nothing else. No
- * UPDATE, no DELETE, no TRUNCATE (the triggers refuse them anyway), no privilege on a partition.
+ * UPDATE, no DELETE, no TRUNCATE (the triggers refuse them anyway).
  */
 export function auditEventsGrantsSql(schema: string, role: string): string {
   const s = checkSchemaName(schema);
@@ -236,15 +239,15 @@ export function auditEventsGrantsSql(schema: string, role: string): string {
 }
 
 /** The platform chain's table in `schema`: platform scope only, INSERT and SELECT for the application role, no exception for anyone. */
-export function auditPlatformTableSql(options: Omit<AuditSchemaOptions, 'partitions'>): string {
+export function auditPlatformTableSql(options: AuditSchemaOptions): string {
   const s = checkSchemaName(options.schema);
   const app = checkRoleName(options.appRole, 'the application role');
   const table = `${s}.${AUDIT_PLATFORM_TABLE}`;
   return `CREATE TABLE ${table} (
-  seq bigint PRIMARY KEY CHECK (seq >= 1),
-  prev_hash bytea NOT NULL CHECK (octet_length(prev_hash) = 32),
-  hash bytea NOT NULL CHECK (octet_length(hash) = 32),
-  event jsonb NOT NULL CHECK (jsonb_typeof(event) = 'object'),
+  seq bigint PRIMARY KEY,
+  prev_hash bytea NOT NULL,
+  hash bytea NOT NULL,
+  event jsonb NOT NULL,
   time timestamptz NOT NULL
 );
 CREATE INDEX ${AUDIT_PLATFORM_TABLE}_time ON ${table} (time);
