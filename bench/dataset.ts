@@ -8,6 +8,7 @@
  * first, so the rows are the ones the API would have stored.
  */
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -46,8 +47,13 @@ export interface BenchDatabase {
   readonly ownerRole: string;
   readonly appRole: string;
   /**
+   * A data directory of its own for the deployment (`BULKHEAD_DATA_DIR`: audit signing key and
+   * witness, local KMS state), made empty here and removed by `drop`.
+   */
+  readonly dataDir: string;
+  /**
    * Drops the database (terminating connections), the silo databases and per-tenant roles the
-   * deployment made, and both roles; safe to call more than once.
+   * deployment made, both roles, and the data directory; safe to call more than once.
    */
   drop(): Promise<void>;
 }
@@ -71,23 +77,29 @@ export async function createBenchDatabase(adminUrl: string): Promise<BenchDataba
   } finally {
     await client.end();
   }
+  const dataDir = mkdtempSync(join(tmpdir(), `${name}-`));
   let dropped: Promise<void> | undefined;
   return {
     url: withDatabase(adminUrl, name),
     name,
     ownerRole,
     appRole,
+    dataDir,
     drop() {
       dropped ??= (async () => {
-        const c = new pg.Client({ connectionString: adminUrl });
-        await c.connect();
         try {
-          await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+          const c = new pg.Client({ connectionString: adminUrl });
+          await c.connect();
+          try {
+            await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+          } finally {
+            await c.end();
+          }
+          // Silo databases and per-tenant roles (bridge and silo tenants), then the two roles.
+          await dropDeploymentObjects(adminUrl, appRole, ownerRole);
         } finally {
-          await c.end();
+          rmSync(dataDir, { recursive: true, force: true });
         }
-        // Silo databases and per-tenant roles (bridge and silo tenants), then the two roles.
-        await dropDeploymentObjects(adminUrl, appRole, ownerRole);
       })();
       return dropped;
     },
@@ -144,8 +156,8 @@ export async function loadDataset(db: BenchDatabase, options: DatasetOptions): P
   const timings: Record<string, number> = {};
   const serverEnv: Record<string, string> = {
     DATABASE_URL: db.url,
-    // Never written: the store is PostgreSQL and the JWT secret comes from the environment.
-    BULKHEAD_DATA_DIR: join(tmpdir(), `${db.name}-unused`),
+    // The audit signing key and witness go here; the store is PostgreSQL and the JWT secret comes from the environment.
+    BULKHEAD_DATA_DIR: db.dataDir,
     BULKHEAD_OPERATOR_TOKEN: generateOperatorToken(),
     BULKHEAD_OWNER_ROLE: db.ownerRole,
     BULKHEAD_APP_ROLE: db.appRole,

@@ -21,9 +21,7 @@
  * an error or Ctrl-C): the database, silo databases, the per-tenant and deployment roles.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { generateOperatorToken } from '../src/access/operator-tokens.js';
 import { createAuditEvent, queryFingerprint } from '../src/audit/event.js';
@@ -108,16 +106,12 @@ type Timeline = Map<string, number>;
 
 async function run(o: Options): Promise<void> {
   const db = await createBenchDatabase(o.adminUrl);
-  const dataDir = mkdtempSync(join(tmpdir(), 'bulkhead-moves-'));
+  const dataDir = db.dataDir;
 
   let bh: Bulkhead | undefined;
   const cleanup = async () => {
     await bh?.close().catch(() => {});
-    try {
-      await db.drop();
-    } finally {
-      rmSync(dataDir, { recursive: true, force: true });
-    }
+    await db.drop();
   };
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     process.once(signal, () => {

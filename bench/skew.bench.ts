@@ -23,9 +23,6 @@
  * end, also on error or Ctrl-C.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { generateOperatorToken } from '../src/access/operator-tokens.js';
@@ -167,19 +164,15 @@ async function run(o: Options): Promise<void> {
   );
 
   const db = await createBenchDatabase(o.adminUrl);
-  const dataDir = mkdtempSync(join(tmpdir(), 'bulkhead-skew-'));
+  const dataDir = db.dataDir;
 
   let bh: Bulkhead | undefined;
   let su: pg.Client | undefined;
   const cleanup = async () => {
     await bh?.close().catch(() => {});
     await su?.end().catch(() => {});
-    try {
-      // Also the bridge roles of promoted tenants and the bridge group.
-      await db.drop();
-    } finally {
-      rmSync(dataDir, { recursive: true, force: true });
-    }
+    // Also the bridge roles of promoted tenants and the bridge group, and the data directory.
+    await db.drop();
   };
   process.once('SIGINT', () => {
     void cleanup().finally(() => process.exit(130));

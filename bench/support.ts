@@ -5,9 +5,6 @@
  * formatted alike in every table), and a throw-away deployment to measure.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import pg from 'pg';
 import { generateOperatorToken } from '../src/access/operator-tokens.js';
 import { createBenchDatabase, type BenchDatabase } from './dataset.js';
@@ -81,12 +78,10 @@ export interface BenchDeployment {
 export async function createDeployment(adminUrl: string, cleanup: Cleanup, settings: { readonly partitions: number; readonly poolSize: number }): Promise<BenchDeployment> {
   const db = await createBenchDatabase(adminUrl);
   cleanup.add(() => db.drop());
-  // One directory for the loader and the server: the audit signing key and witness, the local KMS state.
-  const dataDir = mkdtempSync(join(tmpdir(), `${db.name}-`));
-  cleanup.add(async () => rmSync(dataDir, { recursive: true, force: true }));
   const env: Record<string, string> = {
     DATABASE_URL: db.url,
-    BULKHEAD_DATA_DIR: dataDir,
+    // One directory for the loader and the server (the database's): the audit signing key and witness, the local KMS state.
+    BULKHEAD_DATA_DIR: db.dataDir,
     BULKHEAD_OPERATOR_TOKEN: generateOperatorToken(),
     BULKHEAD_OWNER_ROLE: db.ownerRole,
     BULKHEAD_APP_ROLE: db.appRole,

@@ -14,8 +14,8 @@
  * time limit. All traffic goes to 127.0.0.1.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { availableParallelism, loadavg, tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
+import { availableParallelism, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { isDeepStrictEqual, parseArgs } from 'node:util';
 import pg from 'pg';
@@ -121,12 +121,10 @@ const log = benchLog('tiers');
 async function createDeployment(adminUrl: string, poolSize: number, cleanup: Cleanup): Promise<{ db: BenchDatabase; env: Record<string, string> }> {
   const db = await createBenchDatabase(adminUrl);
   cleanup.add(() => dropDeployment(adminUrl, db));
-  // The audit signing key and witness, and the local KMS state: made for this run, removed with it.
-  const dataDir = mkdtempSync(join(tmpdir(), `${db.name}-`));
-  cleanup.add(async () => rmSync(dataDir, { recursive: true, force: true }));
   const env: Record<string, string> = {
     DATABASE_URL: db.url,
-    BULKHEAD_DATA_DIR: dataDir,
+    // The audit signing key and witness, and the local KMS state: made for this run, removed with it.
+    BULKHEAD_DATA_DIR: db.dataDir,
     BULKHEAD_OPERATOR_TOKEN: generateOperatorToken(),
     BULKHEAD_OWNER_ROLE: db.ownerRole,
     BULKHEAD_APP_ROLE: db.appRole,
