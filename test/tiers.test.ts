@@ -25,7 +25,7 @@ import type { ResolvedPlacement } from '../src/placement/placements.js';
 import { SiloTier } from '../src/placement/silo-tier.js';
 import { TIERS, type TierName } from '../src/placement/tier.js';
 import type { Engine, Statement, StatementResult } from '../src/store/engine.js';
-import { DATA_TABLES } from '../src/store/migrations.js';
+import { DATA_TABLES, legacyBridgeRolesSql } from '../src/store/migrations.js';
 import { CONTEXT_SQL } from '../src/store/store.js';
 import { BACKENDS, mintToken, openTestBulkhead, request, type TestBulkhead, type TestResponse } from './support/backends.js';
 import { assertProblem, rejectsSql } from './support/assertions.js';
@@ -684,6 +684,48 @@ for (const kind of BACKENDS) {
         );
       } finally {
         await su.script(`DROP ROLE ${stranger}`);
+      }
+    });
+
+    it('bridge: a role made before migration 14 (inheriting from the group role) is made NOINHERIT and leaves the group when the store migrates', async () => {
+      const { bridge } = tiersOf(t);
+      const cell = t.bh.placements.control;
+      const b = on('bridge', 1);
+      const role = bridge.roleOf(cell, b.id);
+      const group = `${t.db.appRole}_bridge`;
+      // Not a bridge role by its name: left in the group.
+      const decoy = `${t.db.appRole}_bx${Date.now().toString(36)}`;
+      const facts = async (name: string) => {
+        const [inherit, groups] = await su.batch([
+          { text: 'SELECT rolinherit FROM pg_roles WHERE rolname = $1', values: [name] },
+          { text: 'SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = $1', values: [name] },
+        ]);
+        return { inherit: inherit!.rows[0]!.rolinherit, groups: groups!.rows.map((r) => r.rolname) };
+      };
+      // As provisioning made bridge roles before migration 14.
+      await su.script(`DO $g$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${group}') THEN CREATE ROLE ${group} NOLOGIN; END IF;
+END $g$;
+ALTER ROLE ${role} INHERIT;
+GRANT ${group} TO ${role};
+CREATE ROLE ${decoy} NOLOGIN;
+GRANT ${group} TO ${decoy};`);
+      // A limited role cannot convert it: a warning, nothing changed, nothing failed.
+      const limited = `${t.db.appRole}_l${Date.now().toString(36)}`;
+      try {
+        assert.deepEqual(await facts(role), { inherit: true, groups: [group] });
+        await su.script(`CREATE ROLE ${limited} NOLOGIN NOCREATEROLE;\nSET LOCAL ROLE ${limited};\n${legacyBridgeRolesSql(t.db.appRole)}`);
+        assert.deepEqual(await facts(role), { inherit: true, groups: [group] }, 'without CREATEROLE');
+
+        await t.bh.store.migrate();
+        assert.deepEqual(await facts(role), { inherit: false, groups: [] });
+        assert.deepEqual(await facts(decoy), { inherit: true, groups: [group] });
+        // The tenant still reads its own data, and its read's audit event is appended, with nothing from the group.
+        const read = await request(t.app, 'GET', '/v1/collections/notes/records', { token: b.token });
+        assert.equal(read.status, 200, read.text);
+        assert.ok((read.body.records as unknown[]).length >= 3, read.text);
+      } finally {
+        await su.script(`DROP ROLE IF EXISTS ${decoy};\nDROP ROLE IF EXISTS ${limited};`);
       }
     });
 

@@ -16,8 +16,10 @@ const PROVISION_LOCK = 7283460013;
  * again at every switch to it, in a search that grows with the roles a connection has served
  * (bench/README.md, "Bridge roles without a group"); a NOINHERIT role skips it.
  *
- * Roles made before migration 14 inherit from the group role `<appRole>_bridge`, which keeps its
- * grants: they work as before, without the gain.
+ * Roles made before migration 14 inherited from the group role `<appRole>_bridge`; every open
+ * makes them as the roles made since (`legacyBridgeRolesSql`, run as the connecting user, whose
+ * CREATEROLE made them). Without that privilege they keep the group, and work as before, without
+ * the gain.
  */
 export class BridgeTier implements Tier {
   readonly name = 'bridge' as const;

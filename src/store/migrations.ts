@@ -80,7 +80,40 @@ BEGIN
     EXECUTE format('GRANT ${app} TO %I', current_user);
   END IF;
 END
-$roles$;`;
+$roles$;
+${legacyBridgeRolesSql(app)}`;
+}
+
+/**
+ * Bridge tenants' roles made before migration 14 inherit from the group role `<app>_bridge`, and
+ * PostgreSQL 15 computes an inheriting role's memberships again at every switch to it
+ * (bench/README.md, "Bridge roles without a group"). Since migration 14 nothing they need comes
+ * from the group (it is granted to PUBLIC), so they are made as the roles made since: NOINHERIT,
+ * member of no role. Altering roles needs the CREATEROLE the connecting user provisioned them
+ * with, so it runs here, as that user, and not in a migration (which runs as the owner). Without
+ * that privilege the roles stay as they were, which still works: a warning says so. The name is
+ * `BridgeTier.roleOf`'s (src/placement/bridge-tier.ts); a role of another name is left alone.
+ */
+export function legacyBridgeRolesSql(app: string): string {
+  return `DO $bridge_roles$
+DECLARE
+  r text;
+BEGIN
+  FOR r IN
+    SELECT m.rolname::text FROM pg_auth_members a
+      JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member
+    WHERE g.rolname = '${app}_bridge' AND m.rolname ~ '^${app}_b[0-9a-f]{32}$'
+    ORDER BY 1
+  LOOP
+    BEGIN
+      EXECUTE format('REVOKE %I FROM %I', '${app}_bridge', r);
+      EXECUTE format('ALTER ROLE %I NOINHERIT', r);
+    EXCEPTION WHEN insufficient_privilege THEN
+      RAISE WARNING 'bridge role % keeps its group role: the connecting user may not alter it (CREATEROLE)', r;
+    END;
+  END LOOP;
+END
+$bridge_roles$;`;
 }
 
 function partitioned(table: string, partitions: number): string {
