@@ -653,7 +653,7 @@ DECLARE
 BEGIN
   FOR s IN
     SELECT n.nspname::text FROM pg_namespace n
-    WHERE n.nspname ~ '^tenant_[0-9a-f]{32}$' AND n.nspowner = '${owner}'::regrole
+    WHERE ${bridgeSchemaCondition(owner)}
       AND to_regclass(n.nspname || '.records') IS NOT NULL AND to_regclass(n.nspname || '.tenant_keys') IS NULL
     ORDER BY 1
   LOOP
@@ -745,7 +745,7 @@ DECLARE
 BEGIN
   FOR s IN
     SELECT n.nspname::text FROM pg_namespace n
-    WHERE n.nspname ~ '^tenant_[0-9a-f]{32}$' AND n.nspowner = '${owner}'::regrole
+    WHERE ${bridgeSchemaCondition(owner)}
       AND to_regclass(n.nspname || '.records') IS NOT NULL AND to_regclass(n.nspname || '.audit_events') IS NULL
     ORDER BY 1
   LOOP
@@ -922,7 +922,7 @@ BEGIN
     SELECT c.conrelid::regclass::text AS rel, c.conname::text AS name
     FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
     WHERE c.contype = 'c' AND t.relname IN ('${AUDIT_EVENTS_TABLE}', '${AUDIT_PLATFORM_TABLE}')
-      AND (n.nspname = 'bulkhead' OR (n.nspname ~ '^tenant_[0-9a-f]{32}$' AND n.nspowner = '${owner}'::regrole))
+      AND (n.nspname = 'bulkhead' OR (${bridgeSchemaCondition(owner)}))
     ORDER BY 1, 2
   LOOP
     EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', r.rel, r.name);
@@ -988,7 +988,7 @@ DECLARE
 BEGIN
   FOR s IN
     SELECT n.nspname::text FROM pg_namespace n
-    WHERE n.nspname ~ '^tenant_[0-9a-f]{32}$' AND n.nspowner = '${owner}'::regrole
+    WHERE ${bridgeSchemaCondition(owner)}
       AND to_regclass(n.nspname || '.audit_events') IS NOT NULL
     ORDER BY 1
   LOOP
@@ -997,6 +997,15 @@ BEGIN
 END
 $bridges$;
 `;
+}
+
+/**
+ * The condition on `n` (a `pg_namespace` row) that makes it one of this deployment's bridge schemas:
+ * named as `BridgeTier.locationOf` names them, and owned by the owner role. Migrations that change
+ * every bridge schema find them with it.
+ */
+function bridgeSchemaCondition(owner: string): string {
+  return `n.nspname ~ '^tenant_[0-9a-f]{32}$' AND n.nspowner = '${owner}'::regrole`;
 }
 
 /** Stand-ins for a schema and a role name in DDL that a migration fills in per schema (valid names themselves, never used as such). */
