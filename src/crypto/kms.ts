@@ -340,6 +340,23 @@ export function parseWrappedKey(wrapped: unknown): ParsedWrappedKey {
 }
 
 /**
+ * `Kms.rewrap` as an unwrap and a wrap through the provider's own methods: under the region's
+ * newest KEK, or again under the same tenant key, with a fresh IV either way. The data key is
+ * wiped from memory when done, also on a failure.
+ */
+export async function rewrapByUnwrapping(kms: Kms, wrapped: string, context: KmsContext): Promise<string> {
+  const dataKey = await kms.unwrap(wrapped, context);
+  try {
+    const parsed = parseWrappedKey(wrapped);
+    return parsed.kind === 'tenant'
+      ? await kms.wrapForTenant(parsed.region, parsed.tenantId, dataKey, context)
+      : await kms.wrap(parsed.region, dataKey, context);
+  } finally {
+    dataKey.fill(0);
+  }
+}
+
+/**
  * What a wrapped key names, without unwrapping it: `kind` `region` with its provider, region and
  * KEK version (what a rotation sweep needs to pick the keys still on an old version), or `tenant`
  * with its provider, region, tenant and tenant key id. Malformed → `KMS_UNWRAP_FAILED`.

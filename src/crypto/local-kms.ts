@@ -49,6 +49,7 @@ import {
   isTenantKeyId,
   newTenantKeyId,
   parseWrappedKey,
+  rewrapByUnwrapping,
   wrapAad,
   type Kms,
   type KmsContext,
@@ -483,16 +484,8 @@ class LocalKms implements Kms {
     }
   }
 
-  async rewrap(wrapped: string, context: KmsContext): Promise<string> {
-    const dataKey = await this.unwrap(wrapped, context);
-    try {
-      const parsed = parseWrappedKey(wrapped);
-      return parsed.kind === 'tenant'
-        ? await this.wrapForTenant(parsed.region, parsed.tenantId, dataKey, context)
-        : await this.wrap(parsed.region, dataKey, context);
-    } finally {
-      dataKey.fill(0);
-    }
+  rewrap(wrapped: string, context: KmsContext): Promise<string> {
+    return rewrapByUnwrapping(this, wrapped, context);
   }
 
   async rotateKek(region: string): Promise<number> {

@@ -39,6 +39,7 @@ import {
   isTenantKeyId,
   newTenantKeyId,
   parseWrappedKey,
+  rewrapByUnwrapping,
   wrapAad,
   type Kms,
   type KmsContext,
@@ -304,16 +305,8 @@ class Pkcs11Kms implements Kms {
     }
   }
 
-  async rewrap(wrapped: string, context: KmsContext): Promise<string> {
-    const dataKey = await this.unwrap(wrapped, context);
-    try {
-      const parsed = parseWrappedKey(wrapped);
-      return parsed.kind === 'tenant'
-        ? await this.wrapForTenant(parsed.region, parsed.tenantId, dataKey, context)
-        : await this.wrap(parsed.region, dataKey, context);
-    } finally {
-      dataKey.fill(0);
-    }
+  rewrap(wrapped: string, context: KmsContext): Promise<string> {
+    return rewrapByUnwrapping(this, wrapped, context);
   }
 
   async rotateKek(region: string): Promise<number> {
