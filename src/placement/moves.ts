@@ -349,12 +349,9 @@ export class Moves {
       case 'verifying': {
         // Writes went on during the copy, each named in the change log: copy those records again,
         // pass after pass, until a pass finds few. The comparison that decides is at the switch.
-        const source = await this.#scope(move.source, tenantId);
-        const target = await this.#scope(move.target, tenantId);
-        const site = await this.#site(move.source, tenantId);
-        let synced = 0;
-        let progress: MoveProgress = move.progress;
-        if (!progress.capture) ({ progress, synced } = await this.#startCapture(move, site, source, target));
+        const ends = await this.#ends(move);
+        const { source, target, site, progress } = ends;
+        let synced = ends.synced;
         for (let pass = 0; pass < CATCH_UP_PASSES && !this.#closing; pass++) {
           const done = await catchUp(site, source, target, tenantId, this.#batchSize);
           synced += done.rows;
@@ -412,12 +409,9 @@ export class Moves {
    */
   async #switch(move: MoveView): Promise<void> {
     const { tenantId } = move;
-    const source = await this.#scope(move.source, tenantId);
-    const target = await this.#scope(move.target, tenantId);
-    const site = await this.#site(move.source, tenantId);
-    let synced = 0;
-    let progress: MoveProgress = move.progress;
-    if (!progress.capture) ({ progress, synced } = await this.#startCapture(move, site, source, target));
+    const ends = await this.#ends(move);
+    const { source, target, site, progress } = ends;
+    let synced = ends.synced;
     // One more pass over what was written since the verification, then the comparison base. A
     // base that does not agree (the target differs from the source on a record the log does not
     // name, which the capture rules out) gets a full sync and another try.
@@ -526,16 +520,21 @@ export class Moves {
   }
 
   /**
-   * Starts capturing the source's changes for a move persisted before capture existed (its
-   * progress has no `capture`): the triggers first, then a full sync, which brings in line
-   * everything written before them. Returns the progress to persist next and the rows synced.
+   * The two ends of a move that brings its target in line by the source's change log, and the
+   * progress to persist next. A move persisted before capture existed (its progress has no
+   * `capture`) starts capturing first: the triggers, then a full sync, which brings in line
+   * everything written before them (`synced`: its rows; 0 otherwise).
    */
-  async #startCapture(move: MoveView, site: CaptureSite, source: ScopedStore, target: ScopedStore): Promise<{ progress: MoveProgress; synced: number }> {
+  async #ends(move: MoveView): Promise<{ source: ScopedStore; target: ScopedStore; site: CaptureSite; progress: MoveProgress; synced: number }> {
+    const source = await this.#scope(move.source, move.tenantId);
+    const target = await this.#scope(move.target, move.tenantId);
+    const site = await this.#site(move.source, move.tenantId);
+    if (move.progress.capture) return { source, target, site, progress: move.progress, synced: 0 };
     await installCapture(site, move.tenantId);
     const synced = await syncChanges(source, target, move.tenantId, this.#batchSize);
     const progress: MoveProgress = { ...move.progress, capture: true };
     await this.#saveProgress(move, progress);
-    return { progress, synced };
+    return { source, target, site, progress, synced };
   }
 
   /** Removes the source's change capture unless recorded as removed, and records it so. */
