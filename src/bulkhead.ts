@@ -19,13 +19,14 @@ import type { Kms } from './crypto/kms.js';
 import { TenantKeyring } from './crypto/keyring.js';
 import { KeyRotations, type KeyRotationsOptions } from './tenancy/key-rotations.js';
 import { Erasures, type ErasuresOptions } from './tenancy/erasures.js';
+import { PLATFORM_CHAIN } from './audit/chain.js';
 import { AuditLog, type AuditLogOptions } from './audit/log.js';
 import { createAuditEvent, type AuditOperatorFields } from './audit/event.js';
 import type { MoveView } from './placement/moves.js';
 import type { RotationView } from './tenancy/key-rotations.js';
 import type { ErasureView } from './tenancy/erasures.js';
-import { verifyTrail, type VerifyReport } from './audit/verify.js';
-import { pruneChain, type PruneResult } from './audit/retention.js';
+import { verifyTrail, type VerifyReport, type VerifySources } from './audit/verify.js';
+import { pruneChain, type PruneResult, type RetentionDeps } from './audit/retention.js';
 import { loadOrCreateSigner, SIGNING_KEY_DIR_NAME } from './audit/checkpoint.js';
 import { Witness } from './audit/witness.js';
 import { join } from 'node:path';
@@ -323,41 +324,42 @@ export class Bulkhead {
   async verifyAudit(idOrSlug?: string, onProgress?: (rows: number, total: number) => void): Promise<VerifyReport> {
     const tenants = idOrSlug === undefined ? await this.tenants.list() : [await this.tenants.get(idOrSlug)];
     return verifyTrail(
-      {
-        tenant: (tenantId) => this.placements.tenant(tenantId, { requireActive: false }),
-        platform: () => this.store.platform(),
-        witness: this.audit.witness,
-        anchors: this.audit.anchors,
-        keys: [this.audit.verifyingKey],
-        ...(onProgress ? { onProgress } : {}),
-      },
+      { ...this.#auditSources(), ...(onProgress ? { onProgress } : {}) },
       tenants.map((t) => ({ id: t.id, erased: t.status === 'erased' })),
       idOrSlug === undefined,
     );
   }
 
+  /** Where the chains, their checkpoints and their anchors are read from, and the key they verify with. */
+  #auditSources(): VerifySources {
+    return {
+      tenant: (tenantId) => this.placements.tenant(tenantId, { requireActive: false }),
+      platform: () => this.store.platform(),
+      witness: this.audit.witness,
+      anchors: this.audit.anchors,
+      keys: [this.audit.verifyingKey],
+    };
+  }
+
   /**
-   * Applies audit retention: every tenant chain's events before `before` (default: the retention
-   * period ago) are removed behind a signed anchor; erased tenants and the platform chain are left.
+   * Applies audit retention: the events of every tenant's chain and of the platform chain from
+   * before `before` (default: the retention period ago) are removed behind a signed anchor; erased
+   * tenants are left (their chain went with their data). A chain that fails is reported and the
+   * others go on.
    */
   async pruneAudit(before: Date = new Date(Date.now() - this.config.auditRetentionDays * 86_400_000)): Promise<PruneResult[]> {
+    const deps: RetentionDeps = {
+      scope: (chain) => (chain === PLATFORM_CHAIN ? this.store.platform() : this.placements.tenant(chain, { requireActive: false })),
+      signer: this.audit.signer,
+      anchors: this.audit.anchors,
+      keys: [this.audit.verifyingKey],
+      verify: (chain) => (chain === PLATFORM_CHAIN ? verifyTrail(this.#auditSources(), [], true) : this.verifyAudit(chain)),
+      remove: (chain, throughSeq) => (chain === PLATFORM_CHAIN ? this.store.prunePlatformAudit(throughSeq) : this.placements.pruneAudit(chain, throughSeq)),
+    };
+    const tenants = (await this.tenants.list()).filter((t) => t.status !== 'erased');
     const results: PruneResult[] = [];
-    for (const tenant of await this.tenants.list()) {
-      if (tenant.status === 'erased') continue;
-      results.push(
-        await pruneChain(
-          {
-            tenant: (tenantId) => this.placements.tenant(tenantId, { requireActive: false }),
-            signer: this.audit.signer,
-            anchors: this.audit.anchors,
-            keys: [this.audit.verifyingKey],
-            verify: (tenantId) => this.verifyAudit(tenantId),
-            remove: (tenantId, throughSeq) => this.placements.pruneAudit(tenantId, throughSeq),
-          },
-          tenant.id,
-          before,
-        ).catch((): PruneResult => ({ chain: tenant.id, anchorSeq: null, removed: 0, refused: 'error' })),
-      );
+    for (const chain of [...tenants.map((t) => t.id), PLATFORM_CHAIN]) {
+      results.push(await pruneChain(deps, chain, before).catch((): PruneResult => ({ chain, anchorSeq: null, removed: 0, refused: 'error' })));
     }
     return results;
   }

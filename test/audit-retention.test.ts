@@ -1,14 +1,17 @@
 /**
  * Audit retention (issue 5, item 9): events older than the retention period are pruned behind a
  * signed anchor, and the rest of the chain still verifies from it; rows removed past the anchor,
- * or a forged anchor, do not verify; a chain that does not verify is never pruned.
+ * or a forged anchor, do not verify; a chain that does not verify is never pruned. The platform
+ * chain too (migration 16): only the owner deletes its rows, and none past the seq named.
  */
 import { appendFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import type { Engine } from '../src/store/engine.js';
+import { AUDIT_APPEND_ONLY_SQLSTATE, AUDIT_PLATFORM_PRUNE_SETTING } from '../src/audit/schema.js';
+import type { Engine, Statement } from '../src/store/engine.js';
+import { rejectsSql } from './support/assertions.js';
 import { BACKENDS, createTenant, defineCollection, openTestBulkhead, request, type TestBulkhead } from './support/backends.js';
 
 for (const kind of BACKENDS) {
@@ -90,6 +93,107 @@ for (const kind of BACKENDS) {
       assert.deepEqual(results.find((r) => r.chain === b.id), { chain: b.id, anchorSeq: null, removed: 0, refused: 'witness-invalid' });
       assert.deepEqual(results.find((r) => r.chain === c.id), { chain: c.id, anchorSeq: null, removed: 0, refused: 'chain-diverges' });
       assert.deepEqual(await seqs(c.id), before, 'nothing was removed');
+    });
+  });
+
+  // A deployment of its own: the one above holds a forged anchor, which fails every verification of the whole trail.
+  describe(`audit retention of the platform chain (${kind})`, () => {
+    let t: TestBulkhead;
+    let su: Engine;
+
+    before(async () => {
+      t = await openTestBulkhead(kind);
+      su = await t.db.engine();
+    });
+    after(async () => {
+      await t?.close();
+    });
+
+    const platformSeqs = async () => {
+      const [r] = await su.batch([{ text: 'SELECT seq FROM bulkhead.audit_platform_events ORDER BY seq' }]);
+      return r!.rows.map((row) => Number(row.seq));
+    };
+    /** `statement` in the platform scope as `role` (the superuser when undefined), the prune setting naming `through` (unset when undefined). */
+    const asPlatform = (role: string | undefined, through: number | undefined, statement: Statement) =>
+      su.batch([
+        ...(role === undefined ? [] : [{ text: `SET LOCAL ROLE ${role}` }]),
+        {
+          text: `SELECT set_config('bulkhead.scope', 'platform', true), set_config('${AUDIT_PLATFORM_PRUNE_SETTING}', $1, true)`,
+          values: [through === undefined ? '' : String(through)],
+        },
+        statement,
+      ]);
+    const APPEND_ONLY = /^audit rows are append-only: (UPDATE|DELETE|TRUNCATE) on bulkhead\.audit_platform_events is not allowed$/;
+    const appendOnlyFunction = async () => {
+      const [r] = await su.batch([
+        {
+          text:
+            'SELECT p.proname::text AS f FROM pg_trigger g JOIN pg_proc p ON p.oid = g.tgfoid ' +
+            "WHERE g.tgrelid = 'bulkhead.audit_platform_events'::regclass AND g.tgname = 'audit_platform_events_append_only'",
+        },
+      ]);
+      return r!.rows[0]?.f;
+    };
+
+    it('migration 16 gives the platform table its one exception, on a layout made before it, and again changes nothing', async () => {
+      await createTenant(t, `ret-m-${kind}`); // platform events to refuse to delete
+      // The platform table as migration 8 made it before: every row change refused by the shared function.
+      await su.script(`SET LOCAL ROLE ${t.db.ownerRole};
+DROP TRIGGER audit_platform_events_append_only ON bulkhead.audit_platform_events;
+CREATE TRIGGER audit_platform_events_append_only BEFORE UPDATE OR DELETE ON bulkhead.audit_platform_events
+  FOR EACH ROW EXECUTE FUNCTION bulkhead.audit_forbid_change();
+DROP FUNCTION bulkhead.audit_platform_events_forbid_change();
+RESET ROLE;
+DELETE FROM bulkhead.migrations WHERE version = 16;`);
+      const first = (await platformSeqs())[0]!;
+      assert.ok(first >= 1, 'the platform chain has events');
+      await rejectsSql(asPlatform(t.db.ownerRole, first, { text: 'DELETE FROM bulkhead.audit_platform_events WHERE seq = $1', values: [first] }), AUDIT_APPEND_ONLY_SQLSTATE, APPEND_ONLY, 'before migration 16, the owner');
+      assert.equal(await appendOnlyFunction(), 'audit_forbid_change');
+      assert.deepEqual((await t.bh.store.migrate()).applied, [16]);
+      assert.equal(await appendOnlyFunction(), 'audit_platform_events_forbid_change');
+      await su.script('DELETE FROM bulkhead.migrations WHERE version = 16');
+      assert.deepEqual((await t.bh.store.migrate()).applied, [16]);
+      assert.equal(await appendOnlyFunction(), 'audit_platform_events_forbid_change');
+      assert.equal((await t.bh.verifyAudit()).ok, true, 'nothing was removed');
+    });
+
+    it('prunes the platform chain behind a signed anchor; only the owner deletes its rows, and none past the seq named', async () => {
+      // An operator action: new platform events, so there is something newer than any earlier anchor.
+      await createTenant(t, `ret-p-${kind}`);
+      await t.bh.audit.checkpoint();
+      const before = await platformSeqs();
+      const head = before.at(-1)!;
+      const [result] = (await t.bh.pruneAudit(new Date(Date.now() + 1000))).filter((r) => r.chain === 'platform');
+      assert.deepEqual(result, { chain: 'platform', anchorSeq: head - 1, removed: before.length - 1 });
+      assert.deepEqual(await platformSeqs(), [head], 'the newest event stays, so the chain goes on from it');
+      const report = await t.bh.verifyAudit();
+      assert.equal(report.ok, true, JSON.stringify(report.firstDivergence));
+      assert.equal(report.tenants.find((c) => c.chain === 'platform')!.headSeq, head);
+      // Appends go on, and verify from the anchor.
+      await createTenant(t, `ret-q-${kind}`);
+      await t.bh.audit.checkpoint();
+      assert.equal((await t.bh.verifyAudit()).ok, true);
+      const kept = await platformSeqs();
+      assert.ok(kept.length > 1 && kept[0] === head);
+
+      // The exception is the owner's, for DELETE, up to the seq named, and nothing else.
+      const row = { text: 'DELETE FROM bulkhead.audit_platform_events WHERE seq = $1', values: [head] };
+      await rejectsSql(asPlatform(t.db.ownerRole, head - 1, row), AUDIT_APPEND_ONLY_SQLSTATE, APPEND_ONLY, 'the owner, past the seq named');
+      await rejectsSql(asPlatform(t.db.ownerRole, undefined, row), AUDIT_APPEND_ONLY_SQLSTATE, APPEND_ONLY, 'the owner, no seq named');
+      await rejectsSql(asPlatform(t.db.ownerRole, head, { text: 'UPDATE bulkhead.audit_platform_events SET time = now() WHERE seq = $1', values: [head] }), AUDIT_APPEND_ONLY_SQLSTATE, APPEND_ONLY, 'the owner updates');
+      await rejectsSql(asPlatform(t.db.ownerRole, head, { text: 'TRUNCATE bulkhead.audit_platform_events' }), AUDIT_APPEND_ONLY_SQLSTATE, APPEND_ONLY, 'the owner truncates');
+      await rejectsSql(asPlatform(undefined, head, row), AUDIT_APPEND_ONLY_SQLSTATE, APPEND_ONLY, 'a superuser');
+      await rejectsSql(asPlatform(t.db.appRole, head, row), '42501', /permission denied/, 'the application role');
+      assert.deepEqual(await platformSeqs(), kept, 'nothing was removed');
+
+      // A row removed past the anchor (with the owner's exception) is found by verification.
+      assert.equal(await t.bh.store.prunePlatformAudit(kept[1]!), 2);
+      const broken = await t.bh.verifyAudit();
+      assert.equal(broken.ok, false);
+      assert.equal(broken.firstDivergence!.chain, 'platform');
+      // Retention does not prune a chain that does not verify.
+      const [refused] = (await t.bh.pruneAudit(new Date(Date.now() + 1000))).filter((r) => r.chain === 'platform');
+      assert.deepEqual(refused, { chain: 'platform', anchorSeq: null, removed: 0, refused: 'chain-diverges' });
     });
   });
 }

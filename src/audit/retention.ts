@@ -1,5 +1,5 @@
 /**
- * Audit retention (issue 5, item 9; docs/audit.md, "Retention"): a tenant chain's events older than
+ * Audit retention (issue 5, item 9; docs/audit.md, "Retention"): a chain's events older than
  * the retention period (`BULKHEAD_AUDIT_RETENTION_DAYS`, 365 by default, as PCI DSS 10.5.1 asks)
  * are removed, and the chain stays verifiable from a signed **anchor**: a checkpoint of the last
  * removed event's seq and hash, signed like every checkpoint and appended to the witness's
@@ -9,8 +9,9 @@
  *
  * A chain is pruned only when it verifies first (pruning never launders a tampered chain), and
  * never down to its head: the newest event always stays, so the next append still links to a row.
+ * The platform chain is pruned the same way (migration 16 lets the owner delete its oldest rows).
  */
-import { PLATFORM_CHAIN, type ChainHead } from './chain.js';
+import { PLATFORM_CHAIN, type ChainHead, type ChainId } from './chain.js';
 import { checkpointKeys, type CheckpointSigner } from './checkpoint.js';
 import type { VerifyReport } from './verify.js';
 import type { Witness } from './witness.js';
@@ -36,15 +37,16 @@ export interface PruneResult {
 
 /** What pruning needs. */
 export interface RetentionDeps {
-  readonly tenant: (tenantId: string) => ScopedStore;
+  /** Where a chain's rows are read: the tenant's scope at its placement, or the control plane's platform scope. */
+  readonly scope: (chain: ChainId) => ScopedStore;
   readonly signer: CheckpointSigner;
   /** The anchors' witness (a directory of its own beside the checkpoints'). */
   readonly anchors: Witness;
   readonly keys: readonly KeyObject[];
-  /** Verifies one tenant's chain (from its newest anchor). */
-  readonly verify: (tenantId: string) => Promise<VerifyReport>;
-  /** Removes a tenant's events up to a seq at its placement. */
-  readonly remove: (tenantId: string, throughSeq: number) => Promise<number>;
+  /** Verifies one chain (from its newest anchor). */
+  readonly verify: (chain: ChainId) => Promise<VerifyReport>;
+  /** Removes a chain's events up to a seq, where the chain lives. */
+  readonly remove: (chain: ChainId, throughSeq: number) => Promise<number>;
 }
 
 /** The newest anchor of `chain` whose signature verifies, as the head the remaining rows start after. */
@@ -53,14 +55,20 @@ export async function anchorOf(anchors: Witness, chain: string, keys: readonly K
   return last ? { seq: last.seq, hash: Buffer.from(last.hash, 'hex') } : undefined;
 }
 
-/** Prunes one tenant's chain of the events before `before`. */
-export async function pruneChain(deps: RetentionDeps, tenantId: string, before: Date): Promise<PruneResult> {
-  const scope = deps.tenant(tenantId);
+/** A chain's rows in SQL: the table and the condition that selects them (a tenant's id bound as `$1`), and the values it binds. */
+function rowsOf(chain: ChainId): { readonly from: string; readonly values: readonly unknown[] } {
+  return chain === PLATFORM_CHAIN
+    ? { from: 'bulkhead.audit_platform_events WHERE true', values: [] }
+    : { from: 'audit_events WHERE tenant_id = $1', values: [chain] };
+}
+
+/** Prunes one chain (a tenant's, or the platform's) of the events before `before`. */
+export async function pruneChain(deps: RetentionDeps, chain: ChainId, before: Date): Promise<PruneResult> {
+  const scope = deps.scope(chain);
+  const { from, values } = rowsOf(chain);
+  const next = values.length + 1;
   const [r] = await scope.batch([
-    {
-      text: 'SELECT max(seq) AS head, max(seq) FILTER (WHERE time < $2) AS old FROM audit_events WHERE tenant_id = $1',
-      values: [tenantId, before.toISOString()],
-    },
+    { text: `SELECT max(seq) AS head, max(seq) FILTER (WHERE time < $${next}) AS old FROM ${from}`, values: [...values, before.toISOString()] },
   ]);
   const head = Number(r!.rows[0]!.head ?? 0);
   const old = Number(r!.rows[0]!.old ?? 0);
@@ -68,21 +76,18 @@ export async function pruneChain(deps: RetentionDeps, tenantId: string, before: 
   let anchor: ChainHead | undefined;
   let report: VerifyReport;
   try {
-    anchor = await anchorOf(deps.anchors, tenantId, deps.keys);
-    if (cut < 1 || (anchor && cut <= anchor.seq)) return { chain: tenantId, anchorSeq: null, removed: 0 };
-    report = await deps.verify(tenantId);
+    anchor = await anchorOf(deps.anchors, chain, deps.keys);
+    if (cut < 1 || (anchor && cut <= anchor.seq)) return { chain, anchorSeq: null, removed: 0 };
+    report = await deps.verify(chain);
   } catch (error) {
-    if ((error as { code?: unknown }).code === 'AUDIT_CHECKPOINT_INVALID') return { chain: tenantId, anchorSeq: null, removed: 0, refused: 'witness-invalid' };
+    if ((error as { code?: unknown }).code === 'AUDIT_CHECKPOINT_INVALID') return { chain, anchorSeq: null, removed: 0, refused: 'witness-invalid' };
     throw error;
   }
-  if (!report.ok) return { chain: tenantId, anchorSeq: null, removed: 0, refused: 'chain-diverges' };
-  const [h] = await scope.batch([{ text: 'SELECT hash FROM audit_events WHERE tenant_id = $1 AND seq = $2', values: [tenantId, cut] }]);
+  if (!report.ok) return { chain, anchorSeq: null, removed: 0, refused: 'chain-diverges' };
+  const [h] = await scope.batch([{ text: `SELECT hash FROM ${from} AND seq = $${next}`, values: [...values, cut] }]);
   const hash = h!.rows[0]!.hash as Uint8Array;
   // The anchor is durable before a row goes: a crash in between leaves rows that verify from it.
-  await deps.anchors.append(deps.signer.sign({ chain: tenantId, seq: cut, hash }));
-  const removed = await deps.remove(tenantId, cut);
-  return { chain: tenantId, anchorSeq: cut, removed };
+  await deps.anchors.append(deps.signer.sign({ chain, seq: cut, hash }));
+  const removed = await deps.remove(chain, cut);
+  return { chain, anchorSeq: cut, removed };
 }
-
-/** The chain a retention run never prunes: the platform's (its table has no exception to append-only at all). */
-export const UNPRUNED_CHAINS: readonly string[] = [PLATFORM_CHAIN];

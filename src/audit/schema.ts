@@ -16,8 +16,11 @@
  * and SELECT only; triggers reject UPDATE and DELETE of any row and TRUNCATE of the table, for
  * every role including the owner and a superuser (SQLSTATE BHA01), with one narrow exception: the
  * owner role may DELETE a tenant's rows in a transaction that names that tenant in
- * `bulkhead.audit_purge` (`AUDIT_PURGE_SETTING`), which only `Store.purgeTenant` sets, so that a
- * tenant's source placement can be removed after a move and an erased tenant purged; and an insert
+ * `bulkhead.audit_purge` (`AUDIT_PURGE_SETTING`), which only `Store.purgeTenant` and
+ * `Store.pruneAudit` set, so that a tenant's source placement can be removed after a move, an
+ * erased tenant purged and old events pruned; and the platform's rows up to the seq a transaction
+ * names in `bulkhead.audit_prune_platform` (`AUDIT_PLATFORM_PRUNE_SETTING`, set by
+ * `Store.prunePlatformAudit` alone, for retention; migration 16). And an insert
  * must extend its chain: seq 1 after 32 zero bytes, every later seq after the row before it with
  * that row's hash as prev_hash, and the event's seq, tenant and time equal to the row's columns
  * (SQLSTATE BHA02), and have the chain's shape: seq from 1, hashes of 32 bytes, the event a JSON
@@ -47,6 +50,13 @@ export const AUDIT_PLATFORM_TABLE = 'audit_platform_events';
  * not another tenant's rows, not UPDATE, not TRUNCATE, not the platform chain, not any other role.
  */
 export const AUDIT_PURGE_SETTING = 'bulkhead.audit_purge';
+
+/**
+ * The setting that lets the owner role delete the platform chain's oldest rows: the highest seq to
+ * delete, set for one transaction by `Store.prunePlatformAudit` only, after retention signed an
+ * anchor at that seq. Not UPDATE, not TRUNCATE, not a row past that seq, not any other role.
+ */
+export const AUDIT_PLATFORM_PRUNE_SETTING = 'bulkhead.audit_prune_platform';
 
 /** What the audit SQL is parameterized by. */
 export interface AuditSchemaOptions {
@@ -238,7 +248,32 @@ export function auditEventsGrantsSql(schema: string, role: string): string {
   return `GRANT SELECT, INSERT ON ${s}.${AUDIT_EVENTS_TABLE} TO ${role};`;
 }
 
-/** The platform chain's table in `schema`: platform scope only, INSERT and SELECT for the application role, no exception for anyone. */
+/**
+ * The function of the platform table's append-only trigger in `schema` (created or replaced): row
+ * changes refused as by `audit_forbid_change`, but for retention's DELETE of the oldest rows by the
+ * owner, up to the seq the transaction names in `AUDIT_PLATFORM_PRUNE_SETTING`. The owner is the
+ * table's, compared with current_user, as for a tenant's purge.
+ */
+export function auditPlatformChangeFunctionSql(schemaName: string): string {
+  const s = checkSchemaName(schemaName);
+  return `CREATE OR REPLACE FUNCTION ${s}.audit_platform_events_forbid_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF TG_OP = 'DELETE'
+     AND current_user = (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = TG_RELID)
+     AND OLD.seq <= nullif(current_setting('${AUDIT_PLATFORM_PRUNE_SETTING}', true), '')::bigint THEN
+    RETURN OLD;
+  END IF;
+  RAISE EXCEPTION 'audit rows are append-only: % on %.% is not allowed', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+    USING ERRCODE = '${AUDIT_APPEND_ONLY_SQLSTATE}';
+END
+$fn$;
+REVOKE ALL ON FUNCTION ${s}.audit_platform_events_forbid_change() FROM PUBLIC;`;
+}
+
+/**
+ * The platform chain's table in `schema`: platform scope only, INSERT and SELECT for the
+ * application role; no exception to append-only but retention's (`auditPlatformChangeFunctionSql`).
+ */
 export function auditPlatformTableSql(options: AuditSchemaOptions): string {
   const s = checkSchemaName(options.schema);
   const app = checkRoleName(options.appRole, 'the application role');
@@ -255,7 +290,8 @@ ALTER TABLE ${table} ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ${table} FORCE ROW LEVEL SECURITY;
 CREATE POLICY platform_only ON ${table} USING (${PLATFORM_PREDICATE}) WITH CHECK (${PLATFORM_PREDICATE});
 ${auditPlatformLinkFunctionSql(s)}
-${triggersSql(table, AUDIT_PLATFORM_TABLE, `${s}.audit_platform_events_check_link`, `${s}.audit_forbid_change`, s)}
+${auditPlatformChangeFunctionSql(s)}
+${triggersSql(table, AUDIT_PLATFORM_TABLE, `${s}.audit_platform_events_check_link`, `${s}.audit_platform_events_forbid_change`, s)}
 REVOKE ALL ON ${table} FROM PUBLIC;
 GRANT USAGE ON SCHEMA ${s} TO ${app};
 GRANT SELECT, INSERT ON ${table} TO ${app};

@@ -184,7 +184,7 @@ export async function verifyTrail(sources: VerifySources, tenants: readonly { id
     if (erased) return;
     // A chain pruned by retention starts after its newest anchor whose signature verifies (a
     // forged anchor line fails the verification: the witness throws on it, uniformly).
-    const start = sources.anchors && chain !== PLATFORM_CHAIN ? await anchorOf(sources.anchors, chain, sources.keys) : undefined;
+    const start = sources.anchors ? await anchorOf(sources.anchors, chain, sources.keys) : undefined;
     // The rows of all chains verified so far: this chain's count is added as it grows.
     let counted = 0;
     const progress = (n: number) => {

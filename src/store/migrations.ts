@@ -12,9 +12,11 @@ import {
   auditEventsLinkFunctionSql,
   auditEventsTableSql,
   auditFunctionsSql,
+  auditPlatformChangeFunctionSql,
   auditPlatformLinkFunctionSql,
   auditSchemaSql,
   AUDIT_EVENTS_TABLE,
+  AUDIT_PLATFORM_PRUNE_SETTING,
   AUDIT_PLATFORM_TABLE,
 } from '../audit/schema.js';
 import { PLAIN_IDENTIFIER, isPlainIdentifier } from '../ids.js';
@@ -930,6 +932,24 @@ BEGIN
 END
 $checks$;
 ${linkChecksSql(o)}`;
+    },
+  },
+  {
+    version: 16,
+    name: 'retention of the platform chain',
+    sql: (o) => {
+      checkRoleName(o.ownerRole, 'the owner role');
+      return `
+-- Audit retention prunes the platform chain as it prunes a tenant's (src/audit/retention.ts): it
+-- signs an anchor at the last event to remove, then the owner deletes the rows up to that seq. The
+-- platform table's append-only trigger, which refused every row change, now lets the owner delete
+-- rows up to the seq its transaction names in ${AUDIT_PLATFORM_PRUNE_SETTING} (src/audit/schema.ts,
+-- auditPlatformChangeFunctionSql), and nothing else. Deployments made after this change have this
+-- trigger already; it is made again the same.
+${auditPlatformChangeFunctionSql('bulkhead')}
+DROP TRIGGER ${AUDIT_PLATFORM_TABLE}_append_only ON bulkhead.${AUDIT_PLATFORM_TABLE};
+CREATE TRIGGER ${AUDIT_PLATFORM_TABLE}_append_only BEFORE UPDATE OR DELETE ON bulkhead.${AUDIT_PLATFORM_TABLE}
+  FOR EACH ROW EXECUTE FUNCTION bulkhead.audit_platform_events_forbid_change();`;
     },
   },
 ];

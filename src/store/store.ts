@@ -1,6 +1,6 @@
 import { AuthenticationError, BulkheadError, DatabaseError, WritesPausedError } from '../errors.js';
 import { isPlainIdentifier, isUuid } from '../ids.js';
-import { AUDIT_PURGE_SETTING } from '../audit/schema.js';
+import { AUDIT_PLATFORM_PRUNE_SETTING, AUDIT_PURGE_SETTING } from '../audit/schema.js';
 import { SESSION_SEARCH_PATH, type Engine, type EngineTransaction, type Statement, type StatementResult } from './engine.js';
 import { DATA_TABLES, MIGRATIONS, TENANT_STATE_VIEW, WRITE_FENCE_SEED, checkPartitions, checkRoleName, rolesSql, type MigrationOptions } from './migrations.js';
 
@@ -272,6 +272,25 @@ INSERT INTO bulkhead.settings (key, value) VALUES ('partitions', '${o.partitions
       { purgeAudit: true },
     );
     return r!.rowCount;
+  }
+
+  /**
+   * Removes the platform chain's events up to seq `throughSeq` (retention), as the owner role in
+   * the platform scope, under the one exception the platform table's append-only trigger makes
+   * (`AUDIT_PLATFORM_PRUNE_SETTING`, migration 16); the caller has signed an anchor for that seq
+   * first. Returns the rows removed.
+   */
+  async prunePlatformAudit(throughSeq: number): Promise<number> {
+    if (!Number.isSafeInteger(throughSeq) || throughSeq < 1) throw new BulkheadError('INTERNAL', 'pruning needs a seq from 1');
+    const results = await this.engine.batch([
+      { text: `SET LOCAL ROLE ${this.options.ownerRole}` },
+      {
+        text: `SELECT set_config('bulkhead.tenant_id', '', true), set_config('bulkhead.scope', 'platform', true), set_config('${AUDIT_PLATFORM_PRUNE_SETTING}', $1, true)`,
+        values: [String(throughSeq)],
+      },
+      { text: 'DELETE FROM bulkhead.audit_platform_events WHERE seq <= $1', values: [throughSeq] },
+    ]);
+    return results[2]!.rowCount;
   }
 
   /**
