@@ -213,18 +213,7 @@ ${auditEventsLinkFunctionSql(s)}
 -- current_user, so neither a superuser nor a role that merely inherits the owner's rights passes;
 -- and the row's tenant must be the one the transaction names, so a purge statement that reached
 -- past its tenant (which RLS already prevents) would still be refused.
-CREATE OR REPLACE FUNCTION ${s}.audit_events_forbid_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
-BEGIN
-  IF TG_OP = 'DELETE'
-     AND current_user = (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = TG_RELID)
-     AND OLD.tenant_id = nullif(current_setting('${AUDIT_PURGE_SETTING}', true), '')::uuid THEN
-    RETURN OLD;
-  END IF;
-  RAISE EXCEPTION 'audit rows are append-only: % on %.% is not allowed', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
-    USING ERRCODE = '${AUDIT_APPEND_ONLY_SQLSTATE}';
-END
-$fn$;
-REVOKE ALL ON FUNCTION ${s}.audit_events_forbid_change() FROM PUBLIC;
+${ownerDeleteFunctionSql(`${s}.audit_events_forbid_change`, `OLD.tenant_id = nullif(current_setting('${AUDIT_PURGE_SETTING}', true), '')::uuid`)}
 ${triggersSql(table, AUDIT_EVENTS_TABLE, `${s}.audit_events_check_link`, `${s}.audit_events_forbid_change`, s)}
 REVOKE ALL ON ${table} FROM PUBLIC;
 ${app === undefined ? '' : `GRANT USAGE ON SCHEMA ${s} TO ${app};\n${auditEventsGrantsSql(s, app)}`}
@@ -256,18 +245,28 @@ export function auditEventsGrantsSql(schema: string, role: string): string {
  */
 export function auditPlatformChangeFunctionSql(schemaName: string): string {
   const s = checkSchemaName(schemaName);
-  return `CREATE OR REPLACE FUNCTION ${s}.audit_platform_events_forbid_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
+  return ownerDeleteFunctionSql(`${s}.audit_platform_events_forbid_change`, `OLD.seq <= nullif(current_setting('${AUDIT_PLATFORM_PRUNE_SETTING}', true), '')::bigint`);
+}
+
+/**
+ * A row-change function of an audit table's append-only trigger (created or replaced): refused as
+ * by `audit_forbid_change` (BHA01), but for a DELETE by the table's owner of a row for which
+ * `allowed` (a condition on OLD) holds. The owner is the table's, compared with current_user, so
+ * neither a superuser nor a role that merely inherits the owner's rights passes.
+ */
+function ownerDeleteFunctionSql(name: string, allowed: string): string {
+  return `CREATE OR REPLACE FUNCTION ${name}() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
   IF TG_OP = 'DELETE'
      AND current_user = (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = TG_RELID)
-     AND OLD.seq <= nullif(current_setting('${AUDIT_PLATFORM_PRUNE_SETTING}', true), '')::bigint THEN
+     AND ${allowed} THEN
     RETURN OLD;
   END IF;
   RAISE EXCEPTION 'audit rows are append-only: % on %.% is not allowed', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
     USING ERRCODE = '${AUDIT_APPEND_ONLY_SQLSTATE}';
 END
 $fn$;
-REVOKE ALL ON FUNCTION ${s}.audit_platform_events_forbid_change() FROM PUBLIC;`;
+REVOKE ALL ON FUNCTION ${name}() FROM PUBLIC;`;
 }
 
 /**
