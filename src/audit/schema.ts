@@ -14,13 +14,13 @@
  *
  * Immutability is the database's, not the application's: the application role is granted INSERT
  * and SELECT only; triggers reject UPDATE and DELETE of any row and TRUNCATE of the table, for
- * every role including the owner and a superuser (SQLSTATE BHA01), with one narrow exception: the
+ * every role including the owner and a superuser (SQLSTATE BHA01), with two narrow exceptions: the
  * owner role may DELETE a tenant's rows in a transaction that names that tenant in
  * `bulkhead.audit_purge` (`AUDIT_PURGE_SETTING`), which only `Store.purgeTenant` and
  * `Store.pruneAudit` set, so that a tenant's source placement can be removed after a move, an
  * erased tenant purged and old events pruned; and the platform's rows up to the seq a transaction
  * names in `bulkhead.audit_prune_platform` (`AUDIT_PLATFORM_PRUNE_SETTING`, set by
- * `Store.prunePlatformAudit` alone, for retention; migration 16). And an insert
+ * `Store.prunePlatformAudit` alone, for retention; migration 16). An insert
  * must extend its chain: seq 1 after 32 zero bytes, every later seq after the row before it with
  * that row's hash as prev_hash, and the event's seq, tenant and time equal to the row's columns
  * (SQLSTATE BHA02), and have the chain's shape: seq from 1, hashes of 32 bytes, the event a JSON
