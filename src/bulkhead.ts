@@ -4,6 +4,7 @@ import type { Action, Principal, Resource, Decision, TenantRole } from './access
 import { TokenVerifier, generateJwtSecret, mintTenantToken } from './access/tokens.js';
 import { MAX_ERASE_GRACE_SECONDS, resolveJwtSecret, type Config } from './config.js';
 import { AccessDeniedError, AuthenticationError, BulkheadError, ERROR_CODES, type ErrorCode } from './errors.js';
+import { uuidv7 } from './ids.js';
 import { Cells } from './placement/cells.js';
 import { Moves, type MovesOptions } from './placement/moves.js';
 import { Placements } from './placement/placements.js';
@@ -361,6 +362,12 @@ export class Bulkhead {
     for (const chain of [...tenants.map((t) => t.id), PLATFORM_CHAIN]) {
       results.push(await pruneChain(deps, chain, before).catch((): PruneResult => ({ chain, anchorSeq: null, removed: 0, refused: 'error' })));
     }
+    // What the run removed, and each chain it refused to touch (a divergence found on the way), in
+    // the platform chain: removing audit events is itself audited.
+    const run = uuidv7();
+    for (const result of results) {
+      if (result.anchorSeq !== null || result.refused !== undefined) await recordJobEnd(this.audit, jobEndOfPrune(run, result));
+    }
     return results;
   }
 
@@ -419,7 +426,8 @@ export class Bulkhead {
 /** How a background job ended, for its system event in the platform chain. */
 interface JobEnd {
   readonly action: string;
-  readonly tenantId: string;
+  /** The tenant the job concerned; absent for a job on the platform itself. */
+  readonly tenantId?: string;
   readonly jobId: string;
   readonly ok: boolean;
   readonly errorCode?: ErrorCode;
@@ -435,6 +443,30 @@ function jobEndOfMove(move: MoveView): JobEnd {
     ok: move.state === 'done',
     ...(move.state === 'done' ? {} : { errorCode: codeIn(move.error) }),
     operator: { from: end(move.source), to: end(move.target), ...(move.legalBasis ? { legalBasis: move.legalBasis } : {}), reason: `move ${move.state}` },
+  };
+}
+
+/** Why retention left a chain as it was, as the error code of its event. */
+const PRUNE_REFUSALS: Record<NonNullable<PruneResult['refused']>, ErrorCode> = {
+  'chain-diverges': 'AUDIT_CHAIN_BROKEN',
+  'witness-invalid': 'AUDIT_CHECKPOINT_INVALID',
+  error: 'INTERNAL',
+};
+
+function jobEndOfPrune(run: string, r: PruneResult): JobEnd {
+  const chain = r.chain === PLATFORM_CHAIN ? 'the platform chain' : 'the chain';
+  return {
+    action: 'audit.prune',
+    ...(r.chain === PLATFORM_CHAIN ? {} : { tenantId: r.chain }),
+    jobId: run,
+    ok: r.refused === undefined,
+    ...(r.refused === undefined ? {} : { errorCode: PRUNE_REFUSALS[r.refused] }),
+    operator: {
+      reason:
+        r.refused === undefined
+          ? `retention removed ${r.removed} events of ${chain} through seq ${r.anchorSeq}, behind an anchor signed at that seq`
+          : `retention left ${chain} as it was: ${r.refused}`,
+    },
   };
 }
 
@@ -485,7 +517,7 @@ async function recordJobEnd(log: AuditLog, job: JobEnd): Promise<void> {
         sourceAddress: null,
         outcome: job.ok ? 'success' : 'error',
         ...(job.ok ? {} : { errorCode: job.errorCode ?? 'INTERNAL' }),
-        operator: { targetTenantId: job.tenantId, jobId: job.jobId, ...job.operator },
+        operator: { ...(job.tenantId === undefined ? {} : { targetTenantId: job.tenantId }), jobId: job.jobId, ...job.operator },
       }),
     )
     .catch(() => {});

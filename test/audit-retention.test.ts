@@ -32,6 +32,16 @@ for (const kind of BACKENDS) {
       const report = await t.bh.verifyAudit(tenantId);
       return report;
     };
+    /** The newest `audit.prune` event of the platform chain about `tenantId`. */
+    const pruneEvent = async (tenantId: string) => {
+      const [r] = await su.batch([
+        {
+          text: "SELECT event FROM bulkhead.audit_platform_events WHERE event->>'action' = 'audit.prune' AND event->'operator'->>'targetTenantId' = $1 ORDER BY seq DESC LIMIT 1",
+          values: [tenantId],
+        },
+      ]);
+      return r!.rows[0]?.event as Record<string, any> | undefined;
+    };
 
     before(async () => {
       t = await openTestBulkhead(kind);
@@ -52,6 +62,11 @@ for (const kind of BACKENDS) {
       const [result] = (await t.bh.pruneAudit(new Date(Date.now() + 1000))).filter((r) => r.chain === a.id);
       assert.deepEqual(result, { chain: a.id, anchorSeq: head - 1, removed: head - 1 });
       assert.deepEqual(await seqs(a.id), [head], 'the newest event stays, so the chain goes on from it');
+      // The removal is itself audited, in the platform chain, as a system action.
+      const event = await pruneEvent(a.id);
+      assert.ok(event, 'an audit.prune event names the chain');
+      assert.deepEqual([event.outcome, event.principal.authMethod, event.tenantId, event.errorCode], ['success', 'system', null, undefined]);
+      assert.equal(event.operator.reason, `retention removed ${head - 1} events of the chain through seq ${head - 1}, behind an anchor signed at that seq`);
       const report = await verify(a.id);
       assert.equal(report.ok, true, JSON.stringify(report));
       assert.equal(report.tenants[0]!.headSeq, head);
@@ -93,6 +108,12 @@ for (const kind of BACKENDS) {
       assert.deepEqual(results.find((r) => r.chain === b.id), { chain: b.id, anchorSeq: null, removed: 0, refused: 'witness-invalid' });
       assert.deepEqual(results.find((r) => r.chain === c.id), { chain: c.id, anchorSeq: null, removed: 0, refused: 'chain-diverges' });
       assert.deepEqual(await seqs(c.id), before, 'nothing was removed');
+      // Each refusal is a finding, recorded with its stable code.
+      for (const [tenant, code, why] of [[b, 'AUDIT_CHECKPOINT_INVALID', 'witness-invalid'], [c, 'AUDIT_CHAIN_BROKEN', 'chain-diverges']] as const) {
+        const event = await pruneEvent(tenant.id);
+        assert.ok(event, `an audit.prune event names ${why}`);
+        assert.deepEqual([event.outcome, event.errorCode, event.operator.reason], ['error', code, `retention left the chain as it was: ${why}`]);
+      }
     });
   });
 
@@ -165,10 +186,17 @@ DELETE FROM bulkhead.migrations WHERE version = 16;`);
       const head = before.at(-1)!;
       const [result] = (await t.bh.pruneAudit(new Date(Date.now() + 1000))).filter((r) => r.chain === 'platform');
       assert.deepEqual(result, { chain: 'platform', anchorSeq: head - 1, removed: before.length - 1 });
-      assert.deepEqual(await platformSeqs(), [head], 'the newest event stays, so the chain goes on from it');
+      // The newest event stays, and after it the run's own record of what it removed.
+      const [recorded] = await su.batch([{ text: "SELECT seq, event FROM bulkhead.audit_platform_events WHERE seq > $1 AND event->>'action' = 'audit.prune'", values: [head] }]);
+      assert.equal(recorded!.rows.length, 1, 'one audit.prune event, for the platform chain');
+      const event = recorded!.rows[0]!.event as Record<string, any>;
+      assert.equal(event.operator.targetTenantId, undefined);
+      assert.equal(event.operator.reason, `retention removed ${before.length - 1} events of the platform chain through seq ${head - 1}, behind an anchor signed at that seq`);
+      const recordedSeq = Number(recorded!.rows[0]!.seq);
+      assert.deepEqual(await platformSeqs(), [head, recordedSeq], 'the newest event stays, so the chain goes on from it');
       const report = await t.bh.verifyAudit();
       assert.equal(report.ok, true, JSON.stringify(report.firstDivergence));
-      assert.equal(report.tenants.find((c) => c.chain === 'platform')!.headSeq, head);
+      assert.equal(report.tenants.find((c) => c.chain === 'platform')!.headSeq, recordedSeq);
       // Appends go on, and verify from the anchor.
       await createTenant(t, `ret-q-${kind}`);
       await t.bh.audit.checkpoint();
