@@ -9,7 +9,10 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import type { CheckpointKeys } from '../src/audit/checkpoint.js';
 import { AUDIT_APPEND_ONLY_SQLSTATE, AUDIT_PLATFORM_PRUNE_SETTING } from '../src/audit/schema.js';
+import { verifyTrail, type VerifySources } from '../src/audit/verify.js';
+import type { Witness } from '../src/audit/witness.js';
 import type { Engine, Statement } from '../src/store/engine.js';
 import { rejectsSql } from './support/assertions.js';
 import { BACKENDS, createTenant, defineCollection, openTestBulkhead, request, type TestBulkhead } from './support/backends.js';
@@ -77,6 +80,25 @@ for (const kind of BACKENDS) {
       // Nothing more to prune until newer events are old: a second run signs no new anchor.
       const [again] = (await t.bh.pruneAudit(new Date(0))).filter((r) => r.chain === a.id);
       assert.deepEqual(again, { chain: a.id, anchorSeq: null, removed: 0 });
+
+      // A verification that read the chain's anchor just before a retention run pruned past it
+      // (its rows then begin after a newer anchor) reads the newer anchor and verifies from it.
+      const real = t.bh.audit.anchors;
+      let reads = 0;
+      const staleOnce = { last: (chain: string, keys: CheckpointKeys) => (reads++ === 0 ? Promise.resolve(undefined) : real.last(chain, keys)) } as unknown as Witness;
+      const stale = { last: () => Promise.resolve(undefined) } as unknown as Witness;
+      const sources = (anchors: Witness): VerifySources => ({
+        tenant: (id) => t.bh.placements.tenant(id, { requireActive: false }),
+        platform: () => t.bh.store.platform(),
+        witness: t.bh.audit.witness,
+        anchors,
+        keys: [t.bh.audit.verifyingKey],
+      });
+      const raced = await verifyTrail(sources(staleOnce), [{ id: a.id, erased: false }], false);
+      assert.equal(raced.ok, true, JSON.stringify(raced.firstDivergence));
+      assert.equal(reads, 2, 'the anchor was read again');
+      const missing = await verifyTrail(sources(stale), [{ id: a.id, erased: false }], false);
+      assert.equal(missing.ok, false, 'without the anchor the pruned rows are a divergence');
 
       // A row removed past the anchor (with the owner's own purge exception) is found.
       const kept = await seqs(a.id);

@@ -5,7 +5,7 @@
  */
 import type { KeyObject } from 'node:crypto';
 import type { ScopedStore } from '../store/store.js';
-import { PLATFORM_CHAIN, verifyEncodedChain, type ChainId, type Divergence, type EncodedRow, type VerifyResult } from './chain.js';
+import { PLATFORM_CHAIN, verifyEncodedChain, type ChainHead, type ChainId, type Divergence, type EncodedRow, type VerifyResult } from './chain.js';
 import { checkpointKeys } from './checkpoint.js';
 import { anchorOf } from './retention.js';
 import type { Witness } from './witness.js';
@@ -184,19 +184,29 @@ export async function verifyTrail(sources: VerifySources, tenants: readonly { id
     if (erased) return;
     // A chain pruned by retention starts after its newest anchor whose signature verifies (a
     // forged anchor line fails the verification: the witness throws on it, uniformly).
-    const start = sources.anchors ? await anchorOf(sources.anchors, chain, sources.keys) : undefined;
+    const newestAnchor = () => (sources.anchors ? anchorOf(sources.anchors, chain, sources.keys) : Promise.resolve(undefined));
     // The rows of all chains verified so far: this chain's count is added as it grows.
     let counted = 0;
     const progress = (n: number) => {
       verified += n - counted;
       counted = n;
     };
-    const result = await verifyEncodedChain(pagesOf(scopeOf(chain), chain), {
-      chain,
-      anchors: sources.witness.anchors(chain, keys),
-      ...(start ? { start } : {}),
-      ...(onProgress ? { onProgress: (n: number) => (progress(n), onProgress(verified, total)), progressEvery: 1_000 } : {}),
-    });
+    const verifyFrom = (start: ChainHead | undefined) =>
+      verifyEncodedChain(pagesOf(scopeOf(chain), chain), {
+        chain,
+        anchors: sources.witness.anchors(chain, keys),
+        ...(start ? { start } : {}),
+        ...(onProgress ? { onProgress: (n: number) => (progress(n), onProgress(verified, total)), progressEvery: 1_000 } : {}),
+      });
+    const start = await newestAnchor();
+    let result = await verifyFrom(start);
+    if (!result.ok) {
+      // Retention may have pruned the chain between the reading of its anchor and of its first
+      // rows, which then begin after a newer anchor: verified again from that one, once. A
+      // divergence that is still there is the chain's.
+      const newer = await newestAnchor();
+      if (newer && newer.seq > (start?.seq ?? 0)) result = await verifyFrom(newer);
+    }
     progress(result.rows);
     onProgress?.(verified, Math.max(total, verified));
     results[index] = result;
