@@ -62,8 +62,10 @@ export interface OpenOptions {
 
 /** How often a server looks for erasures whose grace period is over. */
 export const ERASURE_CHECK_MS = 60_000;
-/** How often a server applies audit retention (every 6 hours). */
-export const RETENTION_CHECK_MS = 6 * 3_600_000;
+/** How often a deployment applies audit retention (every 6 hours, by whichever server claims the run). */
+export const RETENTION_INTERVAL_MS = 6 * 3_600_000;
+/** How often a server looks whether the deployment's audit retention is due. */
+export const RETENTION_CHECK_MS = 10 * 60_000;
 
 /**
  * One Bulkhead instance: the store, the registry, the low-code data model and the two
@@ -371,6 +373,25 @@ export class Bulkhead {
     return results;
   }
 
+  /**
+   * Applies audit retention (`pruneAudit`) when the deployment's last run started `intervalMs` ago
+   * or more, or never ran; returns its results, or null when it was not due. The run is claimed in
+   * the control plane (`bulkhead.maintenance_runs`, migration 17) in one statement, so of servers
+   * that look at once, one runs it.
+   */
+  async pruneAuditIfDue(intervalMs: number = RETENTION_INTERVAL_MS): Promise<PruneResult[] | null> {
+    const [claimed] = await this.store.platform().batch([
+      {
+        text:
+          "INSERT INTO bulkhead.maintenance_runs (name, started_at) VALUES ('audit-retention', now()) " +
+          'ON CONFLICT (name) DO UPDATE SET started_at = now() ' +
+          'WHERE bulkhead.maintenance_runs.started_at <= now() - make_interval(secs => $1::double precision / 1000) RETURNING started_at',
+        values: [intervalMs],
+      },
+    ]);
+    return claimed!.rows.length === 0 ? null : this.pruneAudit();
+  }
+
   /** Cancels the scheduled erasure of a tenant (by id or slug); it gets its earlier status back. */
   async cancelErasure(idOrSlug: string, actor: string) {
     const tenant = await this.tenants.get(idOrSlug);
@@ -403,8 +424,10 @@ export class Bulkhead {
     void this.erasures.runDue().catch(() => {});
     this.#erasureTimer = setInterval(() => void this.erasures.runDue().catch(() => {}), ERASURE_CHECK_MS);
     this.#erasureTimer.unref();
-    // Audit retention: a few times a day is plenty for a period counted in days.
-    this.#retentionTimer = setInterval(() => void this.pruneAudit().catch(() => {}), RETENTION_CHECK_MS);
+    // Audit retention: a few times a day is plenty for a period counted in days. Looked for at
+    // start too, so servers that restart more often than the interval do not put it off.
+    void this.pruneAuditIfDue().catch(() => {});
+    this.#retentionTimer = setInterval(() => void this.pruneAuditIfDue().catch(() => {}), RETENTION_CHECK_MS);
     this.#retentionTimer.unref();
   }
 

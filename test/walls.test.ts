@@ -17,10 +17,10 @@ import { CONTEXT_SQL } from '../src/store/store.js';
 import { BACKENDS, createTenant, openTestBulkhead, request, tenantSnapshot, type TestBulkhead } from './support/backends.js';
 import { rejectsSql } from './support/assertions.js';
 
-/** Tables that hold tenant data or the registry; every one must carry forced RLS. */
+/** Tables that hold tenant data, the registry or the control plane's state; every one must carry forced RLS. */
 const TENANT_TABLES = [
-  'audit_events', 'audit_platform_events', 'collection_versions', 'collections', 'erasures', 'index_values', 'key_rotations', 'moves', 'operator_tokens',
-  'placements', 'records', 'tenant_history', 'tenant_keys', 'tenant_usage', 'tenants', 'unique_values',
+  'audit_events', 'audit_platform_events', 'collection_versions', 'collections', 'erasures', 'index_values', 'key_rotations', 'maintenance_runs', 'moves',
+  'operator_tokens', 'placements', 'records', 'tenant_history', 'tenant_keys', 'tenant_usage', 'tenants', 'unique_values',
 ] as const;
 /**
  * Tables without RLS: they must grant the application role nothing at all. `move_changes` (the
@@ -28,8 +28,8 @@ const TENANT_TABLES = [
  * mover as the owner, never by the application role.
  */
 const INTERNAL_TABLES = ['migrations', 'move_changes', 'settings'] as const;
-/** Tenant-keyed tables only the platform scope reaches (history, placement directory, moves, key rotations, erasures). */
-const PLATFORM_ONLY = ['erasures', 'key_rotations', 'moves', 'placements', 'tenant_history'] as const;
+/** Tables only the platform scope reaches (history, placement directory, moves, key rotations, erasures, maintenance runs). */
+const PLATFORM_ONLY = ['erasures', 'key_rotations', 'maintenance_runs', 'moves', 'placements', 'tenant_history'] as const;
 /** Hash-partitioned by tenant (the audit chain is one table since migration 15). */
 const PARTITIONED = ['index_values', 'records', 'unique_values'] as const;
 const PARTITIONS = 4; // BULKHEAD_PARTITIONS of openTestBulkhead

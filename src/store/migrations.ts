@@ -951,6 +951,28 @@ DROP TRIGGER ${AUDIT_PLATFORM_TABLE}_append_only ON bulkhead.${AUDIT_PLATFORM_TA
 CREATE TRIGGER ${AUDIT_PLATFORM_TABLE}_append_only BEFORE UPDATE OR DELETE ON bulkhead.${AUDIT_PLATFORM_TABLE}
   FOR EACH ROW EXECUTE FUNCTION bulkhead.audit_platform_events_forbid_change();`;
     },
+  },  {
+    version: 17,
+    name: 'deployment-wide maintenance runs',
+    sql: (o) => {
+      const app = checkRoleName(o.appRole, 'the application role');
+      return `
+-- When a deployment-wide maintenance task (audit retention) last started. Every server looks often
+-- and the one that claims the run does it (src/bulkhead.ts, pruneAuditIfDue): a deployment whose
+-- servers restart more often than the interval still runs it, and once per interval, not once per
+-- server. The platform scope only, like the rest of the control plane.
+CREATE TABLE bulkhead.maintenance_runs (
+  name text PRIMARY KEY,
+  started_at timestamptz NOT NULL
+);
+ALTER TABLE bulkhead.maintenance_runs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE bulkhead.maintenance_runs FORCE ROW LEVEL SECURITY;
+CREATE POLICY maintenance_runs_platform ON bulkhead.maintenance_runs
+  USING (current_setting('bulkhead.scope', true) = 'platform')
+  WITH CHECK (current_setting('bulkhead.scope', true) = 'platform');
+REVOKE ALL ON bulkhead.maintenance_runs FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE ON bulkhead.maintenance_runs TO ${app};`;
+    },
   },
 ];
 
