@@ -347,8 +347,8 @@ export class Bulkhead {
   /**
    * Applies audit retention: the events of every tenant's chain and of the platform chain from
    * before `before` (default: the retention period ago) are removed behind a signed anchor; erased
-   * tenants are left (their chain went with their data). A chain that fails is reported and the
-   * others go on.
+   * tenants are left (their chain went with their data), and a tenant being moved until its move
+   * has ended. A chain that fails is reported and the others go on.
    */
   async pruneAudit(before: Date = new Date(Date.now() - this.config.auditRetentionDays * 86_400_000)): Promise<PruneResult[]> {
     const deps: RetentionDeps = {
@@ -358,6 +358,7 @@ export class Bulkhead {
       keys: [this.audit.verifyingKey],
       verify: (chain) => (chain === PLATFORM_CHAIN ? verifyTrail(this.#auditSources(), [], true) : this.verifyAudit(chain)),
       remove: (chain, throughSeq) => (chain === PLATFORM_CHAIN ? this.store.prunePlatformAudit(throughSeq) : this.placements.pruneAudit(chain, throughSeq)),
+      moving: async (chain) => chain !== PLATFORM_CHAIN && (await this.#moving(chain)),
     };
     const tenants = (await this.tenants.list()).filter((t) => t.status !== 'erased');
     const results: PruneResult[] = [];
@@ -412,9 +413,14 @@ export class Bulkhead {
     await this.kms.close();
   }
 
+  /** Whether a move of the tenant has not ended (neither done nor rolled back). */
+  async #moving(tenantId: string): Promise<boolean> {
+    return (await this.moves.list(tenantId)).some((m) => m.state !== 'done' && m.state !== 'rolled_back');
+  }
+
   /** What keeps a tenant from being erased now: a move or a key rotation under way. */
   async #busyWith(tenantId: string): Promise<string | null> {
-    if ((await this.moves.list(tenantId)).some((m) => m.state !== 'done' && m.state !== 'rolled_back')) return 'move';
+    if (await this.#moving(tenantId)) return 'move';
     if (await this.keyRotations.busy(tenantId)) return 'key rotation';
     return null;
   }

@@ -13,6 +13,8 @@ import type { CheckpointKeys } from '../src/audit/checkpoint.js';
 import { AUDIT_APPEND_ONLY_SQLSTATE, AUDIT_PLATFORM_PRUNE_SETTING } from '../src/audit/schema.js';
 import { verifyTrail, type VerifySources } from '../src/audit/verify.js';
 import type { Witness } from '../src/audit/witness.js';
+import { Moves, type MoveView } from '../src/placement/moves.js';
+import type { TenantRow } from '../src/placement/tier.js';
 import type { Engine, Statement } from '../src/store/engine.js';
 import { rejectsSql } from './support/assertions.js';
 import { BACKENDS, createTenant, defineCollection, openTestBulkhead, request, type TestBulkhead } from './support/backends.js';
@@ -106,6 +108,38 @@ for (const kind of BACKENDS) {
       const broken = await verify(a.id);
       assert.equal(broken.ok, false);
       assert.equal(broken.firstDivergence!.chain, a.id);
+    });
+
+    it('leaves a tenant being moved for the next run: rows pruned under the copy would fail the move', async () => {
+      const m = await createTenant(t, `ret-mv-${kind}`);
+      await defineCollection(t, m.token, 'notes', { fields: { title: { type: 'string' } } });
+      await write(m.token, 6);
+      let release!: () => void;
+      const held = new Promise<void>((resolve) => (release = resolve));
+      let reached!: () => void;
+      const copying = new Promise<void>((resolve) => (reached = resolve));
+      const mover = new Moves(t.bh.placements, {
+        onStep: async (step: MoveView) => {
+          if (step.state !== 'copying') return;
+          reached();
+          await held;
+        },
+      });
+      const row = (await request(t.app, 'GET', `/v1/tenants/${m.id}`, { token: t.operatorToken })).body as TenantRow;
+      const started = await mover.start(row, { tier: 'bridge' }, 'test');
+      await copying;
+      const before = await seqs(m.id);
+      const [skipped] = (await t.bh.pruneAudit(new Date(Date.now() + 1000))).filter((r) => r.chain === m.id);
+      assert.deepEqual(skipped, { chain: m.id, anchorSeq: null, removed: 0, skipped: 'moving' });
+      assert.deepEqual(await seqs(m.id), before, 'nothing was removed under the move');
+      assert.equal(await pruneEvent(m.id), undefined, 'a skip is no finding');
+      release();
+      await mover.wait(started.id);
+      assert.equal((await mover.get(m.id, started.id)).state, 'done');
+      // Moved, it is pruned at its new placement by the next run, and verifies.
+      const [pruned] = (await t.bh.pruneAudit(new Date(Date.now() + 1000))).filter((r) => r.chain === m.id);
+      assert.ok(pruned!.anchorSeq !== null && pruned!.removed > 0, JSON.stringify(pruned));
+      assert.equal((await verify(m.id)).ok, true);
     });
 
     it('refuses a forged anchor and does not prune a chain that does not verify', async () => {

@@ -33,6 +33,8 @@ export interface PruneResult {
    * with the other chains).
    */
   readonly refused?: 'chain-diverges' | 'witness-invalid' | 'error';
+  /** Not pruned this time, for a reason that passes: the tenant is being moved (its next run prunes it). */
+  readonly skipped?: 'moving';
 }
 
 /** What pruning needs. */
@@ -47,6 +49,11 @@ export interface RetentionDeps {
   readonly verify: (chain: ChainId) => Promise<VerifyReport>;
   /** Removes a chain's events up to a seq, where the chain lives. */
   readonly remove: (chain: ChainId, throughSeq: number) => Promise<number>;
+  /**
+   * Whether the chain's tenant is being moved: a move copies the chain and compares it at the
+   * switch, so rows pruned at the source under it would fail the move.
+   */
+  readonly moving?: (chain: ChainId) => Promise<boolean>;
 }
 
 /** The newest anchor of `chain` whose signature verifies, as the head the remaining rows start after. */
@@ -84,6 +91,8 @@ export async function pruneChain(deps: RetentionDeps, chain: ChainId, before: Da
     throw error;
   }
   if (!report.ok) return { chain, anchorSeq: null, removed: 0, refused: 'chain-diverges' };
+  // Asked last, right before the anchor and the removal, to leave a move that starts meanwhile the shortest window.
+  if (await deps.moving?.(chain)) return { chain, anchorSeq: null, removed: 0, skipped: 'moving' };
   const [h] = await scope.batch([{ text: `SELECT hash FROM ${from} AND seq = $${next}`, values: [...values, cut] }]);
   const hash = h!.rows[0]!.hash as Uint8Array;
   // The anchor is durable before a row goes: a crash in between leaves rows that verify from it.
