@@ -76,13 +76,6 @@ interface Pending {
   readonly reject: (error: unknown) => void;
 }
 
-/** A chain's table and its key columns in SQL. */
-function tableOf(chain: ChainId): { table: string; where: string; values: unknown[] } {
-  return chain === PLATFORM_CHAIN
-    ? { table: 'bulkhead.audit_platform_events', where: '', values: [] }
-    : { table: 'audit_events', where: 'WHERE tenant_id = $1', values: [chain] };
-}
-
 /** The statement that locks a chain until the end of the transaction (one key per chain). */
 function lockStatement(chain: ChainId): Statement {
   return { name: 'bh_audit_lock', text: 'SELECT pg_advisory_xact_lock(hashtextextended($1, $2))', values: [chain, AUDIT_CHAIN_LOCK_SEED] };

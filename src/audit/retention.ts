@@ -11,8 +11,9 @@
  * never down to its head: the newest event always stays, so the next append still links to a row.
  * The platform chain is pruned the same way (migration 16 lets the owner delete its oldest rows).
  */
-import { PLATFORM_CHAIN, type ChainHead, type ChainId } from './chain.js';
+import type { ChainHead, ChainId } from './chain.js';
 import { checkpointKeys, type CheckpointSigner } from './checkpoint.js';
+import { chainRowsSql } from './schema.js';
 import type { VerifyReport } from './verify.js';
 import type { Witness } from './witness.js';
 import type { ScopedStore } from '../store/store.js';
@@ -62,17 +63,10 @@ export async function anchorOf(anchors: Witness, chain: string, keys: readonly K
   return last ? { seq: last.seq, hash: Buffer.from(last.hash, 'hex') } : undefined;
 }
 
-/** A chain's rows in SQL: the table and the condition that selects them (a tenant's id bound as `$1`), and the values it binds. */
-function rowsOf(chain: ChainId): { readonly from: string; readonly values: readonly unknown[] } {
-  return chain === PLATFORM_CHAIN
-    ? { from: 'bulkhead.audit_platform_events WHERE true', values: [] }
-    : { from: 'audit_events WHERE tenant_id = $1', values: [chain] };
-}
-
 /** Prunes one chain (a tenant's, or the platform's) of the events before `before`. */
 export async function pruneChain(deps: RetentionDeps, chain: ChainId, before: Date): Promise<PruneResult> {
   const scope = deps.scope(chain);
-  const { from, values } = rowsOf(chain);
+  const { from, values } = chainRowsSql(chain);
   const next = values.length + 1;
   const [r] = await scope.batch([
     { text: `SELECT max(seq) AS head, max(seq) FILTER (WHERE time < $${next}) AS old FROM ${from}`, values: [...values, before.toISOString()] },

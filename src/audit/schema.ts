@@ -33,6 +33,7 @@
  * The only values interpolated are schema, table and role names, checked here.
  */
 import { TENANT_PREDICATE, checkRoleName, checkSchemaName } from '../store/migrations.js';
+import { PLATFORM_CHAIN, type ChainId } from './chain.js';
 
 /** SQLSTATE of an UPDATE, DELETE or TRUNCATE of audit rows. */
 export const AUDIT_APPEND_ONLY_SQLSTATE = 'BHA01';
@@ -57,6 +58,17 @@ export const AUDIT_PURGE_SETTING = 'bulkhead.audit_purge';
  * anchor at that seq. Not UPDATE, not TRUNCATE, not a row past that seq, not any other role.
  */
 export const AUDIT_PLATFORM_PRUNE_SETTING = 'bulkhead.audit_prune_platform';
+
+/**
+ * A chain's rows in SQL: its table with the condition that selects them (a tenant's id bound as
+ * `$1`), to go after FROM, and the values it binds. The tenant table is named unqualified: it
+ * resolves in the tenant's placement schema, by the scope's search path.
+ */
+export function chainRowsSql(chain: ChainId): { readonly from: string; readonly values: readonly unknown[] } {
+  return chain === PLATFORM_CHAIN
+    ? { from: `bulkhead.${AUDIT_PLATFORM_TABLE} WHERE true`, values: [] }
+    : { from: `${AUDIT_EVENTS_TABLE} WHERE tenant_id = $1`, values: [chain] };
+}
 
 /** What the audit SQL is parameterized by. */
 export interface AuditSchemaOptions {

@@ -951,7 +951,8 @@ DROP TRIGGER ${AUDIT_PLATFORM_TABLE}_append_only ON bulkhead.${AUDIT_PLATFORM_TA
 CREATE TRIGGER ${AUDIT_PLATFORM_TABLE}_append_only BEFORE UPDATE OR DELETE ON bulkhead.${AUDIT_PLATFORM_TABLE}
   FOR EACH ROW EXECUTE FUNCTION bulkhead.audit_platform_events_forbid_change();`;
     },
-  },  {
+  },
+  {
     version: 17,
     name: 'deployment-wide maintenance runs',
     sql: (o) => {
